@@ -1,0 +1,118 @@
+"""The only way to fetch an object on behalf of a user (after Zulip's ``access_*_by_id``).
+
+Rules, written once:
+- site staff see and manage everything;
+- a project's admins and reviewers see all of its data; admins also change it;
+- a labeler sees the projects they belong to and only their own submissions;
+- anyone else gets a 404, so the existence of other projects' objects never leaks.
+"""
+from __future__ import annotations
+
+from django.db.models import OuterRef, Q, QuerySet, Subquery
+from django.http import Http404
+from rest_framework.exceptions import PermissionDenied
+
+from .models import Demonstration, Membership, ModelVersion, Project, Prompt, Ranking, Role, Round, Skip, Task
+
+ROLE_ORDER = {Role.LABELER: 0, Role.REVIEWER: 1, Role.ADMIN: 2}
+STAFF_ROLE = Role.ADMIN
+
+
+def role_in(user, project: Project) -> str | None:
+    if user.is_staff:
+        return STAFF_ROLE
+    return Membership.objects.filter(user=user, project=project).values_list("role", flat=True).first()
+
+
+def _check_role(role: str | None, min_role: str) -> None:
+    if role is None:
+        raise Http404("No such project.")
+    if ROLE_ORDER[role] < ROLE_ORDER[min_role]:
+        raise PermissionDenied(f"This needs the {min_role} role in the project.")
+
+
+def _with_role(queryset: QuerySet, user, project_field: str) -> QuerySet:
+    """Annotate each row with the user's role in its project, in the same query."""
+    role = Membership.objects.filter(user=user, project=OuterRef(project_field)).values("role")[:1]
+    return queryset.annotate(user_role=Subquery(role))
+
+
+def access_project_by_id(user, project_id: int, *, min_role: str = Role.LABELER) -> Project:
+    project = _with_role(Project.objects.all(), user, "pk").filter(pk=project_id).first()
+    if project is None:
+        raise Http404("No such project.")
+    role = STAFF_ROLE if user.is_staff else project.user_role
+    _check_role(role, min_role)
+    project.user_role = role
+    return project
+
+
+def access_task_by_id(user, task_id: int, *, min_role: str = Role.LABELER) -> Task:
+    """A task of a project the user belongs to, with its project and the user's role loaded."""
+    task = _with_role(Task.objects.select_related("project", "prompt"), user, "project_id").filter(pk=task_id).first()
+    if task is None:
+        raise Http404("No such task.")
+    role = STAFF_ROLE if user.is_staff else task.user_role
+    _check_role(role, min_role)
+    task.user_role = role
+    return task
+
+
+def projects_where(user, *, min_role: str) -> QuerySet:
+    """Ids of the projects where the user holds at least ``min_role``."""
+    roles = [role for role, order in ROLE_ORDER.items() if order >= ROLE_ORDER[min_role]]
+    return Membership.objects.filter(user=user, role__in=roles).values("project_id")
+
+
+def projects_visible_to(user) -> QuerySet:
+    if user.is_staff:
+        return Project.objects.all()
+    return Project.objects.filter(pk__in=projects_where(user, min_role=Role.LABELER))
+
+
+def _submissions_visible_to(user, queryset: QuerySet, owner_field: str) -> QuerySet:
+    if user.is_staff:
+        return queryset
+    return queryset.filter(
+        Q(**{"task__project__in": projects_where(user, min_role=Role.REVIEWER)}) | Q(**{owner_field: user})
+    )
+
+
+def rankings_visible_to(user) -> QuerySet:
+    return _submissions_visible_to(user, Ranking.objects.all(), "labeler")
+
+
+def demonstrations_visible_to(user) -> QuerySet:
+    return _submissions_visible_to(user, Demonstration.objects.all(), "author")
+
+
+def skips_visible_to(user) -> QuerySet:
+    return _submissions_visible_to(user, Skip.objects.all(), "labeler")
+
+
+def prompts_visible_to(user) -> QuerySet:
+    """Reviewers and admins see their projects' prompts; labelers see the prompts they wrote."""
+    if user.is_staff:
+        return Prompt.objects.all()
+    return Prompt.objects.filter(
+        Q(project__in=projects_where(user, min_role=Role.REVIEWER))
+        | Q(author=user, project__in=projects_where(user, min_role=Role.LABELER))
+    )
+
+
+def prompts_editable_by(user) -> QuerySet:
+    if user.is_staff:
+        return Prompt.objects.all()
+    return Prompt.objects.filter(project__in=projects_where(user, min_role=Role.ADMIN))
+
+
+def rounds_visible_to(user) -> QuerySet:
+    if user.is_staff:
+        return Round.objects.all()
+    return Round.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
+
+
+def model_versions_visible_to(user) -> QuerySet:
+    if user.is_staff:
+        return ModelVersion.objects.all()
+    return ModelVersion.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))

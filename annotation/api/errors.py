@@ -1,0 +1,46 @@
+"""One error body for every API failure:
+
+    {"status": 400, "code": "invalid", "message": "Invalid input.", "fields": {"entries": ["..."]}}
+
+``fields`` holds field-level messages (``non_field_errors`` for the rest) and is empty otherwise.
+"""
+from __future__ import annotations
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.http import Http404
+from rest_framework import exceptions
+from rest_framework.views import exception_handler as drf_exception_handler
+
+
+def _first_code(codes) -> str:
+    if isinstance(codes, str):
+        return codes
+    if isinstance(codes, dict):
+        codes = list(codes.values())
+    for code in codes:
+        found = _first_code(code)
+        if found:
+            return found
+    return "error"
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(str(exc) or None)
+    elif isinstance(exc, DjangoPermissionDenied):
+        exc = exceptions.PermissionDenied(str(exc) or None)
+    response = drf_exception_handler(exc, context)
+    if response is None:
+        return None
+    if isinstance(exc, exceptions.ValidationError):
+        detail = exc.detail if isinstance(exc.detail, dict) else {"non_field_errors": exc.detail}
+        body = {"status": response.status_code, "code": "invalid", "message": "Invalid input.", "fields": detail}
+    else:
+        body = {
+            "status": response.status_code,
+            "code": _first_code(exc.get_codes()) if isinstance(exc, exceptions.APIException) else "error",
+            "message": str(exc.detail) if hasattr(exc, "detail") else str(exc),
+            "fields": {},
+        }
+    response.data = body
+    return response

@@ -1,0 +1,218 @@
+"""Serializers validate the shape of requests and render responses; rules live in services.py."""
+from __future__ import annotations
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import serializers
+
+from ..models import (
+    MAX_K,
+    Candidate,
+    Demonstration,
+    Membership,
+    ModelVersion,
+    Project,
+    Prompt,
+    Ranking,
+    RankingEntry,
+    Role,
+    Round,
+    Skip,
+    Task,
+    TaskKind,
+    validate_messages,
+)
+
+
+class ProjectSerializer(serializers.ModelSerializer):
+    my_role = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Project
+        fields = [
+            "id", "name", "guidelines", "k", "overlap", "lease_seconds", "demonstrations_enabled",
+            "rankings_enabled", "prompt_writing_enabled", "max_new_tokens", "temperature", "top_p", "created",
+            "my_role",
+        ]
+        read_only_fields = ["created"]
+
+    def get_my_role(self, project) -> str | None:
+        return getattr(project, "user_role", None)
+
+
+class MembershipSerializer(serializers.ModelSerializer):
+    username = serializers.CharField(source="user.username", read_only=True)
+
+    class Meta:
+        model = Membership
+        fields = ["id", "user", "username", "role", "created"]
+        read_only_fields = ["created"]
+
+
+class MessageField(serializers.JSONField):
+    def to_internal_value(self, data):
+        data = super().to_internal_value(data)
+        try:
+            return validate_messages(data)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.messages) from None
+
+
+class CandidateInSerializer(serializers.Serializer):
+    text = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=100_000)
+    origin = serializers.ChoiceField(choices=[Candidate.Origin.IMPORTED, Candidate.Origin.HUMAN],
+                                     default=Candidate.Origin.IMPORTED)
+
+
+class PromptInSerializer(serializers.Serializer):
+    """One prompt to create: text or a conversation, and optionally k candidates for a ranking task."""
+
+    text = serializers.CharField(required=False, allow_blank=True, max_length=100_000)
+    messages = MessageField(required=False)
+    language = serializers.CharField(required=False, max_length=16, default="en")
+    tags = serializers.ListField(child=serializers.CharField(max_length=64), required=False, max_length=50)
+    candidates = CandidateInSerializer(many=True, required=False, max_length=MAX_K)
+
+    def validate(self, attrs):
+        if not (attrs.get("text") or "").strip() and not attrs.get("messages"):
+            raise serializers.ValidationError({"text": ["give the prompt as text or as messages"]})
+        return attrs
+
+
+class PromptCreateSerializer(PromptInSerializer):
+    project = serializers.IntegerField()
+
+
+class BulkPromptSerializer(serializers.Serializer):
+    project = serializers.IntegerField()
+    items = PromptInSerializer(many=True, min_length=1, max_length=5000)
+
+
+class WritePromptSerializer(PromptInSerializer):
+    client_token = serializers.UUIDField(help_text="From next-task; a retried submit with it creates nothing new.")
+    candidates = None
+
+
+class PromptSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Prompt
+        fields = ["id", "project", "text", "messages", "source", "author", "language", "tags", "split",
+                  "content_hash", "created"]
+        read_only_fields = fields
+
+
+class PromptUpdateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Prompt
+        fields = ["language", "tags"]
+
+
+class CandidateSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Candidate
+        fields = ["id", "text"]
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    """A task as a labeler sees it: the prompt and, for ranking, the candidates in display order.
+
+    Candidates' origins are not shown, so labelers rank blind."""
+
+    prompt = serializers.SerializerMethodField()
+    candidates = serializers.SerializerMethodField()
+    lease_expires = serializers.DateTimeField(read_only=True, default=None)
+
+    class Meta:
+        model = Task
+        fields = ["id", "kind", "project", "round", "prompt", "candidates", "target_overlap", "done_count",
+                  "status", "lease_expires"]
+
+    def get_prompt(self, task) -> dict:
+        prompt = task.prompt
+        return {"id": prompt.id, "text": prompt.text, "messages": prompt.messages, "language": prompt.language}
+
+    def get_candidates(self, task) -> list[dict]:
+        return [{"id": link.candidate.id, "text": link.candidate.text} for link in task.task_candidates.all()]
+
+
+class EntrySerializer(serializers.Serializer):
+    candidate = serializers.IntegerField()
+    rank = serializers.IntegerField(min_value=1, max_value=MAX_K)
+    fails_instruction = serializers.BooleanField(default=False)
+    hallucination = serializers.BooleanField(default=False)
+    inappropriate = serializers.BooleanField(default=False)
+    harmful = serializers.BooleanField(default=False)
+    quality = serializers.IntegerField(min_value=1, max_value=7, required=False, allow_null=True, default=None)
+
+
+class RankingSubmitSerializer(serializers.Serializer):
+    entries = EntrySerializer(many=True, min_length=2, max_length=MAX_K)
+    comment = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000)
+    seconds_spent = serializers.FloatField(min_value=0, max_value=7 * 24 * 3600)
+
+
+class DemonstrationSubmitSerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=100_000, trim_whitespace=False)
+    seconds_spent = serializers.FloatField(min_value=0, max_value=7 * 24 * 3600)
+
+
+class SkipSerializer(serializers.Serializer):
+    reason = serializers.CharField(max_length=500)
+
+
+class NextTaskSerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=TaskKind.choices)
+
+
+class RankingEntryOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = RankingEntry
+        fields = ["candidate", "rank", "fails_instruction", "hallucination", "inappropriate", "harmful", "quality"]
+
+
+class RankingSerializer(serializers.ModelSerializer):
+    entries = RankingEntryOutSerializer(many=True, read_only=True)
+    project = serializers.IntegerField(source="task.project_id", read_only=True)
+
+    class Meta:
+        model = Ranking
+        fields = ["id", "task", "project", "labeler", "entries", "comment", "seconds_spent", "review_status",
+                  "created", "updated"]
+        read_only_fields = fields
+
+
+class DemonstrationSerializer(serializers.ModelSerializer):
+    project = serializers.IntegerField(source="task.project_id", read_only=True)
+
+    class Meta:
+        model = Demonstration
+        fields = ["id", "task", "project", "prompt", "author", "text", "seconds_spent", "review_status",
+                  "created", "updated"]
+        read_only_fields = fields
+
+
+class SkipOutSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Skip
+        fields = ["id", "task", "labeler", "reason", "created"]
+
+
+class RoundSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Round
+        fields = ["id", "project", "number", "status", "created"]
+
+
+class ModelVersionSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ModelVersion
+        fields = ["id", "project", "stage", "parent", "round", "name", "artifact_path", "config", "metrics",
+                  "created"]
+
+
+class StatsSerializer(serializers.Serializer):
+    ranking = serializers.DictField()
+    demonstration = serializers.DictField()
+    prompt_writing = serializers.DictField()
+    skips = serializers.IntegerField()
+    since = serializers.DateTimeField()
+

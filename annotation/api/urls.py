@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+from django.urls import include, path
+from rest_framework.authtoken.views import obtain_auth_token
+from rest_framework.routers import DefaultRouter
+
+from . import views
+
+router = DefaultRouter()
+router.register("projects", views.ProjectViewSet, basename="project")
+router.register("prompts", views.PromptViewSet, basename="prompt")
+router.register("tasks", views.TaskViewSet, basename="task")
+router.register("rankings", views.RankingViewSet, basename="ranking")
+router.register("demonstrations", views.DemonstrationViewSet, basename="demonstration")
+router.register("rounds", views.RoundViewSet, basename="round")
+router.register("model-versions", views.ModelVersionViewSet, basename="modelversion")
+
+urlpatterns = [
+    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("me/stats/", views.MyStatsView.as_view(), name="my-stats"),
+    path("", include(router.urls)),
+]

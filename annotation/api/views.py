@@ -1,0 +1,275 @@
+"""REST API views: the serializer validates shape → ``access_*`` → one service call → response."""
+from __future__ import annotations
+
+import platform
+import sysconfig
+import uuid
+
+from django.db import connection
+from django.db.models import Prefetch, Q
+from django.http import Http404, JsonResponse
+from drf_spectacular.utils import extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.exceptions import PermissionDenied
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from .. import access, services
+from ..models import Membership, Project, Ranking, Role, Task, TaskCandidate, TaskKind, TaskSlot
+from . import filters, serializers as s
+
+
+def health(request):
+    """Liveness for load balancers and the shadowing check: which ``platform`` module this process uses."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    stdlib = sysconfig.get_paths()["stdlib"]
+    return JsonResponse({
+        "ok": True,
+        "database": connection.vendor,
+        "platform_system": platform.system(),
+        "platform_is_stdlib": platform.__file__.startswith(stdlib),
+    })
+
+
+def task_detail_queryset():
+    """Everything a task page shows, in three queries whatever the number of tasks."""
+    return Task.objects.select_related("prompt").prefetch_related(
+        Prefetch("task_candidates", queryset=TaskCandidate.objects.select_related("candidate").order_by("position"))
+    )
+
+
+def render_task(task_id: int, user) -> dict:
+    task = task_detail_queryset().get(pk=task_id)
+    task.lease_expires = (
+        TaskSlot.objects.filter(task_id=task_id, labeler=user, status=TaskSlot.Status.LEASED)
+        .values_list("lease_expires", flat=True).first()
+    )
+    return s.TaskSerializer(task).data
+
+
+class ProjectViewSet(viewsets.ModelViewSet):
+    """Projects you belong to. Site admins create and delete; project admins change settings."""
+
+    serializer_class = s.ProjectSerializer
+
+    def get_queryset(self):
+        return access._with_role(access.projects_visible_to(self.request.user), self.request.user, "pk")
+
+    def get_object(self):
+        min_role = Role.LABELER if self.request.method in ("GET", "HEAD", "OPTIONS") else Role.ADMIN
+        return access.access_project_by_id(self.request.user, self.kwargs["pk"], min_role=min_role)
+
+    def create(self, request, *args, **kwargs):
+        if not request.user.is_staff:
+            raise PermissionDenied("Only site admins create projects.")
+        return super().create(request, *args, **kwargs)
+
+    def perform_destroy(self, instance):
+        if not self.request.user.is_staff:
+            raise PermissionDenied("Only site admins delete projects.")
+        services.delete_project(project=instance)
+
+    @extend_schema(request=s.NextTaskSerializer, responses={200: s.TaskSerializer, 204: None})
+    @action(detail=True, methods=["post"], url_path="next-task")
+    def next_task(self, request, pk=None):
+        """Lease the next task of a kind (204 when none is left); asking again returns the same task."""
+        body = s.NextTaskSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        project = access.access_project_by_id(request.user, pk)
+        kind = body.validated_data["kind"]
+        if kind == TaskKind.PROMPT_WRITING:
+            if not project.prompt_writing_enabled:
+                return Response(status=status.HTTP_204_NO_CONTENT)
+            return Response({"kind": kind, "project": project.pk, "client_token": str(uuid.uuid4())})
+        task = services.next_task(user=request.user, project=project, kind=kind)
+        if task is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(render_task(task.pk, request.user))
+
+    @extend_schema(request=s.WritePromptSerializer, responses={201: s.PromptSerializer, 200: s.PromptSerializer})
+    @action(detail=True, methods=["post"], url_path="write-prompt")
+    def write_prompt(self, request, pk=None):
+        """Submit a prompt written by a labeler; idempotent on ``client_token``."""
+        body = s.WritePromptSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        project = access.access_project_by_id(request.user, pk)
+        data = dict(body.validated_data)
+        token = data.pop("client_token")
+        prompt, created = services.write_prompt(author=request.user, project=project, item=data, client_token=token)
+        return Response(s.PromptSerializer(prompt).data, status=201 if created else 200)
+
+    @extend_schema(request=s.MembershipSerializer, responses=s.MembershipSerializer(many=True))
+    @action(detail=True, methods=["get", "post"])
+    def members(self, request, pk=None):
+        """List members (reviewers and admins), or add/change one (admins)."""
+        min_role = Role.REVIEWER if request.method == "GET" else Role.ADMIN
+        project = access.access_project_by_id(request.user, pk, min_role=min_role)
+        if request.method == "GET":
+            members = Membership.objects.filter(project=project).select_related("user").order_by("id")
+            return Response(s.MembershipSerializer(members, many=True).data)
+        body = s.MembershipSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        membership = services.add_member(project=project, user=body.validated_data["user"],
+                                         role=body.validated_data["role"])
+        return Response(s.MembershipSerializer(membership).data, status=201)
+
+
+class PromptViewSet(viewsets.ModelViewSet):
+    """Prompts: reviewers and admins read their projects'; admins create, edit and delete; labelers
+    read the prompts they wrote."""
+
+    filterset_class = filters.PromptFilter
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def get_queryset(self):
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return access.prompts_visible_to(self.request.user).order_by("id")
+        return access.prompts_editable_by(self.request.user).order_by("id")
+
+    def get_serializer_class(self):
+        return {"create": s.PromptCreateSerializer, "partial_update": s.PromptUpdateSerializer}.get(
+            self.action, s.PromptSerializer)
+
+    def get_object(self):
+        if self.request.method in ("GET", "HEAD", "OPTIONS"):
+            return super().get_object()
+        prompt = access.prompts_editable_by(self.request.user).filter(pk=self.kwargs["pk"]).first()
+        if prompt is None:
+            if access.prompts_visible_to(self.request.user).filter(pk=self.kwargs["pk"]).exists():
+                raise PermissionDenied("Only project admins change prompts.")
+            raise Http404("No such prompt.")
+        return prompt
+
+    def create(self, request, *args, **kwargs):
+        body = s.PromptCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        project = access.access_project_by_id(request.user, data.pop("project"), min_role=Role.ADMIN)
+        result = services.bulk_create_prompts(project=project, items=[data], author=request.user)
+        prompt = (result.created or result.duplicates)[0]
+        return Response(s.PromptSerializer(prompt).data, status=201 if result.created else 200)
+
+    def perform_destroy(self, instance):
+        services.delete_prompt(prompt=instance)
+
+    @extend_schema(request=s.BulkPromptSerializer)
+    @action(detail=False, methods=["post"])
+    def bulk(self, request):
+        """Create many prompts at once, all or nothing; errors are keyed by item index."""
+        body = s.BulkPromptSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        project = access.access_project_by_id(request.user, body.validated_data["project"], min_role=Role.ADMIN)
+        result = services.bulk_create_prompts(project=project, items=body.validated_data["items"], author=request.user)
+        return Response({"created": [p.pk for p in result.created], "duplicates": [p.pk for p in result.duplicates]},
+                        status=201)
+
+
+class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
+    """Tasks. Reviewers and admins list their projects' tasks; labelers see the tasks they hold or did."""
+
+    serializer_class = s.TaskSerializer
+    filterset_class = filters.TaskFilter
+
+    def get_queryset(self):
+        user = self.request.user
+        queryset = task_detail_queryset().order_by("id")
+        if user.is_staff:
+            return queryset
+        return queryset.filter(
+            Q(project__in=access.projects_where(user, min_role=Role.REVIEWER))
+            | Q(pk__in=TaskSlot.objects.filter(labeler=user).values("task_id"))
+        )
+
+    def retrieve(self, request, pk=None):
+        task = access.access_task_by_id(request.user, pk)
+        return Response(render_task(task.pk, request.user))
+
+    @extend_schema(request=s.RankingSubmitSerializer, responses={201: s.RankingSerializer})
+    @action(detail=True, methods=["post"], url_path="submit-ranking")
+    def submit_ranking(self, request, pk=None):
+        """Rank the task's candidates (1 = best, ties share a rank). A retry returns 200 and the first ranking."""
+        body = s.RankingSubmitSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        task = access.access_task_by_id(request.user, pk)
+        ranking, created = services.submit_ranking(labeler=request.user, task=task, **body.validated_data)
+        ranking = Ranking.objects.prefetch_related("entries").select_related("task").get(pk=ranking.pk)
+        return Response(s.RankingSerializer(ranking).data, status=201 if created else 200)
+
+    @extend_schema(request=s.DemonstrationSubmitSerializer, responses={201: s.DemonstrationSerializer})
+    @action(detail=True, methods=["post"], url_path="submit-demonstration")
+    def submit_demonstration(self, request, pk=None):
+        """Write the ideal response to the task's prompt. A retry returns 200 and the first one."""
+        body = s.DemonstrationSubmitSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        task = access.access_task_by_id(request.user, pk)
+        demo, created = services.submit_demonstration(author=request.user, task=task, **body.validated_data)
+        return Response(s.DemonstrationSerializer(demo).data, status=201 if created else 200)
+
+    @extend_schema(request=s.SkipSerializer, responses={201: s.SkipOutSerializer})
+    @action(detail=True, methods=["post"])
+    def skip(self, request, pk=None):
+        """Skip with a reason; the slot goes back to the pool and the task is not offered to you again."""
+        body = s.SkipSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        task = access.access_task_by_id(request.user, pk)
+        skip, created = services.skip_task(labeler=request.user, task=task, reason=body.validated_data["reason"])
+        return Response(s.SkipOutSerializer(skip).data, status=201 if created else 200)
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["post"], url_path="undo-skip")
+    def undo_skip(self, request, pk=None):
+        """Forget your skip of this task, so it can be offered to you again."""
+        task = access.access_task_by_id(request.user, pk)
+        services.undo_skip(labeler=request.user, task=task)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["post"])
+    def release(self, request, pk=None):
+        """Give your lease back without skipping (the task may be offered to you again later)."""
+        task = access.access_task_by_id(request.user, pk)
+        services.release_task(labeler=request.user, task=task)
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class RankingViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.RankingSerializer
+    filterset_class = filters.RankingFilter
+
+    def get_queryset(self):
+        return (access.rankings_visible_to(self.request.user).select_related("task")
+                .prefetch_related("entries").order_by("id"))
+
+
+class DemonstrationViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.DemonstrationSerializer
+    filterset_class = filters.DemonstrationFilter
+
+    def get_queryset(self):
+        return access.demonstrations_visible_to(self.request.user).select_related("task").order_by("id")
+
+
+class RoundViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.RoundSerializer
+    filterset_class = filters.RoundFilter
+
+    def get_queryset(self):
+        return access.rounds_visible_to(self.request.user).order_by("id")
+
+
+class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    serializer_class = s.ModelVersionSerializer
+    filterset_class = filters.ModelVersionFilter
+
+    def get_queryset(self):
+        return access.model_versions_visible_to(self.request.user).order_by("id")
+
+
+class MyStatsView(APIView):
+    @extend_schema(responses=s.StatsSerializer)
+    def get(self, request):
+        """Your counts and median seconds per task kind, all time and today."""
+        return Response(services.labeler_stats(user=request.user))
+

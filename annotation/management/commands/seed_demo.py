@@ -1,0 +1,68 @@
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.core.management.base import BaseCommand
+from django.db import transaction
+
+from annotation import services
+from annotation.importing import read_import_file
+from annotation.models import Project, Role
+
+FIXTURE = Path(__file__).resolve().parents[2] / "fixtures/demo/hh_rlhf_helpful.jsonl"
+DEMO_PROJECT = "Demo: helpful assistant (HH-RLHF)"
+GUIDELINES = """\
+# How to label
+
+You are teaching an assistant to be **helpful, honest and harmless**.
+
+## Demonstrations
+Write the reply you would want the assistant to give: answer the last user turn, use the conversation
+so far, say so when you don't know, and refuse harmful requests politely.
+
+## Rankings
+Order the responses from best (1) to worst. Give two responses the same rank only if you truly
+cannot tell them apart. Flag a response that ignores the instruction, makes things up, would be
+inappropriate from a customer assistant, or contains harmful, sexual or violent content.
+
+## Skipping
+Skip a task you cannot judge (for example, it needs expertise you lack), and say why.
+"""
+USERS = [("demo-admin", Role.ADMIN, True), ("demo-labeler-1", Role.LABELER, False),
+         ("demo-labeler-2", Role.LABELER, False)]
+
+
+class Command(BaseCommand):
+    help = ("Create the demo project, a demo admin and two demo labelers (credentials printed once, at "
+            "creation), seeded with real HH-RLHF prompts and response pairs shipped in the repo.")
+
+    @transaction.atomic
+    def handle(self, *args, **options):
+        User = get_user_model()
+        if Project.objects.filter(name=DEMO_PROJECT).exists():
+            self.stdout.write(f"Demo project {DEMO_PROJECT!r} already exists; its users' passwords were printed when "
+                              "it was created (reset one with: manage.py changepassword demo-labeler-1).")
+            return
+        project = Project.objects.create(
+            name=DEMO_PROJECT, guidelines=GUIDELINES, k=2, overlap=2, lease_seconds=900,
+            demonstrations_enabled=True, rankings_enabled=True, prompt_writing_enabled=True,
+        )
+        credentials = []
+        for username, role, staff in USERS:
+            password = secrets.token_urlsafe(12)
+            user = User.objects.filter(username=username).first() or User(username=username)
+            user.is_staff = user.is_superuser = staff
+            user.set_password(password)
+            user.save()
+            services.add_member(project=project, user=user, role=role)
+            credentials.append((username, password, "site admin + project admin" if staff else role))
+        items, line_numbers, _ = read_import_file(FIXTURE)
+        result = services.bulk_create_prompts(project=project, items=items, line_numbers=line_numbers)
+        self.stdout.write(self.style.SUCCESS(
+            f"Created {DEMO_PROJECT!r} with {len(result.created)} prompts, each with a demonstration task and a "
+            "2-response ranking task."))
+        self.stdout.write("Demo accounts (shown only this once; keep them):")
+        for username, password, role in credentials:
+            self.stdout.write(f"  {username:16} {password:20} {role}")

@@ -1,0 +1,489 @@
+"""Data model for collecting human feedback: projects, prompts, demonstrations, candidates, ranking
+tasks with leased slots, rankings with per-candidate labels, and the training registry (rounds and
+model versions) that later stages fill in.
+
+Model methods answer questions about one row; every write that spans rows lives in services.py.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import timedelta
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+MIN_K, MAX_K = 2, 9
+
+
+class TaskKind(models.TextChoices):
+    DEMONSTRATION = "demonstration", "Demonstration"
+    RANKING = "ranking", "Ranking"
+    PROMPT_WRITING = "prompt_writing", "Prompt writing"
+
+
+class Role(models.TextChoices):
+    LABELER = "labeler", "Labeler"
+    REVIEWER = "reviewer", "Reviewer"
+    ADMIN = "admin", "Admin"
+
+
+class ProjectQuerySet(models.QuerySet):
+    def visible_to(self, user) -> ProjectQuerySet:
+        if user.is_staff:
+            return self
+        return self.filter(memberships__user=user).distinct()
+
+
+class Project(models.Model):
+    name = models.CharField(max_length=200, unique=True)
+    guidelines = models.TextField(blank=True, help_text="Markdown shown beside every task.")
+    k = models.PositiveSmallIntegerField(
+        default=4,
+        validators=[MinValueValidator(MIN_K), MaxValueValidator(MAX_K)],
+        help_text="Responses per ranking task (2–9).",
+    )
+    overlap = models.PositiveSmallIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(50)],
+        help_text="Distinct labelers who must complete each task.",
+    )
+    lease_seconds = models.PositiveIntegerField(
+        default=900, validators=[MinValueValidator(30), MaxValueValidator(7 * 24 * 3600)],
+        help_text="How long a task stays reserved for the labeler who received it.",
+    )
+    demonstrations_enabled = models.BooleanField(default=True)
+    rankings_enabled = models.BooleanField(default=True)
+    prompt_writing_enabled = models.BooleanField(default=False)
+    # Default sampling settings for generating candidates.
+    max_new_tokens = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1), MaxValueValidator(4096)])
+    temperature = models.FloatField(default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(5.0)])
+    top_p = models.FloatField(default=0.95, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = ProjectQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(k__gte=MIN_K, k__lte=MAX_K), name="project_k_2_to_9"),
+            models.CheckConstraint(condition=Q(overlap__gte=1), name="project_overlap_positive"),
+            models.CheckConstraint(condition=Q(lease_seconds__gte=30), name="project_lease_at_least_30s"),
+            models.CheckConstraint(condition=Q(temperature__gte=0), name="project_temperature_non_negative"),
+            models.CheckConstraint(condition=Q(top_p__gt=0, top_p__lte=1), name="project_top_p_in_0_1"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def lease_duration(self) -> timedelta:
+        return timedelta(seconds=self.lease_seconds)
+
+    def kind_enabled(self, kind: str) -> bool:
+        return {
+            TaskKind.DEMONSTRATION: self.demonstrations_enabled,
+            TaskKind.RANKING: self.rankings_enabled,
+            TaskKind.PROMPT_WRITING: self.prompt_writing_enabled,
+        }[kind]
+
+    def sampling_defaults(self) -> dict:
+        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p}
+
+
+class Membership(models.Model):
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.LABELER)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user_and_project"),
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="membership_role_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.user} is {self.role} of {self.project}"
+
+
+class Split(models.TextChoices):
+    TRAIN = "train", "Train"
+    VALIDATION = "validation", "Validation"
+    TEST = "test", "Test"
+
+
+# Fractions of prompts per split; the assignment is a pure function of the content hash.
+SPLIT_BUCKETS = ((Split.TRAIN, 90), (Split.VALIDATION, 5), (Split.TEST, 5))
+
+
+def content_hash(text: str, messages: list[dict] | None) -> str:
+    """A stable hash of a prompt's content: the conversation if there is one, else the text."""
+    payload = json.dumps(messages, ensure_ascii=False, sort_keys=True) if messages else text
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def split_for_hash(digest: str) -> str:
+    """Deterministic split from the content hash, so a prompt never changes split between exports."""
+    bucket = int(digest[:8], 16) % 100
+    for split, share in SPLIT_BUCKETS:
+        if bucket < share:
+            return split
+        bucket -= share
+    raise AssertionError("split buckets must add up to 100")
+
+
+class PromptSource(models.TextChoices):
+    LABELER = "labeler", "Written by a labeler"
+    IMPORTED = "imported", "Imported"
+    GENERATED = "generated", "Generated"
+
+
+class Prompt(models.Model):
+    Source = PromptSource
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    text = models.TextField(help_text="The prompt; for a conversation, its turns rendered as text.")
+    messages = models.JSONField(null=True, blank=True, help_text="A multi-turn conversation: [{role, content}].")
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.IMPORTED)
+    author = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="written_prompts"
+    )
+    language = models.CharField(max_length=16, default="en")
+    tags = models.JSONField(default=list, blank=True)
+    split = models.CharField(max_length=16, choices=Split.choices, editable=False)
+    content_hash = models.CharField(max_length=64, editable=False)
+    # Idempotency key for prompts written by labelers: a retried submit finds the first one.
+    client_token = models.UUIDField(null=True, blank=True, editable=False)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "content_hash"], name="prompt_unique_content_per_project"),
+            models.UniqueConstraint(
+                fields=["author", "client_token"], condition=Q(client_token__isnull=False),
+                name="prompt_unique_client_token_per_author",
+            ),
+            models.CheckConstraint(condition=Q(split__in=Split.values), name="prompt_split_valid"),
+            models.CheckConstraint(condition=Q(source__in=PromptSource.values), name="prompt_source_valid"),
+        ]
+        indexes = [models.Index(fields=["project", "split"])]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+    def save(self, *args, **kwargs):
+        self.content_hash = content_hash(self.text, self.messages)
+        self.split = split_for_hash(self.content_hash)
+        super().save(*args, **kwargs)
+
+
+class ReviewStatus(models.TextChoices):
+    SUBMITTED = "submitted", "Submitted"
+    ACCEPTED = "accepted", "Accepted"
+    REJECTED = "rejected", "Rejected"
+
+
+class Round(models.Model):
+    """A training round of a project. Later issues fill in how rounds run."""
+
+    class Status(models.TextChoices):
+        COLLECTING = "collecting", "Collecting labels"
+        TRAINING = "training", "Training"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rounds")
+    number = models.PositiveIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COLLECTING)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["project_id", "number"]
+        constraints = [models.UniqueConstraint(fields=["project", "number"], name="round_number_unique_per_project")]
+
+    def __str__(self) -> str:
+        return f"{self.project} round {self.number}"
+
+
+class ModelVersion(models.Model):
+    class Stage(models.TextChoices):
+        BASE = "base", "Base"
+        SFT = "sft", "SFT"
+        RM = "rm", "Reward model"
+        PPO = "ppo", "PPO policy"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    stage = models.CharField(max_length=8, choices=Stage.choices)
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.PROTECT, related_name="model_versions")
+    name = models.CharField(max_length=200, blank=True)
+    artifact_path = models.CharField(max_length=1000, help_text="Directory under ARTIFACT_ROOT, or a hub id.")
+    config = models.JSONField(default=dict, blank=True)
+    metrics = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.name or f"{self.get_stage_display()} #{self.pk}"
+
+
+class Candidate(models.Model):
+    """One response to a prompt, from a person, an import, or a model version."""
+
+    class Origin(models.TextChoices):
+        HUMAN = "human", "Human"
+        IMPORTED = "imported", "Imported"
+        MODEL = "model", "Model"
+
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="candidates")
+    text = models.TextField(blank=True)
+    origin = models.CharField(max_length=16, choices=Origin.choices, default=Origin.IMPORTED)
+    model_version = models.ForeignKey(
+        ModelVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="candidates"
+    )
+    generation_params = models.JSONField(default=dict, blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(origin="model", model_version__isnull=False) | ~Q(origin="model"),
+                name="model_candidate_names_its_model_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class TaskQuerySet(models.QuerySet):
+    def rankings(self) -> TaskQuerySet:
+        return self.filter(kind=TaskKind.RANKING)
+
+    def demonstrations(self) -> TaskQuerySet:
+        return self.filter(kind=TaskKind.DEMONSTRATION)
+
+
+class Task(models.Model):
+    """A unit of labeling work on one prompt: write a demonstration, or rank the task's candidates.
+
+    It has ``target_overlap`` slots (TaskSlot); each slot is leased to one labeler at a time and holds
+    at most one submission, so a task can never collect more submissions than its overlap.
+    """
+
+    class Status(models.TextChoices):
+        OPEN = "open", "Open"
+        COMPLETE = "complete", "Complete"
+        CANCELLED = "cancelled", "Cancelled"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    kind = models.CharField(max_length=16, choices=[c for c in TaskKind.choices if c[0] != TaskKind.PROMPT_WRITING])
+    prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
+    candidates = models.ManyToManyField(Candidate, through="TaskCandidate", related_name="tasks")
+    round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    target_overlap = models.PositiveSmallIntegerField(default=1)
+    done_count = models.PositiveSmallIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
+    created = models.DateTimeField(auto_now_add=True)
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(target_overlap__gte=1), name="task_overlap_positive"),
+            models.CheckConstraint(condition=Q(done_count__lte=models.F("target_overlap")), name="task_never_over_done"),
+            models.CheckConstraint(condition=Q(kind__in=["demonstration", "ranking"]), name="task_kind_valid"),
+        ]
+        indexes = [models.Index(fields=["project", "kind", "status", "-done_count", "id"], name="task_queue_order")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} task {self.pk}"
+
+
+class RankingTaskManager(models.Manager):
+    def get_queryset(self):
+        return super().get_queryset().filter(kind=TaskKind.RANKING)
+
+
+class RankingTask(Task):
+    """Ranking tasks only: a prompt and its k candidates to order from best to worst."""
+
+    objects = RankingTaskManager()
+
+    class Meta:
+        proxy = True
+
+
+class TaskCandidate(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="task_candidates")
+    candidate = models.ForeignKey(Candidate, on_delete=models.PROTECT, related_name="task_links")
+    position = models.PositiveSmallIntegerField(help_text="Display order, 0-based, shuffled at creation.")
+
+    class Meta:
+        ordering = ["task_id", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "candidate"], name="candidate_once_per_task"),
+            models.UniqueConstraint(fields=["task", "position"], name="position_once_per_task"),
+        ]
+
+
+class TaskSlot(models.Model):
+    """One of a task's ``target_overlap`` places. A labeler leases a free slot, then fills it."""
+
+    class Status(models.TextChoices):
+        FREE = "free", "Free"
+        LEASED = "leased", "Leased"
+        DONE = "done", "Done"
+
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="slots")
+    # Denormalised from the task so the queue reads one table's index.
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="+")
+    kind = models.CharField(max_length=16)
+    index = models.PositiveSmallIntegerField()
+    status = models.CharField(max_length=8, choices=Status.choices, default=Status.FREE)
+    labeler = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="slots"
+    )
+    leased_at = models.DateTimeField(null=True, blank=True)
+    lease_expires = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["task_id", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "index"], name="slot_index_unique_per_task"),
+            # A labeler holds at most one slot of a task, even under concurrent "next task" requests.
+            models.UniqueConstraint(
+                fields=["task", "labeler"], condition=Q(labeler__isnull=False), name="one_slot_per_labeler_and_task"
+            ),
+            models.CheckConstraint(
+                condition=Q(status="free", labeler__isnull=True)
+                | Q(status__in=["leased", "done"], labeler__isnull=False),
+                name="slot_labeler_matches_status",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="leased") | Q(lease_expires__isnull=False), name="leased_slot_has_expiry"
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["labeler", "status"], name="slot_by_labeler"),
+            models.Index(
+                fields=["project", "kind", "status"], name="claimable_slots",
+                condition=Q(status__in=["free", "leased"]),
+            ),
+        ]
+
+    def is_lease_active(self, now=None) -> bool:
+        now = now or timezone.now()
+        return self.status == self.Status.LEASED and self.lease_expires is not None and self.lease_expires > now
+
+
+class Demonstration(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="demonstrations")
+    slot = models.OneToOneField(TaskSlot, on_delete=models.PROTECT, related_name="demonstration")
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="demonstrations")
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="demonstrations")
+    text = models.TextField()
+    seconds_spent = models.FloatField(validators=[MinValueValidator(0)])
+    review_status = models.CharField(max_length=16, choices=ReviewStatus.choices, default=ReviewStatus.SUBMITTED)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "author"], name="one_demonstration_per_author_and_task"),
+            models.CheckConstraint(condition=Q(seconds_spent__gte=0), name="demonstration_seconds_non_negative"),
+            models.CheckConstraint(condition=~Q(text=""), name="demonstration_not_empty"),
+        ]
+
+
+class Ranking(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="rankings")
+    slot = models.OneToOneField(TaskSlot, on_delete=models.PROTECT, related_name="ranking")
+    labeler = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
+    comment = models.TextField(blank=True)
+    seconds_spent = models.FloatField(validators=[MinValueValidator(0)])
+    review_status = models.CharField(max_length=16, choices=ReviewStatus.choices, default=ReviewStatus.SUBMITTED)
+    created = models.DateTimeField(auto_now_add=True)
+    updated = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "labeler"], name="one_ranking_per_labeler_and_task"),
+            models.CheckConstraint(condition=Q(seconds_spent__gte=0), name="ranking_seconds_non_negative"),
+        ]
+
+    def ranks(self) -> dict[int, int]:
+        """candidate id → rank (1 = best); uses prefetched entries when present."""
+        return {entry.candidate_id: entry.rank for entry in self.entries.all()}
+
+
+class RankingEntry(models.Model):
+    """A candidate's rank within one ranking, with its InstructGPT-style labels."""
+
+    ranking = models.ForeignKey(Ranking, on_delete=models.CASCADE, related_name="entries")
+    candidate = models.ForeignKey(Candidate, on_delete=models.PROTECT, related_name="ranking_entries")
+    rank = models.PositiveSmallIntegerField(validators=[MinValueValidator(1), MaxValueValidator(MAX_K)])
+    fails_instruction = models.BooleanField(default=False)
+    hallucination = models.BooleanField(default=False)
+    inappropriate = models.BooleanField(default=False, help_text="Inappropriate for a customer assistant.")
+    harmful = models.BooleanField(default=False, help_text="Harmful, sexual or violent content.")
+    quality = models.PositiveSmallIntegerField(
+        null=True, blank=True, validators=[MinValueValidator(1), MaxValueValidator(7)],
+        help_text="Overall quality, Likert 1–7.",
+    )
+
+    class Meta:
+        ordering = ["ranking_id", "rank", "candidate_id"]
+        constraints = [
+            models.UniqueConstraint(fields=["ranking", "candidate"], name="candidate_ranked_once_per_ranking"),
+            models.CheckConstraint(condition=Q(rank__gte=1, rank__lte=MAX_K), name="rank_1_to_9"),
+            models.CheckConstraint(
+                condition=Q(quality__isnull=True) | Q(quality__gte=1, quality__lte=7), name="quality_likert_1_to_7"
+            ),
+        ]
+
+
+class Skip(models.Model):
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="skips")
+    labeler = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="skips")
+    reason = models.CharField(max_length=500)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "labeler"], name="one_skip_per_labeler_and_task"),
+            models.CheckConstraint(condition=~Q(reason=""), name="skip_has_reason"),
+        ]
+
+
+def validate_messages(messages) -> list[dict]:
+    """A conversation is a non-empty list of {role, content} with known roles and text content."""
+    if not isinstance(messages, list) or not messages:
+        raise ValidationError("must be a non-empty list of {role, content} turns")
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict) or set(turn) != {"role", "content"}:
+            raise ValidationError(f"turn {i} must be an object with exactly 'role' and 'content'")
+        if turn["role"] not in {"system", "user", "assistant"}:
+            raise ValidationError(f"turn {i}: role must be system, user or assistant")
+        if not isinstance(turn["content"], str) or not turn["content"].strip():
+            raise ValidationError(f"turn {i}: content must be non-empty text")
+    return messages
+
+
+def render_messages(messages: list[dict]) -> str:
+    return "\n\n".join(f"{turn['role'].capitalize()}: {turn['content']}" for turn in messages)

@@ -1,0 +1,480 @@
+"""Every write that spans rows, needs a transaction or has side effects.
+
+Views, admin actions, management commands and Celery tasks all call these keyword-only functions,
+so the rules (leases, validation, idempotency) live in one place.
+
+Errors are raised as ``rest_framework.exceptions`` (ValidationError with field messages, Conflict)
+so every caller reports them the same way.
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import uuid
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TypedDict
+
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import IntegrityError, connection, transaction
+from django.db.models import ProtectedError
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.utils import timezone
+from rest_framework import status
+from rest_framework.exceptions import APIException, ValidationError
+
+from .models import (
+    Candidate,
+    Demonstration,
+    Membership,
+    Project,
+    Prompt,
+    Ranking,
+    RankingEntry,
+    Role,
+    Skip,
+    Task,
+    TaskCandidate,
+    TaskKind,
+    TaskSlot,
+    content_hash,
+    render_messages,
+    validate_messages,
+)
+
+
+class Conflict(APIException):
+    status_code = status.HTTP_409_CONFLICT
+    default_detail = "The request conflicts with the current state."
+    default_code = "conflict"
+
+
+LABEL_FIELDS = ("fails_instruction", "hallucination", "inappropriate", "harmful")
+
+
+class EntryInput(TypedDict, total=False):
+    candidate: int
+    rank: int
+    fails_instruction: bool
+    hallucination: bool
+    inappropriate: bool
+    harmful: bool
+    quality: int | None
+
+
+class CandidateInput(TypedDict, total=False):
+    text: str
+    origin: str
+
+
+class PromptInput(TypedDict, total=False):
+    text: str
+    messages: list[dict]
+    language: str
+    tags: list[str]
+    candidates: list[CandidateInput | str]
+
+
+# --- Projects and members -------------------------------------------------------------------------
+
+
+def add_member(*, project: Project, user, role: str = Role.LABELER) -> Membership:
+    membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    return membership
+
+
+# --- Prompts, candidates and tasks ----------------------------------------------------------------
+
+
+def _clean_prompt_content(item: PromptInput) -> tuple[str, list[dict] | None]:
+    messages = item.get("messages")
+    text = (item.get("text") or "").strip()
+    if messages:
+        try:
+            validate_messages(messages)
+        except DjangoValidationError as exc:
+            raise ValidationError({"messages": exc.messages}) from None
+        if messages[-1]["role"] != "user":
+            raise ValidationError({"messages": ["the last turn must be the user's, whom the response answers"]})
+        text = text or render_messages(messages)
+    if not text:
+        raise ValidationError({"text": ["give the prompt as text or as messages"]})
+    return text, messages or None
+
+
+def _clean_candidates(project: Project, raw: Sequence[CandidateInput | str] | None) -> list[CandidateInput]:
+    if not raw:
+        return []
+    cleaned = [{"text": c} if isinstance(c, str) else dict(c) for c in raw]
+    if len(cleaned) != project.k:
+        raise ValidationError({"candidates": [f"a ranking task in this project needs exactly k={project.k} candidates"]})
+    for c in cleaned:
+        if not isinstance(c.get("text"), str):
+            raise ValidationError({"candidates": ["each candidate needs a text"]})
+        if c.get("origin", Candidate.Origin.IMPORTED) not in (Candidate.Origin.IMPORTED, Candidate.Origin.HUMAN):
+            raise ValidationError({"candidates": ["imported candidates have origin 'imported' or 'human'"]})
+    return cleaned
+
+
+def create_task(*, prompt: Prompt, kind: str, candidates: Sequence[Candidate] = (), round=None,
+                overlap: int | None = None, shuffle_seed: int | None = None) -> Task:
+    """A task with ``overlap`` free slots; ranking candidates are shown in a shuffled, fixed order."""
+    project = prompt.project
+    overlap = overlap or project.overlap
+    task = Task.objects.create(project=project, kind=kind, prompt=prompt, round=round, target_overlap=overlap)
+    TaskSlot.objects.bulk_create(
+        TaskSlot(task=task, project=project, kind=kind, index=i) for i in range(overlap)
+    )
+    if candidates:
+        order = list(candidates)
+        random.Random(shuffle_seed if shuffle_seed is not None else task.pk).shuffle(order)
+        TaskCandidate.objects.bulk_create(
+            TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate(order)
+        )
+    return task
+
+
+def _create_prompt_with_tasks(*, project: Project, item: PromptInput, source: str, author=None,
+                              client_token: uuid.UUID | None = None) -> tuple[Prompt, bool]:
+    text, messages = _clean_prompt_content(item)
+    candidates = _clean_candidates(project, item.get("candidates"))
+    existing = Prompt.objects.filter(project=project, content_hash=content_hash(text, messages)).first()
+    if existing is not None:
+        return existing, False
+    prompt = Prompt.objects.create(
+        project=project, text=text, messages=messages, source=source, author=author,
+        language=item.get("language") or "en", tags=list(item.get("tags") or []), client_token=client_token,
+    )
+    if project.demonstrations_enabled:
+        create_task(prompt=prompt, kind=TaskKind.DEMONSTRATION)
+    if candidates:
+        rows = Candidate.objects.bulk_create(
+            Candidate(prompt=prompt, text=c["text"], origin=c.get("origin", Candidate.Origin.IMPORTED))
+            for c in candidates
+        )
+        create_task(prompt=prompt, kind=TaskKind.RANKING, candidates=rows)
+    return prompt, True
+
+
+@dataclass
+class BulkResult:
+    created: list[Prompt]
+    duplicates: list[Prompt]
+
+
+@transaction.atomic
+def bulk_create_prompts(*, project: Project, items: Sequence[PromptInput], author=None,
+                        source: str = Prompt.Source.IMPORTED, line_numbers: Sequence[int] | None = None,
+                        on_progress=None) -> BulkResult:
+    """Create prompts (and their demonstration / ranking tasks) all or nothing.
+
+    A prompt whose content already exists in the project is reported as a duplicate, not created again,
+    so a retried import creates nothing new. Errors name the item's index (or line, when
+    ``first_line`` is given) and roll the whole import back.
+    """
+    created, duplicates, errors = [], [], {}
+    for i, item in enumerate(items):
+        where = str(line_numbers[i] if line_numbers is not None else i)
+        try:
+            with transaction.atomic():
+                prompt, was_created = _create_prompt_with_tasks(project=project, item=item, source=source, author=author)
+        except ValidationError as exc:
+            errors[where] = exc.detail
+            continue
+        (created if was_created else duplicates).append(prompt)
+        if on_progress is not None:
+            on_progress(i + 1, len(items))
+    if errors:
+        transaction.set_rollback(True)
+        raise ValidationError({"lines" if line_numbers is not None else "items": errors})
+    return BulkResult(created=created, duplicates=duplicates)
+
+
+def delete_prompt(*, prompt: Prompt) -> None:
+    """Delete a prompt and its tasks, unless labels exist for it: labels are never lost."""
+    try:
+        with transaction.atomic():
+            prompt.delete()
+    except ProtectedError:
+        raise Conflict("This prompt has demonstrations or rankings and cannot be deleted.") from None
+
+
+def delete_project(*, project: Project) -> None:
+    """Delete a project, unless it holds labels: labels are never lost."""
+    try:
+        with transaction.atomic():
+            project.delete()
+    except ProtectedError:
+        raise Conflict("This project has demonstrations or rankings; archive it instead of deleting it.") from None
+
+
+def write_prompt(*, author, project: Project, item: PromptInput, client_token: uuid.UUID) -> tuple[Prompt, bool]:
+    """A labeler-written prompt. Idempotent on ``client_token``: a retried submit returns the first prompt."""
+    if not project.prompt_writing_enabled:
+        raise ValidationError({"project": ["prompt writing is not enabled in this project"]})
+    with transaction.atomic():
+        existing = Prompt.objects.filter(author=author, client_token=client_token).first()
+        if existing is not None:
+            return existing, False
+        prompt, created = _create_prompt_with_tasks(
+            project=project, item={k: v for k, v in item.items() if k != "candidates"},
+            source=Prompt.Source.LABELER, author=author, client_token=client_token,
+        )
+    if not created:
+        raise ValidationError({"text": ["this prompt already exists in the project"]})
+    return prompt, True
+
+
+# --- The task queue -------------------------------------------------------------------------------
+
+
+def _claimable(*, user, project: Project, kind: str, now) -> QuerySet[TaskSlot]:
+    """Slots the user may lease, nearest-to-complete tasks first.
+
+    A slot is claimable when it is free or its lease has expired, its task is open, and the user has
+    neither a slot of that task (leased or done) nor a skip on it.
+    """
+    mine = TaskSlot.objects.filter(task_id=OuterRef("task_id"), labeler=user)
+    skipped = Skip.objects.filter(task_id=OuterRef("task_id"), labeler=user)
+    return (
+        TaskSlot.objects.filter(project=project, kind=kind, task__status=Task.Status.OPEN)
+        .filter(Q(status=TaskSlot.Status.FREE) | Q(status=TaskSlot.Status.LEASED, lease_expires__lte=now))
+        .exclude(Exists(mine))
+        .exclude(Exists(skipped))
+        .order_by("-task__done_count", "task_id", "index")
+    )
+
+
+def _my_open_lease(*, user, project: Project, kind: str) -> TaskSlot | None:
+    """The slot the user already holds; an expired lease still counts while nobody else has taken it."""
+    return (
+        TaskSlot.objects.filter(labeler=user, project=project, kind=kind, status=TaskSlot.Status.LEASED,
+                                task__status=Task.Status.OPEN)
+        .order_by("leased_at").first()
+    )
+
+
+def _lease(slot_id: int, *, user, project: Project, now, only_if_claimable: bool) -> bool:
+    """Conditional-UPDATE claim: true when this call, and no concurrent one, got the slot."""
+    rows = TaskSlot.objects.filter(pk=slot_id)
+    if only_if_claimable:
+        rows = rows.filter(Q(status=TaskSlot.Status.FREE) | Q(status=TaskSlot.Status.LEASED, lease_expires__lte=now))
+    else:
+        rows = rows.filter(labeler=user, status=TaskSlot.Status.LEASED)
+    return rows.update(
+        status=TaskSlot.Status.LEASED, labeler=user, leased_at=now, lease_expires=now + project.lease_duration
+    ) == 1
+
+
+def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Task | None:
+    """Lease the next task of ``kind`` to ``user`` and return it, or None when nothing is left.
+
+    Asking again while holding a lease returns the same task (and renews the lease). Locks: on
+    PostgreSQL the candidate slot is selected ``FOR UPDATE SKIP LOCKED``, so concurrent labelers pass
+    each other instead of queueing; the conditional UPDATE makes the claim safe on SQLite too, and the
+    (task, labeler) unique constraint stops one labeler holding two slots of a task.
+    """
+    if kind == TaskKind.PROMPT_WRITING or not project.kind_enabled(kind):
+        raise ValidationError({"kind": [f"{kind} tasks are not enabled in this project"]})
+    for _ in range(max_attempts):
+        now = timezone.now()
+        try:
+            with transaction.atomic():
+                held = _my_open_lease(user=user, project=project, kind=kind)
+                if held is not None:
+                    _lease(held.pk, user=user, project=project, now=now, only_if_claimable=False)
+                    return Task.objects.select_related("project", "prompt").get(pk=held.task_id)
+                candidates = _claimable(user=user, project=project, kind=kind, now=now)
+                if connection.features.has_select_for_update_skip_locked:
+                    candidates = candidates.select_for_update(skip_locked=True, of=("self",))
+                slot = candidates.only("id", "task_id").first()
+                if slot is None:
+                    return None
+                if _lease(slot.pk, user=user, project=project, now=now, only_if_claimable=True):
+                    return Task.objects.select_related("project", "prompt").get(pk=slot.task_id)
+                # Nothing got updated: another labeler got there first. Try the next slot.
+        except IntegrityError:
+            # A concurrent request of the same labeler leased another slot of this task; the next
+            # attempt finds that lease and returns it.
+            continue
+    raise Conflict("The queue is busy; please ask again.")
+
+
+def _lock_my_slot(*, user, task: Task, now) -> TaskSlot:
+    """Lock the slot this submission fills: the caller's lease, or, if it expired and was taken over,
+    any slot of the task that is still claimable. Needs an open transaction."""
+    slot = TaskSlot.objects.select_for_update().filter(task=task, labeler=user).first()
+    if slot is not None:
+        return slot
+    for free in _claimable(user=user, project=task.project, kind=task.kind, now=now).filter(task=task):
+        if _lease(free.pk, user=user, project=task.project, now=now, only_if_claimable=True):
+            return TaskSlot.objects.select_for_update().get(pk=free.pk)
+    if Skip.objects.filter(task=task, labeler=user).exists():
+        raise Conflict("You skipped this task.")
+    raise Conflict("Your lease on this task expired and its slots are taken.")
+
+
+def _finish_slot(slot: TaskSlot, task: Task) -> None:
+    TaskSlot.objects.filter(pk=slot.pk).update(status=TaskSlot.Status.DONE, lease_expires=None)
+    # One UPDATE, evaluated against the row's current values, so concurrent submits on the same task
+    # (other slots) never compute the status from a stale count.
+    Task.objects.filter(pk=task.pk).update(
+        done_count=F("done_count") + 1,
+        status=Case(
+            When(done_count__gte=F("target_overlap") - 1, then=Value(Task.Status.COMPLETE)), default=F("status")
+        ),
+    )
+
+
+def _require_kind(task: Task, kind: str) -> None:
+    if task.kind != kind:
+        raise ValidationError({"task": [f"this is a {task.kind} task"]})
+    if task.status == Task.Status.CANCELLED:
+        raise Conflict("This task was cancelled.")
+
+
+def validate_ranking_entries(task: Task, entries: Sequence[EntryInput]) -> list[EntryInput]:
+    """The ranks cover exactly the task's candidates, are 1..n and consecutive (ties share a rank)."""
+    expected = set(TaskCandidate.objects.filter(task=task).values_list("candidate_id", flat=True))
+    given = [e["candidate"] for e in entries]
+    if len(given) != len(set(given)):
+        raise ValidationError({"entries": ["each candidate may appear only once"]})
+    if set(given) != expected:
+        missing, extra = sorted(expected - set(given)), sorted(set(given) - expected)
+        msg = "rank every candidate of the task exactly once"
+        details = ([f"missing {missing}"] if missing else []) + ([f"not in this task {extra}"] if extra else [])
+        raise ValidationError({"entries": [f"{msg}: {'; '.join(details)}"]})
+    ranks = sorted({e["rank"] for e in entries})
+    if ranks != list(range(1, len(ranks) + 1)):
+        raise ValidationError({"entries": ["ranks must start at 1 and be consecutive; ties share a rank (1, 1, 2)"]})
+    return list(entries)
+
+
+def _same_ranks(ranking: Ranking, entries: Sequence[EntryInput]) -> bool:
+    return ranking.ranks() == {e["candidate"]: e["rank"] for e in entries}
+
+
+def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], seconds_spent: float,
+                   comment: str = "") -> tuple[Ranking, bool]:
+    """Record a ranking; returns (ranking, created).
+
+    Idempotent: a retry of the same ranking (double click, network retry) returns the first one with
+    created=False; a different ranking of a task already submitted is a Conflict. Locks the caller's
+    slot row, so concurrent retries serialise on it.
+    """
+    _require_kind(task, TaskKind.RANKING)
+    entries = validate_ranking_entries(task, entries)
+    now = timezone.now()
+    with transaction.atomic():
+        slot = _lock_my_slot(user=labeler, task=task, now=now)
+        if slot.status == TaskSlot.Status.DONE:
+            existing = Ranking.objects.prefetch_related("entries").get(slot=slot)
+            if _same_ranks(existing, entries):
+                return existing, False
+            raise Conflict("You already ranked this task; correct it from your history instead.")
+        ranking = Ranking.objects.create(
+            task=task, slot=slot, labeler=labeler, comment=comment, seconds_spent=seconds_spent
+        )
+        RankingEntry.objects.bulk_create(
+            RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
+                         **{f: bool(e.get(f, False)) for f in LABEL_FIELDS})
+            for e in entries
+        )
+        _finish_slot(slot, task)
+    return ranking, True
+
+
+def submit_demonstration(*, author, task: Task, text: str, seconds_spent: float) -> tuple[Demonstration, bool]:
+    """Record a demonstration; idempotent like ``submit_ranking`` (same text → the first one)."""
+    _require_kind(task, TaskKind.DEMONSTRATION)
+    if not text.strip():
+        raise ValidationError({"text": ["a demonstration cannot be empty"]})
+    now = timezone.now()
+    with transaction.atomic():
+        slot = _lock_my_slot(user=author, task=task, now=now)
+        if slot.status == TaskSlot.Status.DONE:
+            existing = Demonstration.objects.get(slot=slot)
+            if existing.text == text:
+                return existing, False
+            raise Conflict("You already wrote a demonstration for this task; correct it from your history instead.")
+        demonstration = Demonstration.objects.create(
+            task=task, slot=slot, prompt_id=task.prompt_id, author=author, text=text, seconds_spent=seconds_spent
+        )
+        _finish_slot(slot, task)
+    return demonstration, True
+
+
+def _free_slot(*, user, task: Task) -> None:
+    TaskSlot.objects.filter(task=task, labeler=user, status=TaskSlot.Status.LEASED).update(
+        status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
+    )
+
+
+@transaction.atomic
+def skip_task(*, labeler, task: Task, reason: str) -> tuple[Skip, bool]:
+    """Record a skip with its reason and return the leased slot to the pool. A retried skip is a no-op."""
+    reason = reason.strip()
+    if not reason:
+        raise ValidationError({"reason": ["say why you skip this task"]})
+    if Ranking.objects.filter(task=task, labeler=labeler).exists() or Demonstration.objects.filter(
+        task=task, author=labeler
+    ).exists():
+        raise Conflict("You already submitted this task.")
+    skip, created = Skip.objects.get_or_create(task=task, labeler=labeler, defaults={"reason": reason})
+    _free_slot(user=labeler, task=task)
+    return skip, created
+
+
+@transaction.atomic
+def undo_skip(*, labeler, task: Task) -> bool:
+    """Forget a skip, so the task can be offered to the labeler again."""
+    deleted, _ = Skip.objects.filter(task=task, labeler=labeler).delete()
+    return deleted > 0
+
+
+@transaction.atomic
+def release_task(*, labeler, task: Task) -> bool:
+    """Give a leased slot back to the pool without recording a skip (for example when logging off)."""
+    held = TaskSlot.objects.filter(task=task, labeler=labeler, status=TaskSlot.Status.LEASED).exists()
+    if not held:
+        raise Conflict("You hold no lease on this task.")
+    _free_slot(user=labeler, task=task)
+    return True
+
+
+# --- Stats ----------------------------------------------------------------------------------------
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return round(statistics.median(values), 1) if values else None
+
+
+def labeler_stats(*, user, since=None) -> dict:
+    """Counts and median seconds per task kind, all time and since ``since`` (default: today, UTC)."""
+    since = since or timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    rankings = list(Ranking.objects.filter(labeler=user).values_list("seconds_spent", "created"))
+    demos = list(Demonstration.objects.filter(author=user).values_list("seconds_spent", "created"))
+
+    def summary(rows):
+        today = [s for s, created in rows if created >= since]
+        return {"count": len(rows), "median_seconds": _median(s for s, _ in rows),
+                "today": len(today), "today_median_seconds": _median(today)}
+
+    return {
+        "ranking": summary(rankings),
+        "demonstration": summary(demos),
+        "prompt_writing": {"count": Prompt.objects.filter(author=user, source=Prompt.Source.LABELER).count()},
+        "skips": Skip.objects.filter(labeler=user).count(),
+        "since": since.isoformat(),
+    }
+
+
+def expire_leases(*, now=None) -> int:
+    """Housekeeping: mark expired leases free. The queue already treats them as free; this keeps the
+    table tidy and the admin's numbers true."""
+    now = now or timezone.now()
+    return TaskSlot.objects.filter(status=TaskSlot.Status.LEASED, lease_expires__lte=now).update(
+        status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
+    )
+

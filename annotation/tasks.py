@@ -1,0 +1,32 @@
+"""Celery tasks: options plus one call. Heavy imports stay inside the functions so the web process
+never loads torch."""
+from __future__ import annotations
+
+import platform
+import socket
+import sysconfig
+
+from celery import shared_task
+
+
+@shared_task(name="annotation.tasks.health")
+def health() -> dict:
+    """Proves a worker is up, reaches the database, and uses the standard library's ``platform``."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+    return {
+        "ok": True,
+        "hostname": socket.gethostname(),
+        "database": connection.vendor,
+        "platform_system": platform.system(),
+        "platform_is_stdlib": platform.__file__.startswith(sysconfig.get_paths()["stdlib"]),
+    }
+
+
+@shared_task(name="annotation.tasks.expire_leases", ignore_result=True)
+def expire_leases() -> int:
+    from . import services
+
+    return services.expire_leases()

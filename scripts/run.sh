@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Set up and run the platform on this machine: virtualenv + dependencies, Redis (from OS packages if
+# missing), migrations, the demo project, then the web server (gunicorn), a Celery worker and Redis.
+# Ctrl-C stops all of them.
+#   scripts/run.sh            # http://127.0.0.1:8000
+#   PORT=9000 scripts/run.sh
+set -euo pipefail
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+PORT="${PORT:-8000}"
+HOST="${HOST:-127.0.0.1}"
+export VAR_DIR="${VAR_DIR:-$ROOT/var}"
+mkdir -p "$VAR_DIR/log"
+
+[ -n "${REDIS_URL:-}" ] || ensure_packages redis-server
+ensure_venv requirements.txt
+PY="$VENV/bin/python"
+
+pids=()
+shutdown() {
+  trap - INT TERM EXIT
+  log "stopping web server, worker and Redis"
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  stop_redis
+  log "stopped"
+}
+trap shutdown EXIT
+trap 'exit 0' INT TERM
+
+if [ -z "${REDIS_URL:-}" ]; then
+  REDIS_PORT="${REDIS_PORT:-6379}"
+  if redis-cli -p "$REDIS_PORT" ping 2>/dev/null | grep -q PONG; then
+    export REDIS_URL="redis://127.0.0.1:$REDIS_PORT/0"; log "using the Redis already running on $REDIS_PORT"
+  else
+    log "starting Redis on 127.0.0.1:$REDIS_PORT"; start_redis "$VAR_DIR/redis" "$REDIS_PORT"
+  fi
+fi
+export CELERY_BROKER_URL="${CELERY_BROKER_URL:-$REDIS_URL}"
+
+log "migrating the database (${DATABASE_URL:-SQLite at $VAR_DIR/db.sqlite3})"
+"$PY" manage.py migrate --noinput -v0
+"$PY" manage.py collectstatic --noinput -v0
+"$PY" manage.py seed_demo
+
+log "starting the Celery worker (queues: default, training)"
+"$VENV/bin/celery" -A rlhf_platform worker -Q default,training -c 1 -l info -n "worker@%h" \
+  >"$VAR_DIR/log/worker.log" 2>&1 &
+pids+=($!)
+
+log "starting the web server on http://$HOST:$PORT/ (API docs: /api/docs/, admin: /admin/)"
+"$VENV/bin/gunicorn" -c platform/gunicorn.conf.py --bind "$HOST:$PORT" rlhf_platform.wsgi &
+pids+=($!)
+
+log "running; logs in $VAR_DIR/log. Press Ctrl-C to stop."
+wait -n "${pids[@]}" || true

@@ -1,0 +1,134 @@
+"""Demonstrations, skips (with undo) and prompt writing through the API."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from annotation import services
+from annotation.models import Demonstration, Prompt, Skip, Task, TaskKind, TaskSlot
+from tests.factories import demonstration_task, make_prompt, make_ranking_task
+
+
+@pytest.fixture
+def demo_task(project_a, users):
+    task = demonstration_task(make_prompt(project_a, "Write a limerick about Django"))
+    services.next_task(user=users["alice"], project=project_a, kind="demonstration")
+    return task
+
+
+def write(client, task, text="There once was a framework...", seconds=40):
+    return client.post(f"/api/tasks/{task.pk}/submit-demonstration/", {"text": text, "seconds_spent": seconds})
+
+
+def test_it_records_a_demonstration(client_for, demo_task, users):
+    response = write(client_for("alice"), demo_task)
+    assert response.status_code == 201
+    demo = Demonstration.objects.get()
+    assert (demo.author, demo.prompt_id, demo.seconds_spent) == (users["alice"], demo_task.prompt_id, 40)
+    assert demo.review_status == "submitted"
+    demo_task.refresh_from_db()
+    assert demo_task.status == Task.Status.COMPLETE
+
+
+def test_a_retried_demonstration_is_not_duplicated(client_for, demo_task):
+    first, retry = write(client_for("alice"), demo_task), write(client_for("alice"), demo_task)
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert first.json()["id"] == retry.json()["id"] and Demonstration.objects.count() == 1
+
+
+def test_an_empty_demonstration_is_a_400(client_for, demo_task):
+    response = write(client_for("alice"), demo_task, text="   ")
+    assert response.status_code == 400 and "text" in response.json()["fields"]
+    assert Demonstration.objects.count() == 0
+
+
+def test_a_skip_records_the_reason_and_frees_the_slot(client_for, demo_task, users):
+    response = client_for("alice").post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "I don't know limericks"})
+    assert response.status_code == 201
+    assert Skip.objects.get().reason == "I don't know limericks"
+    assert TaskSlot.objects.get(task=demo_task).status == TaskSlot.Status.FREE
+
+
+def test_a_skip_needs_a_reason(client_for, demo_task):
+    response = client_for("alice").post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": ""})
+    assert response.status_code == 400 and "reason" in response.json()["fields"]
+    assert Skip.objects.count() == 0
+    assert TaskSlot.objects.get(task=demo_task).status == TaskSlot.Status.LEASED
+
+
+def test_a_retried_skip_is_not_duplicated(client_for, demo_task):
+    client = client_for("alice")
+    assert client.post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "r"}).status_code == 201
+    assert client.post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "r"}).status_code == 200
+    assert Skip.objects.count() == 1
+
+
+def test_undoing_a_skip_offers_the_task_again(client_for, demo_task, project_a):
+    client = client_for("alice")
+    client.post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "oops"})
+    assert client.post(f"/api/projects/{project_a.pk}/next-task/", {"kind": "demonstration"}).status_code == 204
+    assert client.post(f"/api/tasks/{demo_task.pk}/undo-skip/").status_code == 204
+    assert Skip.objects.count() == 0
+    body = client.post(f"/api/projects/{project_a.pk}/next-task/", {"kind": "demonstration"}).json()
+    assert body["id"] == demo_task.pk
+
+
+def test_a_submitted_task_cannot_be_skipped(client_for, demo_task):
+    write(client_for("alice"), demo_task)
+    assert client_for("alice").post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "r"}).status_code == 409
+    assert Skip.objects.count() == 0
+
+
+def test_a_skipped_task_cannot_be_submitted(client_for, demo_task):
+    client_for("alice").post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "r"})
+    assert write(client_for("alice"), demo_task).status_code == 409
+    assert Demonstration.objects.count() == 0
+
+
+def test_a_labeler_writes_a_prompt_that_becomes_a_demonstration_task(client_for, project_a, users):
+    token = str(uuid.uuid4())
+    payload = {"text": "How do I brew green tea?", "tags": ["cooking"], "client_token": token}
+    response = client_for("alice").post(f"/api/projects/{project_a.pk}/write-prompt/", payload)
+    assert response.status_code == 201
+    prompt = Prompt.objects.get()
+    assert (prompt.source, prompt.author, prompt.tags) == ("labeler", users["alice"], ["cooking"])
+    assert prompt.tasks.get().kind == TaskKind.DEMONSTRATION
+
+
+def test_a_retried_written_prompt_is_not_duplicated(client_for, project_a):
+    payload = {"text": "How do I brew green tea?", "client_token": str(uuid.uuid4())}
+    first = client_for("alice").post(f"/api/projects/{project_a.pk}/write-prompt/", payload)
+    retry = client_for("alice").post(f"/api/projects/{project_a.pk}/write-prompt/", payload)
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert Prompt.objects.count() == 1
+
+
+def test_a_written_conversation_must_end_with_the_user(client_for, project_a):
+    payload = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}],
+               "client_token": str(uuid.uuid4())}
+    response = client_for("alice").post(f"/api/projects/{project_a.pk}/write-prompt/", payload)
+    assert response.status_code == 400 and "messages" in response.json()["fields"]
+    assert Prompt.objects.count() == 0
+
+
+def test_prompt_writing_must_be_enabled(client_for, project_a):
+    project_a.prompt_writing_enabled = False
+    project_a.save()
+    payload = {"text": "Anything", "client_token": str(uuid.uuid4())}
+    response = client_for("alice").post(f"/api/projects/{project_a.pk}/write-prompt/", payload)
+    assert response.status_code == 400 and "project" in response.json()["fields"]
+
+
+def test_my_stats_count_and_median_seconds_per_kind(client_for, project_a, users):
+    for seconds in (10, 20, 60):
+        task = make_ranking_task(project_a)
+        services.submit_ranking(labeler=users["alice"], task=task, seconds_spent=seconds,
+                                entries=[{"candidate": c, "rank": 1} for c in
+                                         task.task_candidates.values_list("candidate_id", flat=True)])
+    demo = demonstration_task(make_prompt(project_a))
+    services.submit_demonstration(author=users["alice"], task=demo, text="answer", seconds_spent=90)
+    body = client_for("alice").get("/api/me/stats/").json()
+    assert body["ranking"] == {"count": 3, "median_seconds": 20.0, "today": 3, "today_median_seconds": 20.0}
+    assert body["demonstration"]["count"] == 1 and body["demonstration"]["median_seconds"] == 90.0
+    assert client_for("carol").get("/api/me/stats/").json()["ranking"]["count"] == 0

@@ -1,0 +1,148 @@
+"""POST /api/projects/{id}/next-task/: which task a labeler gets, leasing, order and expiry."""
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from annotation import services
+from annotation.models import Task, TaskSlot
+from tests.factories import best_first, make_prompt, make_ranking_task, demonstration_task
+
+
+def next_task(client, project, kind="ranking"):
+    return client.post(f"/api/projects/{project.pk}/next-task/", {"kind": kind})
+
+
+@pytest.fixture
+def alice(client_for):
+    return client_for("alice")
+
+
+def test_it_leases_a_ranking_task_with_its_candidates(alice, project_a, users):
+    task = make_ranking_task(project_a, "Say hi", ["hi", "hello", "hey", "yo"])
+    response = next_task(alice, project_a)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["id"] == task.pk and body["kind"] == "ranking"
+    assert body["prompt"]["text"] == "Say hi"
+    assert sorted(c["text"] for c in body["candidates"]) == ["hello", "hey", "hi", "yo"]
+    assert body["lease_expires"] is not None
+    slot = TaskSlot.objects.get(task=task)
+    assert slot.status == TaskSlot.Status.LEASED and slot.labeler == users["alice"]
+
+
+def test_asking_again_returns_the_same_leased_task(alice, project_a):
+    make_ranking_task(project_a)
+    make_ranking_task(project_a)
+    first = next_task(alice, project_a).json()["id"]
+    assert next_task(alice, project_a).json()["id"] == first
+    assert TaskSlot.objects.filter(status=TaskSlot.Status.LEASED).count() == 1
+
+
+def test_it_returns_204_when_nothing_is_left(alice, project_a):
+    assert next_task(alice, project_a).status_code == 204
+
+
+def test_a_leased_slot_is_not_handed_to_another_labeler(client_for, project_a):
+    make_ranking_task(project_a)  # overlap 1
+    assert next_task(client_for("alice"), project_a).status_code == 200
+    assert next_task(client_for("carol"), project_a).status_code == 204
+
+
+def test_overlap_hands_each_task_to_distinct_labelers(client_for, project_a, users):
+    project_a.overlap = 2
+    project_a.save()
+    task = make_ranking_task(project_a)
+    assert next_task(client_for("alice"), project_a).json()["id"] == task.pk
+    assert next_task(client_for("carol"), project_a).json()["id"] == task.pk
+    assert set(TaskSlot.objects.filter(task=task).values_list("labeler__username", flat=True)) == {"alice", "carol"}
+
+
+def test_it_never_returns_a_task_the_labeler_did_or_skipped(alice, project_a, users):
+    project_a.overlap = 2
+    project_a.save()
+    done = make_ranking_task(project_a)
+    skipped = make_ranking_task(project_a)
+    services.next_task(user=users["alice"], project=project_a, kind="ranking")
+    services.submit_ranking(labeler=users["alice"], task=done, entries=best_first(done), seconds_spent=3)
+    services.skip_task(labeler=users["alice"], task=skipped, reason="needs medical knowledge")
+    assert next_task(alice, project_a).status_code == 204
+
+
+def test_tasks_nearest_to_completing_their_overlap_go_first(client_for, project_a, users):
+    project_a.overlap = 3
+    project_a.save()
+    fresh = make_ranking_task(project_a)
+    half_done = make_ranking_task(project_a)
+    services.next_task(user=users["carol"], project=project_a, kind="ranking")  # carol gets `fresh` (lower id)
+    carol_task = Task.objects.get(slots__labeler=users["carol"])
+    assert carol_task == fresh
+    services.submit_ranking(labeler=users["carol"], task=fresh, entries=best_first(fresh), seconds_spent=1)
+    # fresh now has 1 of 3 done; half_done has 0: alice gets fresh first.
+    assert next_task(client_for("alice"), project_a).json()["id"] == fresh.pk
+    assert half_done.pk != fresh.pk
+
+
+def test_an_expired_lease_goes_back_to_the_pool(client_for, project_a, users):
+    task = make_ranking_task(project_a)
+    assert next_task(client_for("alice"), project_a).json()["id"] == task.pk
+    TaskSlot.objects.filter(task=task).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    response = next_task(client_for("carol"), project_a)
+    assert response.json()["id"] == task.pk
+    assert TaskSlot.objects.get(task=task).labeler == users["carol"]
+
+
+def test_the_lease_lasts_the_projects_lease_duration(alice, project_a):
+    project_a.lease_seconds = 120
+    project_a.save()
+    task = make_ranking_task(project_a)
+    before = timezone.now()
+    next_task(alice, project_a)
+    slot = TaskSlot.objects.get(task=task)
+    assert timedelta(seconds=119) <= slot.lease_expires - before <= timedelta(seconds=121)
+
+
+def test_demonstration_tasks_come_from_prompts(alice, project_a):
+    prompt = make_prompt(project_a, "Write a haiku about rain")
+    body = next_task(alice, project_a, "demonstration").json()
+    assert body["id"] == demonstration_task(prompt).pk and body["candidates"] == []
+
+
+def test_prompt_writing_returns_a_token_to_submit_with(alice, project_a):
+    body = next_task(alice, project_a, "prompt_writing").json()
+    assert body["kind"] == "prompt_writing" and len(body["client_token"]) == 36
+
+
+def test_a_disabled_kind_is_a_400(alice, project_a):
+    project_a.rankings_enabled = False
+    project_a.save()
+    response = next_task(alice, project_a)
+    assert response.status_code == 400
+    assert response.json()["fields"]["kind"]
+
+
+def test_an_unknown_kind_is_a_400_with_a_field_message(alice, project_a):
+    response = next_task(alice, project_a, "juggling")
+    assert response.status_code == 400
+    assert "kind" in response.json()["fields"]
+
+
+def test_a_labeler_gets_nothing_from_another_project(client_for, project_a, project_b):
+    make_ranking_task(project_b)
+    assert next_task(client_for("alice"), project_b).status_code == 404
+    assert TaskSlot.objects.filter(status=TaskSlot.Status.LEASED).count() == 0
+
+
+def test_release_returns_the_slot_to_the_pool(client_for, project_a):
+    task = make_ranking_task(project_a)
+    next_task(client_for("alice"), project_a)
+    assert client_for("alice").post(f"/api/tasks/{task.pk}/release/").status_code == 204
+    assert TaskSlot.objects.get(task=task).status == TaskSlot.Status.FREE
+    assert next_task(client_for("carol"), project_a).json()["id"] == task.pk
+
+
+def test_releasing_a_task_you_do_not_hold_is_a_409(client_for, project_a):
+    task = make_ranking_task(project_a)
+    assert client_for("alice").post(f"/api/tasks/{task.pk}/release/").status_code == 409

@@ -1,0 +1,166 @@
+"""Every endpoint × every role: who may do what (see tests/conftest.py for who everyone is).
+
+Outsiders get 404 rather than 403 for another project's objects, so existence never leaks; a member
+whose role is too low gets 403; anonymous requests get 401.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+import pytest
+
+from annotation import services
+from annotation.models import ModelVersion, Prompt, Role, Round
+from tests.factories import best_first, demonstration_task, make_prompt, make_ranking_task
+
+ROLES = [None, "olga", "bob", "alice", "rita", "adam", "sam"]
+
+
+@pytest.fixture
+def world(project_a, project_b, users):
+    project_a.overlap = 3  # any member of A may still submit
+    project_a.save()
+    ranked = make_ranking_task(project_a, "already ranked by alice")
+    services.submit_ranking(labeler=users["alice"], task=ranked, entries=best_first(ranked), seconds_spent=5)
+    demo = demonstration_task(make_prompt(project_a, "already demonstrated by alice"))
+    services.submit_demonstration(author=users["alice"], task=demo, text="an answer", seconds_spent=5)
+    written, _ = services.write_prompt(author=users["alice"], project=project_a, item={"text": "alice wrote this"},
+                                       client_token=uuid.uuid4())
+    round_ = Round.objects.create(project=project_a, number=1)
+    version = ModelVersion.objects.create(project=project_a, stage="sft", round=round_, artifact_path="a/sft")
+    return {
+        "A": project_a, "B": project_b, "ranking": ranked.rankings.get(), "demonstration": demo.demonstrations.get(),
+        "open_task": make_ranking_task(project_a, "open ranking task"),
+        "open_demo": demonstration_task(make_prompt(project_a, "open demo prompt")),
+        "prompt": make_prompt(project_a, "an imported prompt"), "written": written,
+        "round": round_, "version": version, "users": users,
+    }
+
+
+@dataclass
+class Case:
+    name: str
+    method: str
+    url: Callable[[dict], str]
+    expect: dict  # role → status; roles not listed get `default`
+    default: int
+    body: Callable[[dict], dict] | None = None
+
+
+MEMBERS_OK = {"alice": 200, "rita": 200, "adam": 200, "sam": 200}
+OUTSIDERS_404 = {"olga": 404, "bob": 404}
+ANON = {None: 401}
+
+
+def ranking_body(w):
+    return {"entries": best_first(w["open_task"]), "seconds_spent": 3}
+
+
+CASES = [
+    Case("list projects", "get", lambda w: "/api/projects/", {**ANON}, 200),
+    Case("get project", "get", lambda w: f"/api/projects/{w['A'].pk}/", {**ANON, **OUTSIDERS_404}, 200),
+    Case("update project", "patch", lambda w: f"/api/projects/{w['A'].pk}/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 200, lambda w: {"guidelines": "# New"}),
+    Case("create project", "post", lambda w: "/api/projects/", {**ANON, "sam": 201}, 403,
+         lambda w: {"name": "C", "k": 3}),
+    Case("delete project", "delete", lambda w: f"/api/projects/{w['B'].pk}/",
+         {**ANON, "bob": 403, "sam": 204}, 404),
+    Case("list members", "get", lambda w: f"/api/projects/{w['A'].pk}/members/",
+         {**ANON, **OUTSIDERS_404, "alice": 403}, 200),
+    Case("add member", "post", lambda w: f"/api/projects/{w['A'].pk}/members/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 201,
+         lambda w: {"user": w["users"]["olga"].pk, "role": Role.LABELER}),
+    Case("next task", "post", lambda w: f"/api/projects/{w['A'].pk}/next-task/", {**ANON, **OUTSIDERS_404}, 200,
+         lambda w: {"kind": "ranking"}),
+    Case("write prompt", "post", lambda w: f"/api/projects/{w['A'].pk}/write-prompt/", {**ANON, **OUTSIDERS_404}, 201,
+         lambda w: {"text": f"new prompt {uuid.uuid4()}", "client_token": str(uuid.uuid4())}),
+    Case("list prompts", "get", lambda w: "/api/prompts/", {**ANON}, 200),
+    Case("get prompt", "get", lambda w: f"/api/prompts/{w['prompt'].pk}/",
+         {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
+    Case("get own written prompt", "get", lambda w: f"/api/prompts/{w['written'].pk}/",
+         {**ANON, **OUTSIDERS_404}, 200),
+    Case("create prompt", "post", lambda w: "/api/prompts/", {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403},
+         201, lambda w: {"project": w["A"].pk, "text": "brand new"}),
+    Case("update prompt", "patch", lambda w: f"/api/prompts/{w['prompt'].pk}/",
+         {**ANON, **OUTSIDERS_404, "alice": 404, "rita": 403}, 200, lambda w: {"tags": ["x"]}),
+    Case("delete prompt", "delete", lambda w: f"/api/prompts/{w['prompt'].pk}/",
+         {**ANON, **OUTSIDERS_404, "alice": 404, "rita": 403}, 204),
+    Case("bulk prompts", "post", lambda w: "/api/prompts/bulk/", {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403},
+         201, lambda w: {"project": w["A"].pk, "items": [{"text": "one"}, {"text": "two"}]}),
+    Case("list tasks", "get", lambda w: "/api/tasks/", {**ANON}, 200),
+    Case("get task", "get", lambda w: f"/api/tasks/{w['open_task'].pk}/", {**ANON, **OUTSIDERS_404}, 200),
+    Case("submit ranking", "post", lambda w: f"/api/tasks/{w['open_task'].pk}/submit-ranking/",
+         {**ANON, **OUTSIDERS_404}, 201, ranking_body),
+    Case("submit demonstration", "post", lambda w: f"/api/tasks/{w['open_demo'].pk}/submit-demonstration/",
+         {**ANON, **OUTSIDERS_404}, 201, lambda w: {"text": "ideal answer", "seconds_spent": 9}),
+    Case("skip", "post", lambda w: f"/api/tasks/{w['open_task'].pk}/skip/", {**ANON, **OUTSIDERS_404}, 201,
+         lambda w: {"reason": "not my field"}),
+    Case("undo skip", "post", lambda w: f"/api/tasks/{w['open_task'].pk}/undo-skip/", {**ANON, **OUTSIDERS_404}, 204),
+    Case("release", "post", lambda w: f"/api/tasks/{w['open_task'].pk}/release/", {**ANON, **OUTSIDERS_404}, 409),
+    Case("list rankings", "get", lambda w: "/api/rankings/", {**ANON}, 200),
+    Case("get ranking", "get", lambda w: f"/api/rankings/{w['ranking'].pk}/", {**ANON, **OUTSIDERS_404}, 200),
+    Case("list demonstrations", "get", lambda w: "/api/demonstrations/", {**ANON}, 200),
+    Case("get demonstration", "get", lambda w: f"/api/demonstrations/{w['demonstration'].pk}/",
+         {**ANON, **OUTSIDERS_404}, 200),
+    Case("list rounds", "get", lambda w: "/api/rounds/", {**ANON}, 200),
+    Case("get round", "get", lambda w: f"/api/rounds/{w['round'].pk}/", {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
+    Case("list model versions", "get", lambda w: "/api/model-versions/", {**ANON}, 200),
+    Case("get model version", "get", lambda w: f"/api/model-versions/{w['version'].pk}/",
+         {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
+    Case("my stats", "get", lambda w: "/api/me/stats/", {**ANON}, 200),
+    Case("schema (public: it describes the API, holds no data)", "get", lambda w: "/api/schema/", {}, 200),
+]
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda r: r or "anonymous")
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_endpoint_permissions(case, role, world, client_for):
+    client = client_for(role)
+    body = case.body(world) if case.body else None
+    response = getattr(client, case.method)(case.url(world), body, format="json")
+    expected = case.expect.get(role, case.default)
+    assert response.status_code == expected, (role, response.content[:300])
+    if expected >= 400:
+        assert set(response.json()) == {"status", "code", "message", "fields"}
+
+
+def ids(response) -> set[int]:
+    return {row["id"] for row in response.json()["results"]}
+
+
+def test_labelers_list_only_their_projects(world, client_for):
+    assert ids(client_for("alice").get("/api/projects/")) == {world["A"].pk}
+    assert ids(client_for("bob").get("/api/projects/")) == {world["B"].pk}
+    assert ids(client_for("olga").get("/api/projects/")) == set()
+    assert ids(client_for("sam").get("/api/projects/")) == {world["A"].pk, world["B"].pk}
+
+
+def test_labelers_list_only_their_own_submissions(world, client_for):
+    assert ids(client_for("alice").get("/api/rankings/")) == {world["ranking"].pk}
+    assert ids(client_for("carol").get("/api/rankings/")) == set()
+    assert ids(client_for("bob").get("/api/rankings/")) == set()
+    assert ids(client_for("rita").get("/api/rankings/")) == {world["ranking"].pk}
+    assert client_for("carol").get(f"/api/rankings/{world['ranking'].pk}/").status_code == 404
+    assert ids(client_for("carol").get("/api/demonstrations/")) == set()
+    assert ids(client_for("alice").get("/api/demonstrations/")) == {world["demonstration"].pk}
+
+
+def test_labelers_list_only_prompts_they_wrote(world, client_for):
+    assert ids(client_for("alice").get("/api/prompts/")) == {world["written"].pk}
+    assert ids(client_for("rita").get("/api/prompts/")) == set(Prompt.objects.filter(project=world["A"])
+                                                                .values_list("pk", flat=True))
+    assert ids(client_for("bob").get("/api/prompts/")) == set()
+
+
+def test_labelers_list_only_tasks_they_hold_or_did(world, client_for):
+    assert ids(client_for("alice").get("/api/tasks/")) == {world["ranking"].task_id, world["demonstration"].task_id}
+    assert ids(client_for("bob").get("/api/tasks/")) == set()
+    assert len(ids(client_for("rita").get("/api/tasks/"))) == world["A"].tasks.count()
+
+
+def test_labelers_see_no_rounds_or_model_versions(world, client_for):
+    assert ids(client_for("alice").get("/api/rounds/")) == set()
+    assert ids(client_for("alice").get("/api/model-versions/")) == set()
+    assert ids(client_for("rita").get("/api/model-versions/")) == {world["version"].pk}
