@@ -11,10 +11,12 @@ from __future__ import annotations
 import random
 import statistics
 import uuid
+from datetime import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypedDict
 
+from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import ProtectedError
@@ -266,13 +268,20 @@ def _lease(slot_id: int, *, user, project: Project, now, only_if_claimable: bool
     ) == 1
 
 
-def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Task | None:
-    """Lease the next task of ``kind`` to ``user`` and return it, or None when nothing is left.
+@dataclass(frozen=True)
+class Lease:
+    task_id: int
+    expires: datetime
 
-    Asking again while holding a lease returns the same task (and renews the lease). Locks: on
-    PostgreSQL the candidate slot is selected ``FOR UPDATE SKIP LOCKED``, so concurrent labelers pass
-    each other instead of queueing; the conditional UPDATE makes the claim safe on SQLite too, and the
-    (task, labeler) unique constraint stops one labeler holding two slots of a task.
+
+def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Lease | None:
+    """Lease the next task of ``kind`` to ``user``, or return None when nothing is left.
+
+    Asking again while holding a lease returns the same task (and renews the lease). Locks: the
+    caller's user row, so one labeler's concurrent requests (double clicks, two tabs) serialise and get
+    the same task; on PostgreSQL the candidate slot is selected ``FOR UPDATE SKIP LOCKED``, so
+    different labelers pass each other instead of queueing. The conditional UPDATE makes the claim safe
+    on SQLite too, and the (task, labeler) unique constraint backs it up.
     """
     if kind == TaskKind.PROMPT_WRITING or not project.kind_enabled(kind):
         raise ValidationError({"kind": [f"{kind} tasks are not enabled in this project"]})
@@ -280,10 +289,11 @@ def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Ta
         now = timezone.now()
         try:
             with transaction.atomic():
+                list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
                 held = _my_open_lease(user=user, project=project, kind=kind)
                 if held is not None:
                     _lease(held.pk, user=user, project=project, now=now, only_if_claimable=False)
-                    return Task.objects.select_related("project", "prompt").get(pk=held.task_id)
+                    return Lease(task_id=held.task_id, expires=now + project.lease_duration)
                 candidates = _claimable(user=user, project=project, kind=kind, now=now)
                 if connection.features.has_select_for_update_skip_locked:
                     candidates = candidates.select_for_update(skip_locked=True, of=("self",))
@@ -291,7 +301,7 @@ def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Ta
                 if slot is None:
                     return None
                 if _lease(slot.pk, user=user, project=project, now=now, only_if_claimable=True):
-                    return Task.objects.select_related("project", "prompt").get(pk=slot.task_id)
+                    return Lease(task_id=slot.task_id, expires=now + project.lease_duration)
                 # Nothing got updated: another labeler got there first. Try the next slot.
         except IntegrityError:
             # A concurrent request of the same labeler leased another slot of this task; the next
@@ -375,12 +385,14 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
         ranking = Ranking.objects.create(
             task=task, slot=slot, labeler=labeler, comment=comment, seconds_spent=seconds_spent
         )
-        RankingEntry.objects.bulk_create(
+        rows = RankingEntry.objects.bulk_create(
             RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
                          **{f: bool(e.get(f, False)) for f in LABEL_FIELDS})
             for e in entries
         )
         _finish_slot(slot, task)
+    # The caller renders the ranking from memory rather than reading back what was just written.
+    ranking._prefetched_objects_cache = {"entries": rows}
     return ranking, True
 
 

@@ -58,9 +58,14 @@ class MessageField(serializers.JSONField):
 
 
 class CandidateInSerializer(serializers.Serializer):
+    """A candidate response: {"text", "origin"}, or just its text."""
+
     text = serializers.CharField(allow_blank=True, trim_whitespace=False, max_length=100_000)
     origin = serializers.ChoiceField(choices=[Candidate.Origin.IMPORTED, Candidate.Origin.HUMAN],
                                      default=Candidate.Origin.IMPORTED)
+
+    def to_internal_value(self, data):
+        return super().to_internal_value({"text": data} if isinstance(data, str) else data)
 
 
 class PromptInSerializer(serializers.Serializer):

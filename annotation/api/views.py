@@ -16,7 +16,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import access, services
-from ..models import Membership, Project, Ranking, Role, Task, TaskCandidate, TaskKind, TaskSlot
+from ..models import Membership, Role, Task, TaskCandidate, TaskKind, TaskSlot
 from . import filters, serializers as s
 
 
@@ -40,12 +40,9 @@ def task_detail_queryset():
     )
 
 
-def render_task(task_id: int, user) -> dict:
+def render_task(task_id: int, lease_expires) -> dict:
     task = task_detail_queryset().get(pk=task_id)
-    task.lease_expires = (
-        TaskSlot.objects.filter(task_id=task_id, labeler=user, status=TaskSlot.Status.LEASED)
-        .values_list("lease_expires", flat=True).first()
-    )
+    task.lease_expires = lease_expires
     return s.TaskSerializer(task).data
 
 
@@ -83,10 +80,10 @@ class ProjectViewSet(viewsets.ModelViewSet):
             if not project.prompt_writing_enabled:
                 return Response(status=status.HTTP_204_NO_CONTENT)
             return Response({"kind": kind, "project": project.pk, "client_token": str(uuid.uuid4())})
-        task = services.next_task(user=request.user, project=project, kind=kind)
-        if task is None:
+        lease = services.next_task(user=request.user, project=project, kind=kind)
+        if lease is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(render_task(task.pk, request.user))
+        return Response(render_task(lease.task_id, lease.expires))
 
     @extend_schema(request=s.WritePromptSerializer, responses={201: s.PromptSerializer, 200: s.PromptSerializer})
     @action(detail=True, methods=["post"], url_path="write-prompt")
@@ -184,7 +181,9 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
 
     def retrieve(self, request, pk=None):
         task = access.access_task_by_id(request.user, pk)
-        return Response(render_task(task.pk, request.user))
+        lease_expires = (TaskSlot.objects.filter(task=task, labeler=request.user, status=TaskSlot.Status.LEASED)
+                         .values_list("lease_expires", flat=True).first())
+        return Response(render_task(task.pk, lease_expires))
 
     @extend_schema(request=s.RankingSubmitSerializer, responses={201: s.RankingSerializer})
     @action(detail=True, methods=["post"], url_path="submit-ranking")
@@ -194,7 +193,6 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
         body.is_valid(raise_exception=True)
         task = access.access_task_by_id(request.user, pk)
         ranking, created = services.submit_ranking(labeler=request.user, task=task, **body.validated_data)
-        ranking = Ranking.objects.prefetch_related("entries").select_related("task").get(pk=ranking.pk)
         return Response(s.RankingSerializer(ranking).data, status=201 if created else 200)
 
     @extend_schema(request=s.DemonstrationSubmitSerializer, responses={201: s.DemonstrationSerializer})

@@ -1,0 +1,831 @@
+#!/usr/bin/env python3
+"""Labeling-cycle benchmark (issue 2): N concurrent labelers against gunicorn + PostgreSQL.
+
+One command, self-contained, loopback only, stops by itself:
+
+    .venv/bin/python bench/labeling_cycle.py --labelers 16 --tasks 3000 --duration 30
+
+What it does:
+
+1. starts a throwaway PostgreSQL cluster in a temporary directory on 127.0.0.1 (as the ``postgres``
+   user when run as root), with PostgreSQL's default (durable) settings unless ``--fast-pg``;
+2. ``manage.py migrate``; seeds, per run, one project (k=4, ``--overlap``, lease 900 s, ranking only)
+   with ``--tasks`` ranking tasks made by ``annotation.services.bulk_create_prompts`` and ``--labelers``
+   labeler accounts, each with a DRF token;
+3. starts gunicorn exactly as production does (``platform/gunicorn.conf.py``, ``rlhf_platform.wsgi``) on a
+   free loopback port and waits for ``/healthz``;
+4. runs ``--labelers`` threads, each with one keep-alive HTTP connection, repeating
+   ``POST /api/projects/{id}/next-task/`` → ``POST /api/tasks/{id}/submit-ranking/`` until ``--duration``
+   seconds pass (after ``--warmup``), ``--max-cycles`` cycles are done, or the queue is empty (204);
+5. checks the database for over-assignment and lost submissions, counts the SQL statements each call
+   sends (PostgreSQL ``log_statement=all`` for one labeler, and Django's ``CaptureQueriesContext``
+   in-process), and prints a JSON summary (``--json-out FILE`` writes it too).
+
+``--runs R`` repeats step 2 and 4–5 R times against the same server (a fresh project each run) and
+reports the median of each number. Everything it started is stopped, and the temporary directory
+removed, on success, on error and on Ctrl-C.
+
+Environment: GUNICORN_WORKERS / GUNICORN_THREADS are passed to gunicorn (``--workers`` / ``--threads``
+override them; the benchmark's default is 3 workers × 4 threads on this 2-core machine).
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WORKERS = 3
+DEFAULT_THREADS = 4
+
+# --------------------------------------------------------------------------------------------------
+# Subcommands that run inside Django (executed by this same file in a child process).
+# --------------------------------------------------------------------------------------------------
+
+
+def _django_setup() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_platform.settings")
+    for path in (str(ROOT / "platform"), str(ROOT)):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+    import django
+
+    django.setup()
+
+
+def _words(rng, n: int) -> str:
+    vocab = ("the model answer should explain why a careful assistant would check facts before it "
+             "replies to the user with clear helpful honest and harmless text about science history "
+             "cooking travel code math poetry").split()
+    return " ".join(rng.choice(vocab) for _ in range(n))
+
+
+def seed_main(argv: list[str]) -> None:
+    """Create one project, its ranking tasks and its labelers; print {project, tokens} as JSON."""
+    p = argparse.ArgumentParser(prog="labeling_cycle.py _seed")
+    p.add_argument("--name", required=True)
+    p.add_argument("--tasks", type=int, required=True)
+    p.add_argument("--labelers", type=int, required=True)
+    p.add_argument("--overlap", type=int, default=1)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--chunk", type=int, default=1000)
+    args = p.parse_args(argv)
+    _django_setup()
+
+    import random
+
+    from django.contrib.auth import get_user_model
+    from django.db import transaction
+    from rest_framework.authtoken.models import Token
+
+    from annotation import services
+    from annotation.models import Membership, Project, Role
+
+    rng = random.Random(args.name)
+    User = get_user_model()
+    started = time.perf_counter()
+    project = Project.objects.create(
+        name=args.name, k=args.k, overlap=args.overlap, lease_seconds=900,
+        demonstrations_enabled=False, rankings_enabled=True, prompt_writing_enabled=False,
+    )
+    with transaction.atomic():
+        users = User.objects.bulk_create(
+            User(username=f"{args.name}-labeler-{i:03d}", password="!") for i in range(args.labelers)
+        )
+        Membership.objects.bulk_create(Membership(project=project, user=u, role=Role.LABELER) for u in users)
+        tokens = Token.objects.bulk_create(Token(key=Token.generate_key(), user=u) for u in users)
+    for start in range(0, args.tasks, args.chunk):
+        items = [
+            {
+                "text": f"[{args.name} #{i}] " + _words(rng, 30),
+                "candidates": [_words(rng, 80) for _ in range(args.k)],
+            }
+            for i in range(start, min(start + args.chunk, args.tasks))
+        ]
+        services.bulk_create_prompts(project=project, items=items)
+    print(json.dumps({
+        "project": project.pk,
+        "tokens": [t.key for t in tokens],
+        "users": [u.pk for u in users],
+        "seed_seconds": round(time.perf_counter() - started, 2),
+    }))
+
+
+def queries_main(argv: list[str]) -> None:
+    """In-process: the ORM queries of one next-task and one submit-ranking (CaptureQueriesContext)."""
+    p = argparse.ArgumentParser(prog="labeling_cycle.py _queries")
+    p.add_argument("--project", type=int, required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--cycles", type=int, default=3)
+    args = p.parse_args(argv)
+    _django_setup()
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+    from rest_framework.test import APIClient
+
+    client = APIClient(HTTP_HOST="127.0.0.1", HTTP_AUTHORIZATION=f"Token {args.token}")
+    out = {"next_task": [], "submit_ranking": []}
+    sql = {}
+    for cycle in range(args.cycles + 1):  # the first cycle warms caches (content types, etc.) and is dropped
+        with CaptureQueriesContext(connection) as ctx:
+            r = client.post(f"/api/projects/{args.project}/next-task/", {"kind": "ranking"}, format="json")
+        assert r.status_code == 200, (r.status_code, getattr(r, "data", None))
+        task = r.json()
+        if cycle:
+            out["next_task"].append(len(ctx.captured_queries))
+            sql["next_task"] = [q["sql"] for q in ctx.captured_queries]
+        entries = [{"candidate": c["id"], "rank": i + 1} for i, c in enumerate(task["candidates"])]
+        with CaptureQueriesContext(connection) as ctx:
+            r = client.post(f"/api/tasks/{task['id']}/submit-ranking/",
+                            {"entries": entries, "seconds_spent": 1.0}, format="json")
+        assert r.status_code == 201, (r.status_code, getattr(r, "data", None))
+        if cycle:
+            out["submit_ranking"].append(len(ctx.captured_queries))
+            sql["submit_ranking"] = [q["sql"] for q in ctx.captured_queries]
+    print(json.dumps({"counts": out, "sql": sql}))
+
+
+# --------------------------------------------------------------------------------------------------
+# Processes: PostgreSQL and gunicorn.
+# --------------------------------------------------------------------------------------------------
+
+
+def log(msg: str) -> None:
+    print(f"==> {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_bin() -> Path:
+    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
+    if not candidates:
+        raise SystemExit("PostgreSQL binaries not found under /usr/lib/postgresql")
+    return candidates[-1]
+
+
+class Postgres:
+    def __init__(self, tmp: Path, port: int, fast: bool):
+        self.dir = tmp / "pg"
+        self.port = port
+        self.fast = fast
+        self.bin = pg_bin()
+        self.started = False
+        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.url = f"postgres://rlhf@127.0.0.1:{port}/rlhf"
+
+    def _run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([*self.as_postgres, *cmd], check=True, **kw)
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True)
+        if self.as_postgres:
+            shutil.chown(self.dir.parent, "postgres")
+            shutil.chown(self.dir, "postgres")
+        with open(self.dir.parent / "initdb.log", "w") as f:
+            self._run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "rlhf", "--auth=trust",
+                      "-E", "UTF8", stdout=f, stderr=subprocess.STDOUT)
+        opts = [f"-h 127.0.0.1 -p {self.port} -k {self.dir}", "-c max_connections=200",
+                "-c log_line_prefix='%m [%p] '"]
+        if self.fast:  # the test suite's settings (scripts/lib.sh): not durable, not production
+            opts.append("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        self.started = True  # from here on, stop() must run
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.log_path), "-w",
+                  "-t", "60", "start", "-o", " ".join(opts), stdout=subprocess.DEVNULL)
+        subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "30"],
+                       check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rlhf",
+                        "rlhf"], check=True)
+
+    @property
+    def log_path(self) -> Path:
+        return self.dir / "postgres.log"
+
+    def postmaster_pid(self) -> int | None:
+        try:
+            return int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def stop(self) -> None:
+        if not self.started:
+            return
+        self.started = False
+        data = str(self.dir / "data")
+        for mode in ("fast", "immediate"):
+            r = subprocess.run([*self.as_postgres, str(self.bin / "pg_ctl"), "-D", data, "-m", mode, "-w",
+                                "-t", "30", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if r.returncode == 0:
+                return
+
+    def connect(self):
+        import psycopg
+
+        return psycopg.connect(self.url, autocommit=True)
+
+
+class Gunicorn:
+    def __init__(self, tmp: Path, port: int, env: dict, workers: int, threads: int):
+        self.port = port
+        self.env = {**env, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads)}
+        self.log_path = tmp / "gunicorn.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        gunicorn = Path(sys.executable).parent / "gunicorn"
+        self._log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [str(gunicorn), "-c", str(ROOT / "platform" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}",
+             "rlhf_platform.wsgi"],
+            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+                conn.request("GET", "/healthz")
+                r = conn.getresponse()
+                body = r.read()
+                conn.close()
+                if r.status == 200:
+                    info = json.loads(body)
+                    if info.get("database") != "postgresql":
+                        raise RuntimeError(f"gunicorn is not using PostgreSQL: {info}")
+                    return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"gunicorn did not answer /healthz within 60 s:\n{self.tail()}")
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=25)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        finally:
+            self._log.close()
+
+
+def _proc_table() -> dict[int, tuple[int, int]]:
+    """pid → (ppid, cpu ticks) for every process."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return table
+
+
+def cpu_seconds(roots: dict[str, int | None]) -> dict[str, float]:
+    """CPU seconds used so far by each named process tree (live processes only)."""
+    table = _proc_table()
+    children = defaultdict(list)
+    for pid, (ppid, _) in table.items():
+        children[ppid].append(pid)
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, root in roots.items():
+        total, stack = 0, [root] if root else []
+        while stack:
+            pid = stack.pop()
+            total += table.get(pid, (0, 0))[1]
+            stack.extend(children.get(pid, []))
+        out[name] = total / ticks
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# The simulated labelers.
+# --------------------------------------------------------------------------------------------------
+
+
+class Labeler(threading.Thread):
+    def __init__(self, idx: int, token: str, port: int, project: int, stop: threading.Event,
+                 deadline_box: list, counter: "CycleBudget"):
+        super().__init__(name=f"labeler-{idx}", daemon=True)
+        self.idx, self.token, self.port, self.project = idx, token, port, project
+        self.stop_event, self.deadline_box, self.budget = stop, deadline_box, counter
+        self.headers = {"Authorization": f"Token {token}", "Content-Type": "application/json",
+                        "Accept": "application/json"}
+        self.conn: http.client.HTTPConnection | None = None
+        # (start, seconds, status) per call; status is an int or "conn:<Error>".
+        self.next_calls: list[tuple[float, float, object]] = []
+        self.submit_calls: list[tuple[float, float, object]] = []
+        self.cycles: list[tuple[float, float]] = []  # (start, end) of complete cycles
+        self.handed: list[int] = []  # task ids received from next-task (200)
+        self.submitted: list[tuple[int, int, int]] = []  # (ranking id, task id, status) for 200/201 submits
+        self.drained_at: float | None = None
+        self.error: str | None = None
+
+    def _post(self, path: str, body: dict, log_to: list) -> tuple[object, bytes]:
+        payload = json.dumps(body).encode()
+        for attempt in (1, 2):  # one retry on a dropped keep-alive connection; both calls are idempotent
+            if self.conn is None:
+                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+            t0 = time.perf_counter()
+            try:
+                self.conn.request("POST", path, payload, self.headers)
+                r = self.conn.getresponse()
+                data = r.read()
+            except (OSError, http.client.HTTPException) as exc:
+                log_to.append((t0, time.perf_counter() - t0, f"conn:{type(exc).__name__}"))
+                self.conn.close()
+                self.conn = None
+                if attempt == 2:
+                    return f"conn:{type(exc).__name__}", b""
+                continue
+            log_to.append((t0, time.perf_counter() - t0, r.status))
+            if r.getheader("Connection", "").lower() == "close":
+                self.conn.close()
+                self.conn = None
+            return r.status, data
+        raise AssertionError("unreachable")
+
+    def run(self) -> None:
+        try:
+            self._loop()
+        except Exception as exc:  # noqa: BLE001 - reported in the summary
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if self.conn is not None:
+                self.conn.close()
+
+    def _loop(self) -> None:
+        next_path = f"/api/projects/{self.project}/next-task/"
+        while not self.stop_event.is_set() and time.perf_counter() < self.deadline_box[0]:
+            if not self.budget.take():
+                return
+            t0 = time.perf_counter()
+            status, data = self._post(next_path, {"kind": "ranking"}, self.next_calls)
+            if status == 204:
+                self.drained_at = time.perf_counter()
+                return
+            if status != 200:
+                time.sleep(0.05)  # 409 "queue busy" or a failure: ask again shortly
+                continue
+            task = json.loads(data)
+            self.handed.append(task["id"])
+            cands = task["candidates"]
+            entries = [{"candidate": c["id"], "rank": r} for r, c in
+                       zip(range(1, len(cands) + 1), sorted(cands, key=lambda c: (c["id"] * 7919 + self.idx) % 97))]
+            status, data = self._post(f"/api/tasks/{task['id']}/submit-ranking/",
+                                      {"entries": entries, "seconds_spent": 1.0}, self.submit_calls)
+            if status in (200, 201):
+                ranking = json.loads(data)
+                self.submitted.append((ranking["id"], ranking["task"], status))
+                self.cycles.append((t0, time.perf_counter()))
+            else:
+                time.sleep(0.05)
+
+
+class CycleBudget:
+    def __init__(self, limit: int | None):
+        self.left = limit
+        self.lock = threading.Lock()
+
+    def take(self) -> bool:
+        if self.left is None:
+            return True
+        with self.lock:
+            if self.left <= 0:
+                return False
+            self.left -= 1
+            return True
+
+
+# --------------------------------------------------------------------------------------------------
+# Numbers.
+# --------------------------------------------------------------------------------------------------
+
+
+def pct(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    idx = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
+    return sorted_values[idx]
+
+
+def latency_summary(calls: list[tuple[float, float, object]], since: float) -> dict:
+    ms = sorted(d * 1000 for t, d, s in calls if t >= since and isinstance(s, int))
+    r = lambda v: None if v is None else round(v, 1)  # noqa: E731
+    return {"n": len(ms), "p50_ms": r(pct(ms, 50)), "p95_ms": r(pct(ms, 95)), "p99_ms": r(pct(ms, 99)),
+            "max_ms": r(ms[-1] if ms else None), "mean_ms": r(statistics.fmean(ms) if ms else None)}
+
+
+def status_counts(calls: list[tuple[float, float, object]]) -> dict:
+    return {str(k): v for k, v in sorted(Counter(s for _, _, s in calls).items(), key=lambda kv: str(kv[0]))}
+
+
+# --------------------------------------------------------------------------------------------------
+# Checks after a run.
+# --------------------------------------------------------------------------------------------------
+
+
+def integrity_checks(db, project: int, labelers: list[Labeler], user_of_token: dict[str, int]) -> dict:
+    q = lambda sql, *a: db.execute(sql, a).fetchall()  # noqa: E731
+    over_target = q("""
+        SELECT t.id, t.target_overlap, count(r.id) FROM annotation_task t
+        JOIN annotation_ranking r ON r.task_id = t.id WHERE t.project_id = %s
+        GROUP BY t.id HAVING count(r.id) > t.target_overlap""", project)
+    dup_pairs = q("""
+        SELECT r.task_id, r.labeler_id, count(*) FROM annotation_ranking r
+        JOIN annotation_task t ON t.id = r.task_id WHERE t.project_id = %s
+        GROUP BY r.task_id, r.labeler_id HAVING count(*) > 1""", project)
+    dup_slot_pairs = q("""
+        SELECT task_id, labeler_id, count(*) FROM annotation_taskslot WHERE project_id = %s
+        AND labeler_id IS NOT NULL GROUP BY task_id, labeler_id HAVING count(*) > 1""", project)
+    ranking_slot_mismatch = q("""
+        SELECT r.id FROM annotation_ranking r JOIN annotation_taskslot s ON s.id = r.slot_id
+        JOIN annotation_task t ON t.id = r.task_id
+        WHERE t.project_id = %s AND (s.task_id <> r.task_id OR s.labeler_id IS DISTINCT FROM r.labeler_id
+                                    OR s.status <> 'done')""", project)
+    bad_counts = q("""
+        SELECT t.id FROM annotation_task t
+        LEFT JOIN (SELECT task_id, count(*) n FROM annotation_ranking GROUP BY task_id) r ON r.task_id = t.id
+        LEFT JOIN (SELECT task_id, count(*) n FROM annotation_taskslot WHERE status = 'done' GROUP BY task_id) s
+          ON s.task_id = t.id
+        WHERE t.project_id = %s AND t.kind = 'ranking' AND (
+          t.done_count <> coalesce(r.n, 0) OR t.done_count <> coalesce(s.n, 0)
+          OR (t.status = 'complete') <> (t.done_count >= t.target_overlap))""", project)
+    wrong_entries = q("""
+        SELECT r.id FROM annotation_ranking r JOIN annotation_task t ON t.id = r.task_id
+        LEFT JOIN annotation_rankingentry e ON e.ranking_id = r.id
+        WHERE t.project_id = %s GROUP BY r.id HAVING count(e.id) <> 4""", project)
+    db_rankings = {row[0]: (row[1], row[2]) for row in q("""
+        SELECT r.id, r.task_id, r.labeler_id FROM annotation_ranking r JOIN annotation_task t ON t.id = r.task_id
+        WHERE t.project_id = %s""", project)}
+    targets = dict(q("SELECT id, target_overlap FROM annotation_task WHERE project_id = %s", project))
+
+    # Client side: which labelers received each task, and which submissions were acknowledged.
+    handed_to = defaultdict(set)
+    acked = {}
+    acked_201 = 0
+    duplicate_acks = 0
+    for lab in labelers:
+        uid = user_of_token[lab.token]
+        for task_id in lab.handed:
+            handed_to[task_id].add(uid)
+        for ranking_id, task_id, status in lab.submitted:
+            acked_201 += status == 201
+            if ranking_id in acked:
+                duplicate_acks += 1
+            acked[ranking_id] = (task_id, uid)
+    over_handed = {t: len(u) for t, u in handed_to.items() if len(u) > targets.get(t, 1)}
+    lost = [rid for rid, who in acked.items() if db_rankings.get(rid) != who]
+    unacknowledged = [rid for rid in db_rankings if rid not in acked]
+    checks = {
+        "tasks_over_target_overlap": len(over_target),
+        "duplicate_task_labeler_rankings": len(dup_pairs),
+        "duplicate_task_labeler_slots": len(dup_slot_pairs),
+        "rankings_not_matching_their_slot": len(ranking_slot_mismatch),
+        "tasks_with_inconsistent_done_count": len(bad_counts),
+        "rankings_without_k_entries": len(wrong_entries),
+        "tasks_handed_to_more_labelers_than_overlap": len(over_handed),
+        "acknowledged_submits_missing_or_wrong_in_db": len(lost),
+        "rankings_in_db_never_acknowledged": len(unacknowledged),
+        "submits_acknowledged_twice": duplicate_acks,
+    }
+    return {
+        "ok": all(v == 0 for v in checks.values()),
+        **checks,
+        "submits_201": acked_201,
+        "rankings_in_db": len(db_rankings),
+        "tasks_handed_out": len(handed_to),
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Query counts per request, as PostgreSQL sees them.
+# --------------------------------------------------------------------------------------------------
+
+
+def pg_statements_per_call(pg: Postgres, port: int, project: int, token: str, cycles: int) -> dict:
+    """Turn on log_statement=all, run a few cycles as one labeler, count statements per call."""
+    with pg.connect() as db:
+        db.execute("ALTER SYSTEM SET log_statement = 'all'")
+        db.execute("SELECT pg_reload_conf()")
+    time.sleep(0.5)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    headers = {"Authorization": f"Token {token}", "Content-Type": "application/json"}
+
+    def post(path: str, body: dict) -> tuple[int, bytes, list[str]]:
+        time.sleep(0.1)
+        before = pg.log_path.stat().st_size
+        conn.request("POST", path, json.dumps(body), headers)
+        r = conn.getresponse()
+        data = r.read()
+        time.sleep(0.1)
+        with open(pg.log_path, "rb") as f:
+            f.seek(before)
+            text = f.read().decode(errors="replace")
+        stmts = []
+        for line in text.splitlines():
+            for marker in ("LOG:  statement: ", "LOG:  execute "):
+                if marker in line:
+                    stmts.append(line.split(marker, 1)[1])
+        return r.status, data, stmts
+
+    counts = {"next_task": [], "submit_ranking": []}
+    sample = {}
+    try:
+        for cycle in range(cycles + 2):  # two warm-up cycles reach warm DB connections in the workers
+            status, data, stmts = post(f"/api/projects/{project}/next-task/", {"kind": "ranking"})
+            if status != 200:
+                raise RuntimeError(f"probe next-task answered {status}")
+            task = json.loads(data)
+            if cycle >= 2:
+                counts["next_task"].append(len(stmts))
+                sample["next_task"] = stmts
+            entries = [{"candidate": c["id"], "rank": i + 1} for i, c in enumerate(task["candidates"])]
+            status, _, stmts = post(f"/api/tasks/{task['id']}/submit-ranking/",
+                                    {"entries": entries, "seconds_spent": 1.0})
+            if status != 201:
+                raise RuntimeError(f"probe submit answered {status}")
+            if cycle >= 2:
+                counts["submit_ranking"].append(len(stmts))
+                sample["submit_ranking"] = stmts
+    finally:
+        conn.close()
+        with pg.connect() as db:
+            db.execute("ALTER SYSTEM RESET log_statement")
+            db.execute("SELECT pg_reload_conf()")
+    return {"counts": counts, "median": {k: statistics.median(v) for k, v in counts.items()},
+            "sample": {k: [s[:300] for s in v] for k, v in sample.items()}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Main.
+# --------------------------------------------------------------------------------------------------
+
+
+def run_child(env: dict, *args: str, capture: bool = True) -> str:
+    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, text=True,
+                       stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(args[:2])} failed ({r.returncode}):\n{r.stderr[-4000:]}")
+    return r.stdout
+
+
+def seed(env: dict, name: str, tasks: int, labelers: int, overlap: int) -> dict:
+    out = run_child(env, __file__, "_seed", "--name", name, "--tasks", str(tasks), "--labelers", str(labelers),
+                    "--overlap", str(overlap))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: threading.Event) -> dict:
+    name = f"bench-{run_no}-{uuid.uuid4().hex[:6]}"
+    log(f"run {run_no}: seeding {args.tasks} ranking tasks (k=4, overlap {args.overlap}) and "
+        f"{args.labelers} labelers")
+    seeded = seed(env, name, args.tasks, args.labelers, args.overlap)
+    log(f"run {run_no}: seeded project {seeded['project']} in {seeded['seed_seconds']} s; "
+        f"{args.labelers} labelers for {args.warmup:g} s warm-up + {args.duration:g} s")
+    with pg.connect() as db:
+        db.execute("VACUUM ANALYZE")
+        db.execute("CHECKPOINT")
+
+    user_of_token = dict(zip(seeded["tokens"], seeded["users"]))
+    budget = CycleBudget(args.max_cycles)
+    deadline_box = [float("inf")]
+    labelers = [Labeler(i, tok, gun.port, seeded["project"], stop, deadline_box, budget)
+                for i, tok in enumerate(seeded["tokens"])]
+    roots = {"gunicorn": gun.proc.pid, "postgres": pg.postmaster_pid()}
+    t_start = time.perf_counter()
+    t_measure = t_start + args.warmup
+    deadline_box[0] = t_measure + args.duration
+    for lab in labelers:
+        lab.start()
+    # CPU accounting over the measured window.
+    while time.perf_counter() < t_measure and any(lab.is_alive() for lab in labelers):
+        time.sleep(0.05)
+    cpu0, self0 = cpu_seconds(roots), sum(os.times()[:2])
+    while any(lab.is_alive() for lab in labelers):
+        for lab in labelers:
+            lab.join(timeout=0.2)
+        if stop.is_set():
+            break
+    t_end = time.perf_counter()
+    cpu1, self1 = cpu_seconds(roots), sum(os.times()[:2])
+    window = max(t_end - t_measure, 1e-9)
+
+    next_calls = [c for lab in labelers for c in lab.next_calls]
+    submit_calls = [c for lab in labelers for c in lab.submit_calls]
+    cycles_all = [c for lab in labelers for c in lab.cycles]
+    cycles_measured = [c for c in cycles_all if c[0] >= t_measure]
+    drained = [lab.drained_at for lab in labelers if lab.drained_at]
+    with pg.connect() as db:
+        checks = integrity_checks(db, seeded["project"], labelers, user_of_token)
+    cycle_ms = sorted((e - s) * 1000 for s, e in cycles_measured)
+    result = {
+        "run": run_no,
+        "project": seeded["project"],
+        "seed_seconds": seeded["seed_seconds"],
+        "measured_seconds": round(window, 2),
+        "cycles_measured": len(cycles_measured),
+        "cycles_total": len(cycles_all),
+        "cycles_per_s": round(len(cycles_measured) / window, 1),
+        "requests_per_s": round(sum(1 for c in next_calls + submit_calls if c[0] >= t_measure) / window, 1),
+        "next_task": latency_summary(next_calls, t_measure),
+        "submit_ranking": latency_summary(submit_calls, t_measure),
+        "cycle": {"p50_ms": round(pct(cycle_ms, 50), 1) if cycle_ms else None,
+                  "p99_ms": round(pct(cycle_ms, 99), 1) if cycle_ms else None},
+        "status_counts": {"next_task": status_counts(next_calls), "submit_ranking": status_counts(submit_calls)},
+        "queue_drained": bool(drained),
+        "queue_drained_after_s": round(min(drained) - t_start, 1) if drained else None,
+        "labeler_errors": [lab.error for lab in labelers if lab.error],
+        "cpu_seconds_in_window": {
+            **{k: round(cpu1[k] - cpu0[k], 1) for k in cpu0},
+            "benchmark_client": round(self1 - self0, 1),
+        },
+        "integrity": checks,
+    }
+    errors = {k: {s: n for s, n in v.items() if s not in ("200", "201", "204")}
+              for k, v in result["status_counts"].items()}
+    result["errors"] = {k: v for k, v in errors.items() if v}
+    log(f"run {run_no}: {result['cycles_per_s']} cycles/s, next-task p50/p95/p99 "
+        f"{result['next_task']['p50_ms']}/{result['next_task']['p95_ms']}/{result['next_task']['p99_ms']} ms, "
+        f"submit {result['submit_ranking']['p50_ms']}/{result['submit_ranking']['p95_ms']}/"
+        f"{result['submit_ranking']['p99_ms']} ms, errors {result['errors'] or 'none'}, "
+        f"integrity {'OK' if checks['ok'] else 'FAILED'}")
+    if result["queue_drained"]:
+        log(f"run {run_no}: WARNING the queue ran out after {result['queue_drained_after_s']} s; "
+            f"use more --tasks for a steady-state number")
+    if result["errors"] and any(k.startswith("5") for v in errors.values() for k in v):
+        log("gunicorn log tail:\n" + gun.tail())
+    return result
+
+
+def median_of(results: list[dict], *path: str):
+    values = []
+    for r in results:
+        v = r
+        for key in path:
+            v = v.get(key) if isinstance(v, dict) else None
+        if v is not None:
+            values.append(v)
+    return round(statistics.median(values), 1) if values else None
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--labelers", type=int, default=16, help="concurrent simulated labelers (default 16)")
+    p.add_argument("--tasks", type=int, default=3000, help="ranking tasks seeded per run (default 3000)")
+    p.add_argument("--overlap", type=int, default=1, help="labelers per task (project overlap, default 1)")
+    p.add_argument("--duration", type=float, default=30, help="measured seconds per run (default 30)")
+    p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before that (default 3)")
+    p.add_argument("--max-cycles", type=int, default=None, help="stop after this many cycles in all")
+    p.add_argument("--runs", type=int, default=1, help="repeat the run (fresh project each time); medians")
+    p.add_argument("--workers", type=int,
+                   default=int(os.environ.get("GUNICORN_WORKERS", DEFAULT_WORKERS)),
+                   help=f"gunicorn workers (env GUNICORN_WORKERS, default {DEFAULT_WORKERS})")
+    p.add_argument("--threads", type=int,
+                   default=int(os.environ.get("GUNICORN_THREADS", DEFAULT_THREADS)),
+                   help=f"gunicorn threads per worker (env GUNICORN_THREADS, default {DEFAULT_THREADS})")
+    p.add_argument("--fast-pg", action="store_true",
+                   help="run PostgreSQL with fsync=off etc. like the test suite (default: durable settings)")
+    p.add_argument("--no-query-count", action="store_true", help="skip counting SQL statements per call")
+    p.add_argument("--json-out", type=Path, help="also write the JSON summary here")
+    p.add_argument("--keep-logs", type=Path, help="copy gunicorn and PostgreSQL logs into this directory")
+    args = p.parse_args()
+    if args.labelers < 1 or args.tasks < 1 or args.duration <= 0 or args.runs < 1:
+        p.error("--labelers, --tasks, --duration and --runs must be positive")
+
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf-bench-"))
+    pg = Postgres(tmp, free_port(), fast=args.fast_pg)
+    gun: Gunicorn | None = None
+    stop = threading.Event()
+
+    def on_signal(signum, frame):  # SIGTERM/SIGHUP behave like Ctrl-C: stop, clean up, exit
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
+    try:
+        log(f"starting PostgreSQL {pg.bin.parent.name} on 127.0.0.1:{pg.port} in {tmp}"
+            + (" (fsync off)" if args.fast_pg else ""))
+        pg.start()
+        env = {
+            **os.environ,
+            "DATABASE_URL": pg.url,
+            "DJANGO_SETTINGS_MODULE": "rlhf_platform.settings",
+            "VAR_DIR": str(tmp / "var"),
+            "SECRET_KEY": "bench-" + uuid.uuid4().hex,
+            "DEBUG": "false",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "LOG_LEVEL": "WARNING",
+        }
+        env.pop("GUNICORN_ACCESSLOG", None)
+        log("migrating")
+        run_child(env, "manage.py", "migrate", "--noinput", "-v0", capture=False)
+
+        gun = Gunicorn(tmp, free_port(), env, args.workers, args.threads)
+        log(f"starting gunicorn ({args.workers} workers × {args.threads} threads) on 127.0.0.1:{gun.port}")
+        gun.start()
+
+        results = []
+        for run_no in range(1, args.runs + 1):
+            results.append(one_run(args, run_no, env, pg, gun, stop))
+
+        queries = None
+        if not args.no_query_count:
+            log("counting SQL statements per call (PostgreSQL log_statement=all, one labeler)")
+            probe = seed(env, f"bench-probe-{uuid.uuid4().hex[:6]}", 20, 2, 1)
+            queries = {"postgres_statements": pg_statements_per_call(pg, gun.port, probe["project"],
+                                                                     probe["tokens"][0], cycles=5)}
+            orm = json.loads(run_child(env, __file__, "_queries", "--project", str(probe["project"]),
+                                       "--token", probe["tokens"][1]).strip().splitlines()[-1])
+            queries["django_orm_queries"] = {
+                "counts": orm["counts"],
+                "median": {k: statistics.median(v) for k, v in orm["counts"].items()},
+                "sql": {k: [q[:300] for q in v] for k, v in orm["sql"].items()},
+            }
+
+        summary = {
+            "benchmark": "labeling_cycle",
+            "command": " ".join([".venv/bin/python", "bench/labeling_cycle.py", *sys.argv[1:]]),
+            "config": {
+                "labelers": args.labelers, "tasks": args.tasks, "overlap": args.overlap, "k": 4,
+                "lease_seconds": 900, "duration_s": args.duration, "warmup_s": args.warmup,
+                "max_cycles": args.max_cycles, "runs": args.runs, "gunicorn_workers": args.workers,
+                "gunicorn_threads": args.threads, "postgres_durable": not args.fast_pg,
+                "cpus": os.cpu_count(), "python": sys.version.split()[0],
+            },
+            "median": {
+                "cycles_per_s": median_of(results, "cycles_per_s"),
+                "requests_per_s": median_of(results, "requests_per_s"),
+                **{f"{call}_{q}": median_of(results, call, q)
+                   for call in ("next_task", "submit_ranking") for q in ("p50_ms", "p95_ms", "p99_ms")},
+            },
+            "integrity_ok_all_runs": all(r["integrity"]["ok"] for r in results),
+            "errors_any_run": any(r["errors"] or r["labeler_errors"] for r in results),
+            "runs": results,
+            "queries_per_call": queries,
+        }
+        text = json.dumps(summary, indent=2)
+        print(text)
+        if args.json_out:
+            args.json_out.parent.mkdir(parents=True, exist_ok=True)
+            args.json_out.write_text(text + "\n")
+        return 0 if summary["integrity_ok_all_runs"] else 1
+    except KeyboardInterrupt:
+        log("interrupted; cleaning up")
+        stop.set()
+        return 130
+    finally:
+        stop.set()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+        if args.keep_logs:
+            args.keep_logs.mkdir(parents=True, exist_ok=True)
+            for src in (tmp / "gunicorn.log", pg.log_path):
+                if src.exists():
+                    shutil.copy(src, args.keep_logs / src.name)
+        if gun is not None:
+            gun.stop()
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        log("stopped gunicorn and PostgreSQL; removed " + str(tmp))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_seed":
+        seed_main(sys.argv[2:])
+    elif len(sys.argv) > 1 and sys.argv[1] == "_queries":
+        queries_main(sys.argv[2:])
+    else:
+        sys.exit(main())
