@@ -45,7 +45,7 @@ log "migrating the database (${DATABASE_URL:-SQLite at $VAR_DIR/db.sqlite3})"
 "$PY" manage.py seed_demo
 
 log "starting the Celery worker (queues: default, training)"
-"$VENV/bin/celery" -A rlhf_platform worker -Q default,training -c 1 -l info -n "worker@%h" \
+"$VENV/bin/celery" -A rlhf_platform worker -B -s "$VAR_DIR/celerybeat-schedule" -Q default,training -c 1 -l info -n "worker@%h" \
   >"$VAR_DIR/log/worker.log" 2>&1 &
 pids+=($!)
 
