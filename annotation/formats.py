@@ -35,7 +35,7 @@ def hh_prompt_messages(prompt: str) -> list[dict]:
     parts = HH_TURN.split(prompt)
     messages = []
     # parts: ['', 'Human', ' text', 'Assistant', ' text', ..., 'Assistant', '']
-    for speaker, content in zip(parts[1::2], parts[2::2]):
+    for speaker, content in zip(parts[1::2], parts[2::2], strict=True):
         content = content.strip()
         if content:
             messages.append({"role": HH_ROLES[speaker], "content": content})

@@ -303,7 +303,9 @@ class Task(models.Model):
         ordering = ["id"]
         constraints = [
             models.CheckConstraint(condition=Q(target_overlap__gte=1), name="task_overlap_positive"),
-            models.CheckConstraint(condition=Q(done_count__lte=models.F("target_overlap")), name="task_never_over_done"),
+            models.CheckConstraint(
+                condition=Q(done_count__lte=models.F("target_overlap")), name="task_never_over_done"
+            ),
             models.CheckConstraint(condition=Q(kind__in=["demonstration", "ranking"]), name="task_kind_valid"),
         ]
         indexes = [models.Index(fields=["project", "kind", "status", "-done_count", "id"], name="task_queue_order")]

@@ -11,16 +11,15 @@ from __future__ import annotations
 import random
 import statistics
 import uuid
-from datetime import datetime
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypedDict
 
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import ProtectedError
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Value, When
+from django.db.models import Case, Exists, F, OuterRef, ProtectedError, Q, QuerySet, Value, When
 from django.utils import timezone
 from rest_framework import status
 from rest_framework.exceptions import APIException, ValidationError
@@ -109,7 +108,9 @@ def _clean_candidates(project: Project, raw: Sequence[CandidateInput | str] | No
         return []
     cleaned = [{"text": c} if isinstance(c, str) else dict(c) for c in raw]
     if len(cleaned) != project.k:
-        raise ValidationError({"candidates": [f"a ranking task in this project needs exactly k={project.k} candidates"]})
+        raise ValidationError(
+            {"candidates": [f"a ranking task in this project needs exactly k={project.k} candidates"]}
+        )
     for c in cleaned:
         if not isinstance(c.get("text"), str):
             raise ValidationError({"candidates": ["each candidate needs a text"]})
@@ -179,7 +180,9 @@ def bulk_create_prompts(*, project: Project, items: Sequence[PromptInput], autho
         where = str(line_numbers[i] if line_numbers is not None else i)
         try:
             with transaction.atomic():
-                prompt, was_created = _create_prompt_with_tasks(project=project, item=item, source=source, author=author)
+                prompt, was_created = _create_prompt_with_tasks(
+                    project=project, item=item, source=source, author=author
+                )
         except ValidationError as exc:
             errors[where] = exc.detail
             continue

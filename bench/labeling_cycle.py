@@ -690,6 +690,15 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
     return result
 
 
+def git_state() -> dict:
+    def git(*a: str) -> str:
+        r = subprocess.run(["git", *a], cwd=ROOT, text=True, capture_output=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+
+    return {"commit": git("rev-parse", "--short", "HEAD") or None,
+            "server_code_modified": bool(git("status", "--porcelain", "--", "annotation", "platform"))}
+
+
 def median_of(results: list[dict], *path: str):
     values = []
     for r in results:
@@ -784,7 +793,7 @@ def main() -> int:
                 "lease_seconds": 900, "duration_s": args.duration, "warmup_s": args.warmup,
                 "max_cycles": args.max_cycles, "runs": args.runs, "gunicorn_workers": args.workers,
                 "gunicorn_threads": args.threads, "postgres_durable": not args.fast_pg,
-                "cpus": os.cpu_count(), "python": sys.version.split()[0],
+                "cpus": os.cpu_count(), "python": sys.version.split()[0], **git_state(),
             },
             "median": {
                 "cycles_per_s": median_of(results, "cycles_per_s"),

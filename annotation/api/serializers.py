@@ -14,7 +14,6 @@ from ..models import (
     Prompt,
     Ranking,
     RankingEntry,
-    Role,
     Round,
     Skip,
     Task,

@@ -17,7 +17,8 @@ from rest_framework.views import APIView
 
 from .. import access, services
 from ..models import Membership, Role, Task, TaskCandidate, TaskKind, TaskSlot
-from . import filters, serializers as s
+from . import filters
+from . import serializers as s
 
 
 def health(request):

@@ -31,7 +31,8 @@ def test_a_bad_file_reports_every_bad_line_and_imports_nothing(project_a, tmp_pa
 
 
 def test_a_wrong_k_is_reported_with_its_line(project_a, tmp_path):
-    path = write_lines(tmp_path / "p.jsonl", [json.dumps({"text": "ok"}), json.dumps({"text": "x", "candidates": ["a"]})])
+    lines = [json.dumps({"text": "ok"}), json.dumps({"text": "x", "candidates": ["a"]})]
+    path = write_lines(tmp_path / "p.jsonl", lines)
     with pytest.raises(CommandError, match=r"line 2: candidates: a ranking task in this project needs exactly k=4"):
         call_command("import_prompts", str(path), project=str(project_a.pk), verbosity=0)
     assert Prompt.objects.count() == 0
@@ -54,7 +55,7 @@ def test_hh_rlhf_prompts_are_cut_at_the_shared_prefix():
 
 
 def test_the_real_hh_rlhf_file_imports_as_two_way_ranking_tasks(db, shared_data, tmp_path):
-    project = Project.objects.create(name="hh", k=2, demonstrations_enabled=False)
+    Project.objects.create(name="hh", k=2, demonstrations_enabled=False)
     source = shared_data / "hh-rlhf/helpful-base/test.jsonl.gz"
     with gzip.open(source, "rt") as full:
         sample = [next(full) for _ in range(400)]

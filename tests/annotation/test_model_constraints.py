@@ -7,7 +7,16 @@ from django.utils import timezone
 
 from annotation import services
 from annotation.models import (
-    Candidate, Membership, ModelVersion, Project, Prompt, RankingEntry, Skip, Task, TaskSlot, content_hash,
+    Candidate,
+    Membership,
+    ModelVersion,
+    Project,
+    Prompt,
+    RankingEntry,
+    Skip,
+    Task,
+    TaskSlot,
+    content_hash,
     split_for_hash,
 )
 from tests.factories import best_first, make_prompt, make_ranking_task

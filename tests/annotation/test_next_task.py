@@ -8,7 +8,7 @@ from django.utils import timezone
 
 from annotation import services
 from annotation.models import Task, TaskSlot
-from tests.factories import best_first, make_prompt, make_ranking_task, demonstration_task
+from tests.factories import best_first, demonstration_task, make_prompt, make_ranking_task
 
 
 def next_task(client, project, kind="ranking"):

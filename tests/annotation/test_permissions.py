@@ -6,8 +6,8 @@ whose role is too low gets 403; anonymous requests get 401.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import pytest
 

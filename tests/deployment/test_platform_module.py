@@ -34,8 +34,8 @@ def test_python_started_in_the_repo_root_imports_django_torch_and_the_project():
 
 
 def test_manage_py_runs_with_the_standard_library_platform():
-    out = subprocess.run([sys.executable, "manage.py", "shell", "-c",
-                          "import platform, sysconfig; print(platform.__file__.startswith(sysconfig.get_paths()['stdlib']))"],
+    code = "import platform, sysconfig; print(platform.__file__.startswith(sysconfig.get_paths()['stdlib']))"
+    out = subprocess.run([sys.executable, "manage.py", "shell", "-c", code],
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.strip().splitlines()[-1] == "True"
 
