@@ -195,22 +195,14 @@ def bulk_create_prompts(*, project: Project, items: Sequence[PromptInput], autho
     return BulkResult(created=created, duplicates=duplicates)
 
 
-def delete_prompt(*, prompt: Prompt) -> None:
-    """Delete a prompt and its tasks, unless labels exist for it: labels are never lost."""
+def delete_unlabeled(*, obj: Prompt | Project) -> None:
+    """Delete a prompt or project with its tasks, unless labels exist for it: labels are never lost
+    (demonstrations and rankings PROTECT what they label)."""
     try:
         with transaction.atomic():
-            prompt.delete()
+            obj.delete()
     except ProtectedError:
-        raise Conflict("This prompt has demonstrations or rankings and cannot be deleted.") from None
-
-
-def delete_project(*, project: Project) -> None:
-    """Delete a project, unless it holds labels: labels are never lost."""
-    try:
-        with transaction.atomic():
-            project.delete()
-    except ProtectedError:
-        raise Conflict("This project has demonstrations or rankings; archive it instead of deleting it.") from None
+        raise Conflict(f"This {obj._meta.verbose_name} has demonstrations or rankings and cannot be deleted.") from None
 
 
 def write_prompt(*, author, project: Project, item: PromptInput, client_token: uuid.UUID) -> tuple[Prompt, bool]:

@@ -67,7 +67,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
     def perform_destroy(self, instance):
         if not self.request.user.is_staff:
             raise PermissionDenied("Only site admins delete projects.")
-        services.delete_project(project=instance)
+        services.delete_unlabeled(obj=instance)
 
     @extend_schema(request=s.NextTaskSerializer, responses={200: s.TaskSerializer, 204: None})
     @action(detail=True, methods=["post"], url_path="next-task")
@@ -150,7 +150,7 @@ class PromptViewSet(viewsets.ModelViewSet):
         return Response(s.PromptSerializer(prompt).data, status=201 if result.created else 200)
 
     def perform_destroy(self, instance):
-        services.delete_prompt(prompt=instance)
+        services.delete_unlabeled(obj=instance)
 
     @extend_schema(request=s.BulkPromptSerializer)
     @action(detail=False, methods=["post"])
