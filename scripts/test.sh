@@ -22,9 +22,11 @@ start_redis "$WORK/redis" "$(free_port)"
 export CELERY_BROKER_URL="$REDIS_URL" VAR_DIR="$WORK/var" FAST_PASSWORD_HASHER=1 PYTHONUNBUFFERED=1
 PYTEST=("$VENV/bin/python" -m pytest -q)
 
-log "suite on SQLite (everything but the PostgreSQL-only tests)"
+# The platform's tests run on both databases; the training library and browser tests, which don't
+# depend on the database engine, run once (in the PostgreSQL pass).
+log "platform tests on SQLite (all but the PostgreSQL-only ones)"
 DATABASE_URL="sqlite:///$WORK/var/db.sqlite3" SQLITE_TEST_NAME="$WORK/var/test-db.sqlite3" \
-  "${PYTEST[@]}" -m "not postgres" "$@"
+  "${PYTEST[@]}" tests/annotation tests/deployment -m "not postgres" "$@"
 
-log "suite on PostgreSQL $(basename "$(dirname "$(pg_bin)")") with Redis"
-"${PYTEST[@]}" "$@"
+log "whole suite on PostgreSQL $(basename "$(dirname "$(pg_bin)")") with Redis"
+"${PYTEST[@]}" tests "$@"
