@@ -58,6 +58,26 @@ def access_task_by_id(user, task_id: int, *, min_role: str = Role.LABELER) -> Ta
     return task
 
 
+def _access_own(queryset: QuerySet, user, pk: int, owner_field: str, what: str):
+    obj = queryset.filter(pk=pk).first()
+    if obj is None:
+        raise Http404(f"No such {what}.")
+    if getattr(obj, f"{owner_field}_id") != user.pk:
+        raise PermissionDenied(f"Only its author may change this {what}.")
+    return obj
+
+
+def access_own_ranking(user, ranking_id: int) -> Ranking:
+    """A ranking the user submitted (others' visible rankings give 403, invisible ones 404)."""
+    queryset = rankings_visible_to(user).select_related("task__round", "task__project")
+    return _access_own(queryset, user, ranking_id, "labeler", "ranking")
+
+
+def access_own_demonstration(user, demonstration_id: int) -> Demonstration:
+    queryset = demonstrations_visible_to(user).select_related("task__round", "task__project")
+    return _access_own(queryset, user, demonstration_id, "author", "demonstration")
+
+
 def projects_where(user, *, min_role: str) -> QuerySet:
     """Ids of the projects where the user holds at least ``min_role``."""
     roles = [role for role, order in ROLE_ORDER.items() if order >= ROLE_ORDER[min_role]]

@@ -313,6 +313,10 @@ class Task(models.Model):
     def __str__(self) -> str:
         return f"{self.kind} task {self.pk}"
 
+    def is_correctable(self) -> bool:
+        """Labels can be corrected until the task's round closes (a task without a round stays open)."""
+        return self.round_id is None or self.round.status == Round.Status.COLLECTING
+
 
 class RankingTaskManager(models.Manager):
     def get_queryset(self):

@@ -32,6 +32,7 @@ from .models import (
     Prompt,
     Ranking,
     RankingEntry,
+    ReviewStatus,
     Role,
     Skip,
     Task,
@@ -411,6 +412,49 @@ def submit_demonstration(*, author, task: Task, text: str, seconds_spent: float)
     return demonstration, True
 
 
+def _require_correctable(task: Task) -> None:
+    if not task.is_correctable():
+        raise Conflict("This task's round is closed; its labels can no longer be corrected.")
+
+
+def correct_ranking(*, labeler, ranking: Ranking, entries: Sequence[EntryInput], seconds_spent: float,
+                    comment: str = "") -> Ranking:
+    """Replace a ranking's ranks and labels in place while its round is open. The ranking keeps its id and
+    slot, so the task still counts it once. ``seconds_spent`` is added to the time already recorded."""
+    if ranking.labeler_id != labeler.pk:
+        raise Conflict("Only the labeler who submitted a ranking corrects it.")
+    task = ranking.task
+    _require_correctable(task)
+    entries = validate_ranking_entries(task, entries)
+    with transaction.atomic():
+        Ranking.objects.select_for_update().filter(pk=ranking.pk).update(
+            comment=comment, seconds_spent=F("seconds_spent") + seconds_spent, updated=timezone.now(),
+            review_status=ReviewStatus.SUBMITTED,
+        )
+        RankingEntry.objects.filter(ranking=ranking).delete()
+        RankingEntry.objects.bulk_create(
+            RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
+                         **{f: bool(e.get(f, False)) for f in LABEL_FIELDS})
+            for e in entries
+        )
+    return Ranking.objects.select_related("task").prefetch_related("entries").get(pk=ranking.pk)
+
+
+def correct_demonstration(*, author, demonstration: Demonstration, text: str, seconds_spent: float) -> Demonstration:
+    """Replace a demonstration's text in place while its round is open (same id, counted once)."""
+    if demonstration.author_id != author.pk:
+        raise Conflict("Only the author of a demonstration corrects it.")
+    _require_correctable(demonstration.task)
+    if not text.strip():
+        raise ValidationError({"text": ["a demonstration cannot be empty"]})
+    Demonstration.objects.filter(pk=demonstration.pk).update(
+        text=text, seconds_spent=F("seconds_spent") + seconds_spent, updated=timezone.now(),
+        review_status=ReviewStatus.SUBMITTED,
+    )
+    demonstration.refresh_from_db()
+    return demonstration
+
+
 def _free_slot(*, user, task: Task) -> None:
     TaskSlot.objects.filter(task=task, labeler=user, status=TaskSlot.Status.LEASED).update(
         status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
@@ -433,10 +477,21 @@ def skip_task(*, labeler, task: Task, reason: str) -> tuple[Skip, bool]:
 
 
 @transaction.atomic
-def undo_skip(*, labeler, task: Task) -> bool:
-    """Forget a skip, so the task can be offered to the labeler again."""
+def undo_skip(*, labeler, task: Task) -> Lease | None:
+    """Forget a skip and give the labeler the task back: their other lease of that kind in the project
+    is released and a slot of this task leased to them. Returns that lease, or None if there was no skip
+    or every slot was taken meanwhile (the skip is forgotten all the same)."""
     deleted, _ = Skip.objects.filter(task=task, labeler=labeler).delete()
-    return deleted > 0
+    if not deleted:
+        return None
+    TaskSlot.objects.filter(labeler=labeler, project_id=task.project_id, kind=task.kind,
+                            status=TaskSlot.Status.LEASED).update(
+        status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None)
+    now = timezone.now()
+    for slot in _claimable(user=labeler, project=task.project, kind=task.kind, now=now).filter(task=task):
+        if _lease(slot.pk, user=labeler, project=task.project, now=now, only_if_claimable=True):
+            return Lease(task_id=task.pk, expires=now + task.project.lease_duration)
+    return None
 
 
 @transaction.atomic
@@ -447,6 +502,19 @@ def release_task(*, labeler, task: Task) -> bool:
         raise Conflict("You hold no lease on this task.")
     _free_slot(user=labeler, task=task)
     return True
+
+
+def waiting_counts(*, user, project: Project) -> dict[str, int]:
+    """Tasks of each kind the user could get now: open slots they may claim, plus their own leases."""
+    now = timezone.now()
+    counts = {}
+    for kind in (TaskKind.DEMONSTRATION, TaskKind.RANKING):
+        if not project.kind_enabled(kind):
+            continue
+        claimable = _claimable(user=user, project=project, kind=kind, now=now).values("task_id").distinct().count()
+        held = TaskSlot.objects.filter(labeler=user, project=project, kind=kind, status=TaskSlot.Status.LEASED).count()
+        counts[kind] = claimable + held
+    return counts
 
 
 # --- Stats ----------------------------------------------------------------------------------------

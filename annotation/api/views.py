@@ -216,13 +216,16 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
         skip, created = services.skip_task(labeler=request.user, task=task, reason=body.validated_data["reason"])
         return Response(s.SkipOutSerializer(skip).data, status=201 if created else 200)
 
-    @extend_schema(request=None, responses={204: None})
+    @extend_schema(request=None, responses={200: s.TaskSerializer, 204: None})
     @action(detail=True, methods=["post"], url_path="undo-skip")
     def undo_skip(self, request, pk=None):
-        """Forget your skip of this task, so it can be offered to you again."""
+        """Forget your skip of this task and lease it back to you (200 with the task; 204 if there was no
+        skip, or its slots were taken meanwhile)."""
         task = access.access_task_by_id(request.user, pk)
-        services.undo_skip(labeler=request.user, task=task)
-        return Response(status=status.HTTP_204_NO_CONTENT)
+        lease = services.undo_skip(labeler=request.user, task=task)
+        if lease is None:
+            return Response(status=status.HTTP_204_NO_CONTENT)
+        return Response(render_task(lease.task_id, lease.expires))
 
     @extend_schema(request=None, responses={204: None})
     @action(detail=True, methods=["post"])
@@ -241,6 +244,16 @@ class RankingViewSet(viewsets.ReadOnlyModelViewSet):
         return (access.rankings_visible_to(self.request.user).select_related("task")
                 .prefetch_related("entries").order_by("id"))
 
+    @extend_schema(request=s.RankingSubmitSerializer, responses=s.RankingSerializer)
+    @action(detail=True, methods=["post"])
+    def correct(self, request, pk=None):
+        """Replace your ranking while its round is open; it stays one ranking (same id)."""
+        body = s.RankingSubmitSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        ranking = access.access_own_ranking(request.user, pk)
+        ranking = services.correct_ranking(labeler=request.user, ranking=ranking, **body.validated_data)
+        return Response(s.RankingSerializer(ranking).data)
+
 
 class DemonstrationViewSet(viewsets.ReadOnlyModelViewSet):
     serializer_class = s.DemonstrationSerializer
@@ -248,6 +261,16 @@ class DemonstrationViewSet(viewsets.ReadOnlyModelViewSet):
 
     def get_queryset(self):
         return access.demonstrations_visible_to(self.request.user).select_related("task").order_by("id")
+
+    @extend_schema(request=s.DemonstrationSubmitSerializer, responses=s.DemonstrationSerializer)
+    @action(detail=True, methods=["post"])
+    def correct(self, request, pk=None):
+        """Replace your demonstration's text while its round is open (same id)."""
+        body = s.DemonstrationSubmitSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        demo = access.access_own_demonstration(request.user, pk)
+        demo = services.correct_demonstration(author=request.user, demonstration=demo, **body.validated_data)
+        return Response(s.DemonstrationSerializer(demo).data)
 
 
 class RoundViewSet(viewsets.ReadOnlyModelViewSet):

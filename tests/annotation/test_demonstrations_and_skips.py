@@ -68,10 +68,27 @@ def test_undoing_a_skip_offers_the_task_again(client_for, demo_task, project_a):
     client = client_for("alice")
     client.post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "oops"})
     assert client.post(f"/api/projects/{project_a.pk}/next-task/", {"kind": "demonstration"}).status_code == 204
-    assert client.post(f"/api/tasks/{demo_task.pk}/undo-skip/").status_code == 204
+    undone = client.post(f"/api/tasks/{demo_task.pk}/undo-skip/")
+    assert undone.status_code == 200 and undone.json()["id"] == demo_task.pk
     assert Skip.objects.count() == 0
     body = client.post(f"/api/projects/{project_a.pk}/next-task/", {"kind": "demonstration"}).json()
     assert body["id"] == demo_task.pk
+
+
+def test_undoing_a_skip_swaps_the_next_lease_back_for_the_skipped_task(client_for, demo_task, project_a, users):
+    following = demonstration_task(make_prompt(project_a, "the next prompt"))
+    client = client_for("alice")
+    client.post(f"/api/tasks/{demo_task.pk}/skip/", {"reason": "oops"})
+    assert client.post(f"/api/projects/{project_a.pk}/next-task/", {"kind": "demonstration"}).json()["id"] == \
+        following.pk
+    assert client.post(f"/api/tasks/{demo_task.pk}/undo-skip/").json()["id"] == demo_task.pk
+    assert TaskSlot.objects.get(task=following).status == TaskSlot.Status.FREE
+    assert TaskSlot.objects.get(task=demo_task).labeler == users["alice"]
+
+
+def test_undoing_when_there_was_no_skip_changes_nothing(client_for, demo_task):
+    assert client_for("alice").post(f"/api/tasks/{demo_task.pk}/undo-skip/").status_code == 204
+    assert TaskSlot.objects.get(task=demo_task).status == TaskSlot.Status.LEASED
 
 
 def test_a_submitted_task_cannot_be_skipped(client_for, demo_task):
