@@ -312,6 +312,10 @@ def _proc_table() -> dict[int, tuple[int, int]]:
     return table
 
 
+def _children(pid: int) -> list[int]:
+    return sorted(p for p, (ppid, _) in _proc_table().items() if ppid == pid)
+
+
 def cpu_seconds(roots: dict[str, int | None]) -> dict[str, float]:
     """CPU seconds used so far by each named process tree (live processes only)."""
     table = _proc_table()
@@ -633,14 +637,15 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
     # CPU accounting over the measured window.
     while time.perf_counter() < t_measure and any(lab.is_alive() for lab in labelers):
         time.sleep(0.05)
-    cpu0, self0 = cpu_seconds(roots), sum(os.times()[:2])
+    workers = {f"worker{i}": pid for i, pid in enumerate(_children(gun.proc.pid))}
+    cpu0, self0 = cpu_seconds({**roots, **workers}), sum(os.times()[:2])
     while any(lab.is_alive() for lab in labelers):
         for lab in labelers:
             lab.join(timeout=0.2)
         if stop.is_set():
             break
     t_end = time.perf_counter()
-    cpu1, self1 = cpu_seconds(roots), sum(os.times()[:2])
+    cpu1, self1 = cpu_seconds({**roots, **workers}), sum(os.times()[:2])
     window = max(t_end - t_measure, 1e-9)
 
     next_calls = [c for lab in labelers for c in lab.next_calls]
@@ -669,11 +674,16 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
         "queue_drained_after_s": round(min(drained) - t_start, 1) if drained else None,
         "labeler_errors": [lab.error for lab in labelers if lab.error],
         "cpu_seconds_in_window": {
-            **{k: round(cpu1[k] - cpu0[k], 1) for k in cpu0},
+            **{k: round(cpu1[k] - cpu0[k], 1) for k in roots},
             "benchmark_client": round(self1 - self0, 1),
+            # Keep-alive connections stay with the worker that accepted them: an uneven spread shows here.
+            "per_gunicorn_worker": [round(cpu1[k] - cpu0[k], 1) for k in workers],
         },
         "integrity": checks,
     }
+    cpu_total = sum(cpu1[k] - cpu0[k] for k in roots) + (self1 - self0)
+    result["cpu_ms_per_cycle"] = round(1000 * cpu_total / len(cycles_measured), 1) if cycles_measured else None
+    result["cpu_cores_busy"] = round(cpu_total / window, 2)
     errors = {k: {s: n for s, n in v.items() if s not in ("200", "201", "204")}
               for k, v in result["status_counts"].items()}
     result["errors"] = {k: v for k, v in errors.items() if v}
@@ -797,6 +807,7 @@ def main() -> int:
             },
             "median": {
                 "cycles_per_s": median_of(results, "cycles_per_s"),
+                "cpu_ms_per_cycle": median_of(results, "cpu_ms_per_cycle"),
                 "requests_per_s": median_of(results, "requests_per_s"),
                 **{f"{call}_{q}": median_of(results, call, q)
                    for call in ("next_task", "submit_ranking") for q in ("p50_ms", "p95_ms", "p99_ms")},

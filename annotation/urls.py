@@ -1,0 +1,19 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from . import views
+
+app_name = "labeling"
+
+urlpatterns = [
+    path("", views.home, name="home"),
+    path("history/", views.history, name="history"),
+    path("history/ranking/<int:ranking_id>/", views.correct_ranking_page, name="correct-ranking"),
+    path("history/demonstration/<int:demonstration_id>/", views.correct_demonstration_page,
+         name="correct-demonstration"),
+    path("preview/", views.markdown_preview, name="preview"),
+    path("p/<int:project_id>/write/", views.write_prompt_page, name="write-prompt"),
+    path("p/<int:project_id>/<str:kind>/", views.task_page, name="task"),
+    path("p/<int:project_id>/<str:kind>/panel/", views.task_fragment, name="task-panel"),
+]

@@ -1,0 +1,140 @@
+"""The labeler web UI: server-rendered pages; the task pages talk to the REST API for every write, so
+leases, validation and idempotency live in services.py only."""
+from __future__ import annotations
+
+import uuid
+from functools import wraps
+
+from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
+from django.http import Http404, HttpResponse
+from django.shortcuts import render
+from django.views.decorators.http import require_POST
+
+from . import access, services
+from .models import Demonstration, Ranking, Task, TaskKind, TaskSlot
+from .rendering import render_markdown
+
+# Pages run no inline script and load nothing from elsewhere: model output can never execute.
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+
+KIND_PAGES = {TaskKind.RANKING: "annotation/rank.html", TaskKind.DEMONSTRATION: "annotation/demonstrate.html"}
+
+
+def labeler_page(view):
+    """Login required, and a strict Content-Security-Policy on the response."""
+
+    @login_required
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        response["Content-Security-Policy"] = CSP
+        return response
+
+    return wrapped
+
+
+@labeler_page
+def home(request):
+    projects = list(access.projects_visible_to(request.user).order_by("name"))
+    rows = [{"project": p, "waiting": services.waiting_counts(user=request.user, project=p)} for p in projects]
+    return render(request, "annotation/home.html", {"rows": rows, "stats": services.labeler_stats(user=request.user)})
+
+
+def _task_context(request, project, kind: str, task_id: int | None = None) -> dict:
+    """Lease the next task of ``kind`` (or re-show ``task_id`` if the user holds it) for a task page."""
+    if task_id is not None:
+        held = TaskSlot.objects.filter(task_id=task_id, project=project, labeler=request.user,
+                                       status=TaskSlot.Status.LEASED).first()
+        lease = services.Lease(task_id=task_id, expires=held.lease_expires) if held else None
+    else:
+        lease = services.next_task(user=request.user, project=project, kind=kind)
+    task = None
+    if lease is not None:
+        task = _task_for_page(lease.task_id)
+        task.lease_expires = lease.expires
+    return {"project": project, "task": task, "kind": kind}
+
+
+def _task_for_page(task_id: int) -> Task:
+    from .api.views import task_detail_queryset
+
+    task = task_detail_queryset().get(pk=task_id)
+    task.cards = [link.candidate for link in task.task_candidates.all()]
+    return task
+
+
+def _kind_from(request_kind: str) -> str:
+    if request_kind not in KIND_PAGES:
+        raise Http404("No such task kind.")
+    return request_kind
+
+
+@labeler_page
+def task_page(request, project_id: int, kind: str):
+    """A ranking or demonstration page with the next leased task; later tasks arrive as fragments."""
+    kind = _kind_from(kind)
+    project = access.access_project_by_id(request.user, project_id)
+    if not project.kind_enabled(kind):
+        raise Http404("This task kind is not enabled in the project.")
+    return render(request, KIND_PAGES[kind], _task_context(request, project, kind))
+
+
+@labeler_page
+def task_fragment(request, project_id: int, kind: str):
+    """The task panel alone: the next task, or with ?task=ID a task the user holds (after an undo)."""
+    kind = _kind_from(kind)
+    project = access.access_project_by_id(request.user, project_id)
+    task_id = int(request.GET["task"]) if request.GET.get("task", "").isdigit() else None
+    context = _task_context(request, project, kind, task_id)
+    return render(request, f"annotation/_{kind}_panel.html", context)
+
+
+@labeler_page
+def write_prompt_page(request, project_id: int):
+    project = access.access_project_by_id(request.user, project_id)
+    if not project.prompt_writing_enabled:
+        raise Http404("Prompt writing is not enabled in this project.")
+    return render(request, "annotation/write_prompt.html", {"project": project, "client_token": uuid.uuid4()})
+
+
+@labeler_page
+def history(request):
+    rankings = (Ranking.objects.filter(labeler=request.user).select_related("task__prompt", "task__project",
+                                                                              "task__round").order_by("-created"))
+    demos = (Demonstration.objects.filter(author=request.user)
+             .select_related("task__prompt", "task__project", "task__round").order_by("-created"))
+    kind = request.GET.get("kind", "ranking")
+    rows = rankings if kind == "ranking" else demos
+    page = Paginator(rows, 25).get_page(request.GET.get("page"))
+    return render(request, "annotation/history.html", {"page": page, "kind": kind})
+
+
+@labeler_page
+def correct_ranking_page(request, ranking_id: int):
+    ranking = access.access_own_ranking(request.user, ranking_id)
+    task = _task_for_page(ranking.task_id)
+    entries = {e.candidate_id: e for e in ranking.entries.all()}
+    for card in task.cards:
+        card.entry = entries.get(card.pk)
+    return render(request, "annotation/rank.html", {"project": task.project, "task": task, "kind": "ranking",
+                                                    "correcting": ranking})
+
+
+@labeler_page
+def correct_demonstration_page(request, demonstration_id: int):
+    demo = access.access_own_demonstration(request.user, demonstration_id)
+    task = _task_for_page(demo.task_id)
+    return render(request, "annotation/demonstrate.html", {"project": task.project, "task": task,
+                                                           "kind": "demonstration", "correcting": demo})
+
+
+@login_required
+@require_POST
+def markdown_preview(request):
+    """Live preview for the demonstration editor, through the same sanitizer as everything else."""
+    html = render_markdown(request.POST.get("text", "")[:100_000])
+    response = HttpResponse(html, content_type="text/html; charset=utf-8")
+    response["Content-Security-Policy"] = CSP
+    return response

@@ -1,0 +1,114 @@
+"""Loading and saving models, LoRA, and the offline tiny base (tokenizer + GPT-2-style model).
+
+An air-gapped site cannot download weights, so ``train_tokenizer`` + ``build_model`` make a base from
+scratch: a byte-level BPE tokenizer trained with the ``tokenizers`` library on the corpus, and a small
+GPT-2 built from config. ``training.pretrain`` then teaches it English. The shipped result lives in
+``training/assets/tiny-base`` (see its PROVENANCE.md).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from pathlib import Path
+
+import torch
+
+from training.config import PretrainConfig, TrainConfig
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+TINY_BASE = Path(__file__).parent / "assets" / "tiny-base"
+
+# A minimal chat template for the offline base, so chat-format data works with it too.
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}" + EOS + "\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int):
+    """A byte-level BPE tokenizer (GPT-2 style: any byte sequence round-trips) trained on ``texts``."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD], min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    wrapped = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, pad_token=PAD,
+                                      model_max_length=1 << 30)
+    wrapped.chat_template = CHAT_TEMPLATE
+    return wrapped
+
+
+def build_model(tokenizer, config: PretrainConfig) -> torch.nn.Module:
+    """A GPT-2-style causal LM sized by ``config``, with tied input/output embeddings."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt = GPT2Config(vocab_size=len(tokenizer), n_positions=config.n_positions, n_embd=config.n_embd,
+                     n_layer=config.n_layer, n_head=config.n_head, resid_pdrop=config.dropout,
+                     embd_pdrop=config.dropout, attn_pdrop=config.dropout, bos_token_id=tokenizer.eos_token_id,
+                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                     tie_word_embeddings=True)
+    return GPT2LMHeadModel(gpt)
+
+
+def load_tokenizer(name: str | Path):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(name))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token  # masks, not values, decide what padding means here
+    return tokenizer
+
+
+def load_causal_lm(name: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(name), dtype=torch.float32).to(device)
+
+
+def context_length(model: torch.nn.Module) -> int:
+    config = model.config
+    for name in ("max_position_embeddings", "n_positions", "seq_length"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> int:
+    seen, total = set(), 0
+    for p in model.parameters():  # tied weights count once
+        if id(p) not in seen and (p.requires_grad or not trainable_only):
+            seen.add(id(p))
+            total += p.numel()
+    return total
+
+
+def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
+    """Freeze ``model`` and add LoRA adapters (peft picks the target modules for known architectures)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      task_type=task_type)
+    return get_peft_model(model, lora)
+
+
+def servable(model: torch.nn.Module) -> torch.nn.Module:
+    """A plain transformers model to save: LoRA adapters merged into a copy (training continues on the
+    original)."""
+    if hasattr(model, "merge_and_unload"):
+        return copy.deepcopy(model).merge_and_unload()
+    return model
+
+
+def save_pretrained(model: torch.nn.Module, tokenizer, out: Path, dtype: str = "float32") -> None:
+    model = servable(model)
+    if dtype != "float32":
+        model = copy.deepcopy(model).to(getattr(torch, dtype))
+    model.save_pretrained(out, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
