@@ -7,7 +7,7 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-ensure_packages postgresql redis-server
+ensure_packages postgresql redis-server chromium
 ensure_venv requirements-dev.txt
 
 WORK="$(mktemp -d /tmp/rlhf-test.XXXXXX)"

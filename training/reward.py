@@ -169,7 +169,11 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
     model = unwrap(model)
     model.eval()
     mine = groups[rt.rank::rt.world_size]
-    stats: dict[str, float] = {}
+    # Every rank sums the same names (per-k included) so that all_sum lines up.
+    stats: dict[str, float] = {name: 0.0 for name in ("loss", "groups", "r_sum", "r_sq", "responses", "margin")}
+    for k in {len(seqs) for seqs, _, _ in groups}:
+        for key in ("", f"/k{k}"):
+            stats["correct" + key] = stats["pairs" + key] = 0.0
 
     def add(name: str, value: float) -> None:
         stats[name] = stats.get(name, 0.0) + value
@@ -192,8 +196,7 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
                 add("pairs" + key, pairs)
             add("margin", margin)
     names = sorted(stats)
-    totals = dict(zip(names, rt.all_sum([stats[n] for n in names]), strict=True)) if names else {}
-    # Per-k names must agree across ranks; a rank missing some k simply contributes nothing there.
+    totals = dict(zip(names, rt.all_sum([stats[n] for n in names]), strict=True))
     mean = totals.get("r_sum", 0.0) / max(totals.get("responses", 0.0), 1)
     variance = totals.get("r_sq", 0.0) / max(totals.get("responses", 0.0), 1) - mean ** 2
     metrics = {
@@ -211,28 +214,22 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
 
 
 @torch.no_grad()
-def score(model: RewardModel, tokenizer, prompt, responses: list[str], *, max_length: int = 512,
-          batch_size: int = 16) -> list[float]:
-    """Rewards of ``responses`` to ``prompt`` (the inference entry point)."""
+def score_pairs(model: RewardModel, tokenizer, pairs: list[tuple], *, max_length: int = 512,
+                batch_size: int = 16) -> list[float]:
+    """Rewards of (prompt, response) pairs, in order (the inference entry point)."""
     model.eval()
     device = next(model.parameters()).device
-    seqs = [encode_pair(tokenizer, prompt, r, max_length=max_length, chat_template=model.chat_template)[0]
-            for r in responses]
-    out: list[float] = []
-    for start in range(0, len(seqs), batch_size):
-        chunk = seqs[start:start + batch_size]
-        batch = collate_rankings([(chunk, [1] * len(chunk), 1.0)], tokenizer.pad_token_id)
-        out += model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist()
+    seqs = [encode_pair(tokenizer, p, r, max_length=max_length, chat_template=model.chat_template)[0]
+            for p, r in pairs]
+    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
+    out = [0.0] * len(seqs)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start:start + batch_size]
+        batch = collate_rankings([([seqs[i] for i in chunk], [1] * len(chunk), 1.0)], tokenizer.pad_token_id)
+        for i, value in zip(chunk, model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist(),
+                            strict=True):
+            out[i] = value
     return out
-
-
-def demonstration_mean(model: RewardModel, tokenizer, pairs: list[tuple], config: RewardConfig,
-                       device: torch.device) -> float:
-    """Mean reward over (prompt, response) demonstrations."""
-    total = 0.0
-    for prompt, response in pairs:
-        total += score(model.to(device), tokenizer, prompt, [response], max_length=config.max_length)[0]
-    return total / max(len(pairs), 1)
 
 
 # --- the stage ---
@@ -280,17 +277,16 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     summary = {"train_examples": len(train_groups), "eval_examples": len(held_groups),
                "train_k": _k_counts(train), "parameters": count_parameters(model),
                "tokens": result.tokens, "train_seconds": round(result.train_seconds, 3),
-               "comparisons_per_s": None, "best_step": result.best_step, "best_eval_loss": result.best_eval_loss,
+               "comparisons_per_s": _comparisons_per_s(train, result, config, rt), "best_step": result.best_step, "best_eval_loss": result.best_eval_loss,
                **result.last_train}
-    pairs_seen = sum(_pairs(train[i]) for i in range(len(train)))
-    summary["comparisons_per_s"] = (pairs_seen * result.steps * config.batch_size * config.grad_accum
-                                    * rt.world_size / max(len(train), 1)) / max(result.train_seconds, 1e-9)
     if result.status == "completed" and rt.is_main:
         final = RewardModel.from_pretrained(out, rt.device)
         if config.normalize:
             demos = ([(e.prompt, e.response) for e in read_sft(demonstrations)] if demonstrations is not None
                      else [(e.prompt, e.best_response()) for e in train])
-            shift = demonstration_mean(final, tokenizer, demos, config, rt.device)
+            rewards = score_pairs(final, tokenizer, demos, max_length=config.max_length,
+                                  batch_size=config.batch_size * 4)
+            shift = sum(rewards) / len(rewards)
             with torch.no_grad():
                 final.head.bias -= shift
             final.save_pretrained(out, tokenizer)
@@ -303,8 +299,11 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     return reporter.finish(result.status, result.steps, summary, model=unwrap(loop.model))
 
 
-def _pairs(example: RankingExample) -> int:
-    return sum(1 for i in example.ranks for j in example.ranks if i < j)
+def _comparisons_per_s(train: list[RankingExample], result, config: RewardConfig, rt: Runtime) -> float:
+    """Non-tied pairs trained on per second (the mean pairs per example times the examples seen)."""
+    mean_pairs = sum(sum(1 for i in e.ranks for j in e.ranks if i < j) for e in train) / max(len(train), 1)
+    seen = result.steps * config.batch_size * config.grad_accum * rt.world_size
+    return mean_pairs * seen / max(result.train_seconds, 1e-9)
 
 
 def _k_counts(examples: list[RankingExample]) -> dict[str, int]:

@@ -35,7 +35,15 @@
 
     unrankedCount() { return [...this.rank.values()].filter(r => r === null).length; }
 
-    setRank(id, rank) { this.rank.set(id, rank); this.render(id); }
+    // Put a response at `rank`; whatever held that rank (and below) moves down one. Ties come from "t".
+    setRank(id, rank) {
+      this.rank.set(id, null);
+      if ([...this.rank.values()].includes(rank)) {
+        for (const [other, r] of this.rank) { if (r !== null && r >= rank) this.rank.set(other, r + 1); }
+      }
+      this.rank.set(id, rank);
+      this.render(id);
+    }
 
     unrank(id) { this.rank.set(id, null); this.render(id); }
 

@@ -1,0 +1,152 @@
+"""``python -m training {pretrain,sft,rm,generate,convert} …``
+
+Every config field is a flag (``--learning-rate 1e-4``, ``--lora/--no-lora``); ``--config file.json``
+supplies defaults that flags override. The first Ctrl-C asks the stage to stop after the current step
+(it writes a resumable checkpoint); a second one aborts.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import signal
+import sys
+import typing
+from collections import Counter
+from pathlib import Path
+
+from training import config as cfg
+from training import data, sources
+
+STAGES = {"pretrain": cfg.PretrainConfig, "sft": cfg.SFTConfig, "rm": cfg.RewardConfig,
+          "generate": cfg.GenerateConfig}
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, cls: type[cfg.StageConfig]) -> None:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag, kind = "--" + f.name.replace("_", "-"), hints[f.name]
+        if kind is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif kind in (int, float, str):
+            parser.add_argument(flag, dest=f.name, type=kind, default=None)
+        elif typing.get_origin(kind) is typing.Literal:
+            parser.add_argument(flag, dest=f.name, choices=typing.get_args(kind), default=None)
+        else:  # lists and tuples, as JSON: --stop '["\n\nHuman:"]'
+            parser.add_argument(flag, dest=f.name, type=json.loads, default=None, metavar="JSON")
+
+
+def _config(cls: type[cfg.StageConfig], args: argparse.Namespace) -> cfg.StageConfig:
+    values = json.loads(Path(args.config).read_text()) if args.config else {}
+    values.update({f.name: getattr(args, f.name) for f in dataclasses.fields(cls)
+                   if getattr(args, f.name) is not None})
+    return cls.from_dict(values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    stage_args = {
+        "pretrain": [("--corpus", dict(type=Path, nargs="+", required=True,
+                                       help=".txt/.md files or {\"text\"} JSONL"))],
+        "sft": [("--data", dict(type=Path, required=True)), ("--eval-data", dict(type=Path))],
+        "rm": [("--data", dict(type=Path, required=True)), ("--eval-data", dict(type=Path)),
+               ("--demonstrations", dict(type=Path, help="SFT-contract file whose responses score mean 0"))],
+        "generate": [("--prompts", dict(type=Path, required=True, help="PPO-prompt JSONL"))],
+    }
+    for name, cls in STAGES.items():
+        p = sub.add_parser(name, help=(cls.__doc__ or "").split("\n")[0])
+        for flag, kwargs in stage_args[name]:
+            p.add_argument(flag, **kwargs)
+        p.add_argument("--out", type=Path, required=True, help="output directory (model, metrics, summary)")
+        p.add_argument("--config", type=Path, help="JSON file of config fields (flags override it)")
+        _add_config_flags(p, cls)
+
+    conv = sub.add_parser("convert", help="public datasets → contract files, split by record hash")
+    conv.add_argument("source", choices=["hh-rlhf", "oasst"])
+    conv.add_argument("inputs", type=Path, nargs="+")
+    conv.add_argument("--out", type=Path, required=True)
+    conv.add_argument("--eval-fraction", type=float, default=0.1)
+    conv.add_argument("--human-only", action="store_true", help="oasst: leave out synthetic replies")
+    return parser
+
+
+def convert(args: argparse.Namespace) -> dict:
+    """Writes rankings.{train,heldout}.jsonl, sft.{train,heldout}.jsonl and corpus.train.jsonl (the
+    text of the training side only, for pretraining) into ``args.out``."""
+    skipped: Counter = Counter()
+    rankings, demos = [], []
+    for path in args.inputs:
+        if args.source == "hh-rlhf":
+            found = list(sources.hh_rankings(path, skipped))
+            demos += [data.SFTExample(e.prompt, e.responses[0], e.id) for e in found]  # chosen = demonstration
+        else:
+            found = list(sources.oasst_rankings(path, skipped, human_only=args.human_only))
+            demos += list(sources.oasst_demonstrations(path))
+        rankings += found
+    args.out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for name, examples in (("rankings", rankings), ("sft", demos)):
+        train, held = data.split_by_hash(examples, args.eval_fraction)
+        counts[f"{name}.train"] = data.write_jsonl(args.out / f"{name}.train.jsonl", map(data.to_record, train))
+        counts[f"{name}.heldout"] = data.write_jsonl(args.out / f"{name}.heldout.jsonl", map(data.to_record, held))
+    train_rankings, _ = data.split_by_hash(rankings, args.eval_fraction)
+    corpus = ({"text": data.render_plain(e.prompt) + "".join(" " + r for r in e.responses)} for e in train_rankings)
+    counts["corpus.train"] = data.write_jsonl(args.out / "corpus.train.jsonl", corpus)
+    counts["skipped"] = dict(skipped)
+    return counts
+
+
+class _Progress:
+    """tqdm bar on the main process; metrics as the postfix."""
+
+    def __init__(self, stage: str):
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=stage, unit="step", disable=int(os.environ.get("RANK", "0")) != 0, dynamic_ncols=True)
+
+    def __call__(self, step: int, total: int, metrics: dict[str, float]) -> None:
+        self.bar.total = total
+        self.bar.n = step
+        shown = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in metrics.items() if "loss" in k or "accuracy" in k
+                 or "tokens_per_s" in k}
+        self.bar.set_postfix(shown, refresh=False)
+        self.bar.refresh()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "convert":
+        print(json.dumps(convert(args), indent=2))
+        return 0
+    config = _config(STAGES[args.command], args)
+    stop = {"asked": False}
+
+    def on_interrupt(signum, frame):
+        if stop["asked"]:
+            raise KeyboardInterrupt
+        stop["asked"] = True
+        print("\nstopping after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+    signal.signal(signal.SIGINT, on_interrupt)
+    progress = _Progress(args.command)
+    kwargs = dict(on_log=progress, should_stop=lambda: stop["asked"])
+    if args.command == "pretrain":
+        from training.pretrain import pretrain
+        result = pretrain(config, args.corpus, args.out, **kwargs)
+    elif args.command == "sft":
+        from training.sft import train_sft
+        result = train_sft(config, args.data, args.out, eval_data=args.eval_data, **kwargs)
+    elif args.command == "rm":
+        from training.reward import train_reward_model
+        result = train_reward_model(config, args.data, args.out, eval_data=args.eval_data,
+                                    demonstrations=args.demonstrations, **kwargs)
+    else:
+        from training.generate import generate_candidates
+        result = generate_candidates(config, args.prompts, args.out, **kwargs)
+    progress.bar.close()
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result.summary, indent=2, default=str))
+    return 0 if result.status == "completed" else 3
