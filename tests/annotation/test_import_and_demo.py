@@ -75,11 +75,14 @@ def test_seed_demo_creates_users_project_and_real_tasks_once(db, capsys):
     call_command("seed_demo")
     out = capsys.readouterr().out
     assert "demo-labeler-1" in out and "demo-admin" in out
-    project = Project.objects.get()
-    assert project.k == 2 and Membership.objects.filter(project=project).count() == 3
-    assert Task.objects.filter(kind="ranking").count() == 300
-    assert Task.objects.filter(kind="demonstration").count() == 300
+    hh, oasst = Project.objects.order_by("id")
+    assert hh.k == 2 and Membership.objects.filter(project=hh).count() == 3
+    assert Task.objects.filter(project=hh, kind="ranking").count() == 300
+    assert Task.objects.filter(project=hh, kind="demonstration").count() == 300
+    assert oasst.k == 4 and Membership.objects.filter(project=oasst).count() == 3
+    assert Task.objects.filter(project=oasst, kind="ranking").count() == 24
+    assert Candidate.objects.filter(prompt__project=oasst).count() == 96
     call_command("seed_demo")
     again = capsys.readouterr().out
     assert "already exists" in again and "demo-labeler-1 " not in again
-    assert Project.objects.count() == 1 and Prompt.objects.count() == 300
+    assert Project.objects.count() == 2 and Prompt.objects.count() == 324

@@ -11,8 +11,9 @@ from annotation import services
 from annotation.importing import read_import_file
 from annotation.models import Project, Role
 
-FIXTURE = Path(__file__).resolve().parents[2] / "fixtures/demo/hh_rlhf_helpful.jsonl"
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures/demo"
 DEMO_PROJECT = "Demo: helpful assistant (HH-RLHF)"
+OASST_PROJECT = "Demo: OpenAssistant rankings (k=4)"
 GUIDELINES = """\
 # How to label
 
@@ -35,7 +36,7 @@ USERS = [("demo-admin", Role.ADMIN, True), ("demo-labeler-1", Role.LABELER, Fals
 
 
 class Command(BaseCommand):
-    help = ("Create the demo project, a demo admin and two demo labelers (credentials printed once, at "
+    help = ("Create the demo projects, a demo admin and two demo labelers (credentials printed once, at "
             "creation), seeded with real HH-RLHF prompts and response pairs shipped in the repo.")
 
     @transaction.atomic
@@ -58,11 +59,21 @@ class Command(BaseCommand):
             user.save()
             services.add_member(project=project, user=user, role=role)
             credentials.append((username, password, "site admin + project admin" if staff else role))
-        items, line_numbers, _ = read_import_file(FIXTURE)
-        result = services.bulk_create_prompts(project=project, items=items, line_numbers=line_numbers)
+        result = self.seed(project, FIXTURES / "hh_rlhf_helpful.jsonl")
         self.stdout.write(self.style.SUCCESS(
             f"Created {DEMO_PROJECT!r} with {len(result.created)} prompts, each with a demonstration task and a "
             "2-response ranking task."))
+        oasst = Project.objects.create(name=OASST_PROJECT, guidelines=GUIDELINES, k=4, overlap=2,
+                                       demonstrations_enabled=False, prompt_writing_enabled=False)
+        for membership in project.memberships.all():
+            services.add_member(project=oasst, user=membership.user, role=membership.role)
+        result = self.seed(oasst, FIXTURES / "oasst_k4.jsonl")
+        self.stdout.write(self.style.SUCCESS(
+            f"Created {OASST_PROJECT!r} with {len(result.created)} 4-response ranking tasks from OpenAssistant."))
         self.stdout.write("Demo accounts (shown only this once; keep them):")
         for username, password, role in credentials:
             self.stdout.write(f"  {username:16} {password:20} {role}")
+
+    def seed(self, project: Project, fixture: Path):
+        items, line_numbers, _ = read_import_file(fixture)
+        return services.bulk_create_prompts(project=project, items=items, line_numbers=line_numbers)
