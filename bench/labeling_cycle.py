@@ -9,21 +9,23 @@ What it does:
 
 1. starts a throwaway PostgreSQL cluster in a temporary directory on 127.0.0.1 (as the ``postgres``
    user when run as root), with PostgreSQL's default (durable) settings unless ``--fast-pg``;
-2. ``manage.py migrate``; seeds, per run, one project (k=4, ``--overlap``, lease 900 s, ranking only)
-   with ``--tasks`` ranking tasks made by ``annotation.services.bulk_create_prompts`` and ``--labelers``
-   labeler accounts, each with a DRF token;
+2. per run: creates a fresh database, runs ``manage.py migrate``, seeds one project (k=4, ``--overlap``,
+   lease 900 s, ranking only) with ``--tasks`` ranking tasks made by
+   ``annotation.services.bulk_create_prompts`` and ``--labelers`` labeler accounts with DRF tokens;
 3. starts gunicorn exactly as production does (``platform/gunicorn.conf.py``, ``rlhf_platform.wsgi``) on a
    free loopback port and waits for ``/healthz``;
 4. runs ``--labelers`` threads, each with one keep-alive HTTP connection, repeating
-   ``POST /api/projects/{id}/next-task/`` → ``POST /api/tasks/{id}/submit-ranking/`` until ``--duration``
-   seconds pass (after ``--warmup``), ``--max-cycles`` cycles are done, or the queue is empty (204);
-5. checks the database for over-assignment and lost submissions, counts the SQL statements each call
-   sends (PostgreSQL ``log_statement=all`` for one labeler, and Django's ``CaptureQueriesContext``
-   in-process), and prints a JSON summary (``--json-out FILE`` writes it too).
+   ``POST /api/projects/{id}/next-task/`` → ``POST /api/tasks/{id}/submit-ranking/`` for ``--warmup``
+   unmeasured seconds and then ``--duration`` measured seconds, or until ``--max-cycles`` cycles or the
+   queue is empty (204);
+5. checks the database for over-assignment and lost submissions;
+6. after the last run, counts the SQL statements each call sends (PostgreSQL ``log_statement=all`` for
+   one labeler over HTTP, and Django's ``CaptureQueriesContext`` in-process) and prints a JSON summary
+   (``--json-out FILE`` writes it too). Exit status 1 when an integrity check failed.
 
-``--runs R`` repeats step 2 and 4–5 R times against the same server (a fresh project each run) and
-reports the median of each number. Everything it started is stopped, and the temporary directory
-removed, on success, on error and on Ctrl-C.
+``--runs R`` repeats steps 2–5 R times (fresh database and gunicorn each time, so runs are independent
+samples on a noisy machine) and reports the median of each number. Everything it started is stopped,
+and the temporary directory removed, on success, on error and on Ctrl-C.
 
 Environment: GUNICORN_WORKERS / GUNICORN_THREADS are passed to gunicorn (``--workers`` / ``--threads``
 override them; the benchmark's default is 3 workers × 4 threads on this 2-core machine).
@@ -189,7 +191,7 @@ class Postgres:
         self.bin = pg_bin()
         self.started = False
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.url = f"postgres://rlhf@127.0.0.1:{port}/rlhf"
+        self.url = f"postgres://rlhf@127.0.0.1:{port}/postgres"
 
     def _run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
         return subprocess.run([*self.as_postgres, *cmd], check=True, **kw)
@@ -211,8 +213,13 @@ class Postgres:
                   "-t", "60", "start", "-o", " ".join(opts), stdout=subprocess.DEVNULL)
         subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "30"],
                        check=True, stdout=subprocess.DEVNULL)
-        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rlhf",
-                        "rlhf"], check=True)
+
+    def create_database(self, name: str) -> str:
+        """A new, empty database; returns its DATABASE_URL."""
+        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rlhf", name],
+                       check=True)
+        self.url = f"postgres://rlhf@127.0.0.1:{self.port}/{name}"
+        return self.url
 
     @property
     def log_path(self) -> Path:
@@ -250,7 +257,7 @@ class Gunicorn:
 
     def start(self) -> None:
         gunicorn = Path(sys.executable).parent / "gunicorn"
-        self._log = open(self.log_path, "w")
+        self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [str(gunicorn), "-c", str(ROOT / "platform" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}",
              "rlhf_platform.wsgi"],
@@ -310,6 +317,23 @@ def _proc_table() -> dict[int, tuple[int, int]]:
         fields = stat[stat.rindex(")") + 2:].split()
         table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
     return table
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all processes on the machine have used (user+nice+system+irq+softirq+steal)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(fields[:3]) + sum(fields[5:8])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
+    """Wait (at most ``max_wait`` s) until the rest of the machine uses under ``threshold`` cores."""
+    started = time.monotonic()
+    while True:
+        busy0 = machine_busy_seconds()
+        time.sleep(3)
+        load = (machine_busy_seconds() - busy0) / 3
+        if load < threshold or time.monotonic() - started >= max_wait:
+            return round(load, 2)
 
 
 def _children(pid: int) -> list[int]:
@@ -612,7 +636,15 @@ def seed(env: dict, name: str, tasks: int, labelers: int, overlap: int) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
+def prepare_database(pg: Postgres, env: dict, name: str) -> dict:
+    env = {**env, "DATABASE_URL": pg.create_database(name)}
+    log(f"{name}: migrating")
+    run_child(env, "manage.py", "migrate", "--noinput", "-v0", capture=False)
+    return env
+
+
 def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: threading.Event) -> dict:
+    """Seed a project in the (fresh) database behind ``gun``, run the labelers, check the database."""
     name = f"bench-{run_no}-{uuid.uuid4().hex[:6]}"
     log(f"run {run_no}: seeding {args.tasks} ranking tasks (k=4, overlap {args.overlap}) and "
         f"{args.labelers} labelers")
@@ -622,6 +654,10 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
     with pg.connect() as db:
         db.execute("VACUUM ANALYZE")
         db.execute("CHECKPOINT")
+    background = None
+    if args.quiet_wait > 0:
+        background = wait_for_quiet(args.quiet_wait)
+        log(f"run {run_no}: other processes use {background} cores just before the run")
 
     user_of_token = dict(zip(seeded["tokens"], seeded["users"]))
     budget = CycleBudget(args.max_cycles)
@@ -638,14 +674,14 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
     while time.perf_counter() < t_measure and any(lab.is_alive() for lab in labelers):
         time.sleep(0.05)
     workers = {f"worker{i}": pid for i, pid in enumerate(_children(gun.proc.pid))}
-    cpu0, self0 = cpu_seconds({**roots, **workers}), sum(os.times()[:2])
+    cpu0, self0, busy0 = cpu_seconds({**roots, **workers}), sum(os.times()[:2]), machine_busy_seconds()
     while any(lab.is_alive() for lab in labelers):
         for lab in labelers:
             lab.join(timeout=0.2)
         if stop.is_set():
             break
     t_end = time.perf_counter()
-    cpu1, self1 = cpu_seconds({**roots, **workers}), sum(os.times()[:2])
+    cpu1, self1, busy1 = cpu_seconds({**roots, **workers}), sum(os.times()[:2]), machine_busy_seconds()
     window = max(t_end - t_measure, 1e-9)
 
     next_calls = [c for lab in labelers for c in lab.next_calls]
@@ -670,6 +706,7 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
         "cycle": {"p50_ms": round(pct(cycle_ms, 50), 1) if cycle_ms else None,
                   "p99_ms": round(pct(cycle_ms, 99), 1) if cycle_ms else None},
         "status_counts": {"next_task": status_counts(next_calls), "submit_ranking": status_counts(submit_calls)},
+        "cpu_cores_busy_before_run": background,
         "queue_drained": bool(drained),
         "queue_drained_after_s": round(min(drained) - t_start, 1) if drained else None,
         "labeler_errors": [lab.error for lab in labelers if lab.error],
@@ -684,6 +721,8 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
     cpu_total = sum(cpu1[k] - cpu0[k] for k in roots) + (self1 - self0)
     result["cpu_ms_per_cycle"] = round(1000 * cpu_total / len(cycles_measured), 1) if cycles_measured else None
     result["cpu_cores_busy"] = round(cpu_total / window, 2)
+    # Anything else running on the machine meanwhile (other jobs, and backends that exited): noise.
+    result["cpu_cores_busy_other_processes"] = round(max(0.0, (busy1 - busy0) - cpu_total) / window, 2)
     errors = {k: {s: n for s, n in v.items() if s not in ("200", "201", "204")}
               for k, v in result["status_counts"].items()}
     result["errors"] = {k: v for k, v in errors.items() if v}
@@ -727,15 +766,18 @@ def main() -> int:
     p.add_argument("--tasks", type=int, default=3000, help="ranking tasks seeded per run (default 3000)")
     p.add_argument("--overlap", type=int, default=1, help="labelers per task (project overlap, default 1)")
     p.add_argument("--duration", type=float, default=30, help="measured seconds per run (default 30)")
-    p.add_argument("--warmup", type=float, default=3, help="unmeasured seconds before that (default 3)")
+    p.add_argument("--warmup", type=float, default=5, help="unmeasured seconds before that (default 5)")
     p.add_argument("--max-cycles", type=int, default=None, help="stop after this many cycles in all")
-    p.add_argument("--runs", type=int, default=1, help="repeat the run (fresh project each time); medians")
+    p.add_argument("--runs", type=int, default=1,
+                   help="repeat the run, each with a fresh database and gunicorn; report medians (default 1)")
     p.add_argument("--workers", type=int,
                    default=int(os.environ.get("GUNICORN_WORKERS", DEFAULT_WORKERS)),
                    help=f"gunicorn workers (env GUNICORN_WORKERS, default {DEFAULT_WORKERS})")
     p.add_argument("--threads", type=int,
                    default=int(os.environ.get("GUNICORN_THREADS", DEFAULT_THREADS)),
                    help=f"gunicorn threads per worker (env GUNICORN_THREADS, default {DEFAULT_THREADS})")
+    p.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
+                   help="before each run, wait up to this long for other processes to leave the CPUs idle")
     p.add_argument("--fast-pg", action="store_true",
                    help="run PostgreSQL with fsync=off etc. like the test suite (default: durable settings)")
     p.add_argument("--no-query-count", action="store_true", help="skip counting SQL statements per call")
@@ -761,7 +803,6 @@ def main() -> int:
         pg.start()
         env = {
             **os.environ,
-            "DATABASE_URL": pg.url,
             "DJANGO_SETTINGS_MODULE": "rlhf_platform.settings",
             "VAR_DIR": str(tmp / "var"),
             "SECRET_KEY": "bench-" + uuid.uuid4().hex,
@@ -770,16 +811,18 @@ def main() -> int:
             "LOG_LEVEL": "WARNING",
         }
         env.pop("GUNICORN_ACCESSLOG", None)
-        log("migrating")
-        run_child(env, "manage.py", "migrate", "--noinput", "-v0", capture=False)
-
-        gun = Gunicorn(tmp, free_port(), env, args.workers, args.threads)
-        log(f"starting gunicorn ({args.workers} workers × {args.threads} threads) on 127.0.0.1:{gun.port}")
-        gun.start()
-
         results = []
         for run_no in range(1, args.runs + 1):
-            results.append(one_run(args, run_no, env, pg, gun, stop))
+            # Each run gets a fresh database and a fresh gunicorn, so runs are independent samples.
+            run_env = prepare_database(pg, env, f"rlhf_run{run_no}")
+            gun = Gunicorn(tmp, free_port(), run_env, args.workers, args.threads)
+            log(f"run {run_no}: starting gunicorn ({args.workers} workers × {args.threads} threads) "
+                f"on 127.0.0.1:{gun.port}")
+            gun.start()
+            results.append(one_run(args, run_no, run_env, pg, gun, stop))
+            if run_no < args.runs:
+                gun.stop()
+        env = run_env
 
         queries = None
         if not args.no_query_count:

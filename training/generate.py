@@ -27,6 +27,7 @@ CANDIDATES_FILE = "candidates.jsonl"
 
 class Candidate(TypedDict):
     text: str
+    token_ids: list[int]   # exactly what was sampled (PPO needs the ids, not a re-tokenisation)
     tokens: int            # generated tokens, EOS included when finish_reason is "eos"
     mean_logprob: float
     finish_reason: str     # "eos", "stop" or "length"
@@ -116,7 +117,7 @@ def _decode(model, tokenizer, prompts: list[list[int]], seeds: list[int], config
     results: list[Candidate] = []
     for i in range(batch):
         text = texts[i] if texts[i] is not None else tokenizer.decode(tokens[i], skip_special_tokens=True)
-        results.append({"text": text, "tokens": len(tokens[i]),
+        results.append({"text": text, "token_ids": tokens[i], "tokens": len(tokens[i]),
                         "mean_logprob": sum(logprobs[i]) / max(len(logprobs[i]), 1),
                         "finish_reason": finish[i] or "length"})
     return results

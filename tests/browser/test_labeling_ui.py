@@ -193,3 +193,20 @@ def test_a_labeler_cannot_open_another_projects_task(login, project_b):
     status = page.evaluate(f"fetch('/api/tasks/{task.pk}/').then(r => r.status)")
     assert status == 404
     assert TaskSlot.objects.filter(labeler__isnull=False).count() == 0
+
+
+def test_a_labeler_changes_her_password_logs_out_and_back_in(login, project_a, users):
+    page = login("alice")
+    page.click("nav >> text=Password")
+    page.fill("#id_old_password", "pw")
+    page.fill("#id_new_password1", "a-much-longer-passphrase-7")
+    page.fill("#id_new_password2", "a-much-longer-passphrase-7")
+    page.click("button:has-text('Change password')")
+    page.wait_for_selector("text=Password changed")
+    page.click("button:has-text('Log out')")
+    page.wait_for_url("**/accounts/login/")
+    assert page.goto("/").url.endswith("/accounts/login/?next=/")   # logged out for real
+    users["alice"].refresh_from_db()
+    assert users["alice"].check_password("a-much-longer-passphrase-7")
+    login("alice", "a-much-longer-passphrase-7")
+    assert page.locator("h1", has_text="Hello, alice").count() == 1

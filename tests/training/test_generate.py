@@ -1,0 +1,130 @@
+"""Generation: seeds, batching with the KV cache, per-candidate fields, finish reasons, truncation."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training.config import GenerateConfig
+from training.encoding import PromptTooLong, encode_prompt
+from training.generate import generate, generate_candidates, process_logits
+from training.models import load_causal_lm, load_tokenizer
+from tests.training.conftest import write_jsonl
+
+PROMPTS = ["Tell me one fact about cats.", [{"role": "user", "content": "Will you help?"}], "The quick brown"]
+
+
+@pytest.fixture(scope="module")
+def lm(tiny_base):
+    torch.manual_seed(0)
+    return load_causal_lm(tiny_base), load_tokenizer(tiny_base)
+
+
+def gen_config(tiny_base, **overrides) -> GenerateConfig:
+    return GenerateConfig(**{"model": str(tiny_base), "k": 3, "max_new_tokens": 12, "seed": 7, "device": "cpu",
+                             **overrides})
+
+
+def texts(results) -> list[list[str]]:
+    return [[c["text"] for c in group] for group in results]
+
+
+def test_generation_is_reproducible_from_a_seed(lm, tiny_base):
+    model, tokenizer = lm
+    first = generate(model, tokenizer, PROMPTS, gen_config(tiny_base))
+    again = generate(model, tokenizer, PROMPTS, gen_config(tiny_base))
+    other = generate(model, tokenizer, PROMPTS, gen_config(tiny_base, seed=8))
+    assert first == again
+    assert texts(first) != texts(other)
+    assert [len(group) for group in first] == [3, 3, 3]
+    assert len({c["text"] for c in first[0]}) > 1  # the k candidates differ from one another
+
+
+def test_a_candidate_does_not_depend_on_its_batch(lm, tiny_base):
+    model, tokenizer = lm
+    together = generate(model, tokenizer, PROMPTS, gen_config(tiny_base, batch_size=9))
+    alone = generate(model, tokenizer, PROMPTS, gen_config(tiny_base, batch_size=1))
+    assert texts(together) == texts(alone)
+    for a, b in zip(sum(together, []), sum(alone, []), strict=True):
+        assert a["mean_logprob"] == pytest.approx(b["mean_logprob"], abs=1e-4)
+
+
+def test_greedy_decoding_with_the_cache_matches_transformers_generate(lm, tiny_base):
+    model, tokenizer = lm
+    ours = generate(model, tokenizer, ["The cat sat"], gen_config(tiny_base, k=1, temperature=0, max_new_tokens=10))
+    ids = torch.tensor([encode_prompt(tokenizer, "The cat sat")])
+    reference = model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=10,
+                               pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    expected = reference[0, ids.shape[1]:].tolist()
+    if tokenizer.eos_token_id in expected:
+        expected = expected[:expected.index(tokenizer.eos_token_id) + 1]
+    assert ours[0][0]["text"] == tokenizer.decode(expected, skip_special_tokens=True)
+    assert ours[0][0]["tokens"] == len(expected)
+
+
+def test_mean_logprob_is_the_models_own_log_probability_of_the_tokens(lm, tiny_base):
+    model, tokenizer = lm
+    cfg = gen_config(tiny_base, k=1, temperature=0.8, top_k=20, max_new_tokens=6)
+    candidate = generate(model, tokenizer, ["Water boils"], cfg)[0][0]
+    prompt = encode_prompt(tokenizer, "Water boils")
+    new = candidate["token_ids"]
+    assert len(new) == candidate["tokens"] == 6 and tokenizer.decode(new, skip_special_tokens=True) == candidate["text"]
+    ids = torch.tensor([prompt + new])
+    with torch.no_grad():
+        logprobs = model(ids).logits[0, :-1].log_softmax(-1)
+    expected = sum(float(logprobs[len(prompt) - 1 + i, t]) for i, t in enumerate(new)) / len(new)
+    assert candidate["mean_logprob"] == pytest.approx(expected, abs=1e-4)
+
+
+def test_finish_reasons_are_eos_stop_or_length(lm, tiny_base):
+    model, tokenizer = lm
+    short = generate(model, tokenizer, PROMPTS, gen_config(tiny_base, max_new_tokens=2))
+    assert {c["finish_reason"] for group in short for c in group} <= {"length", "eos"}
+    assert all(c["tokens"] <= 2 for group in short for c in group)
+    # Force EOS: make it the only token allowed.
+    eos_cfg = gen_config(tiny_base, k=1, temperature=0)
+    bias = torch.full((model.config.vocab_size,), -1e4)
+    bias[tokenizer.eos_token_id] = 0
+    original = model.lm_head.forward
+    model.lm_head.forward = lambda h: original(h) + bias
+    try:
+        done = generate(model, tokenizer, ["Hi"], eos_cfg)[0][0]
+    finally:
+        model.lm_head.forward = original
+    assert (done["finish_reason"], done["tokens"], done["text"]) == ("eos", 1, "")
+    # A stop sequence that any text contains: the first character it generates.
+    free = generate(model, tokenizer, ["Hi"], gen_config(tiny_base, k=1, temperature=0))[0][0]["text"]
+    stopped = generate(model, tokenizer, ["Hi"], gen_config(tiny_base, k=1, temperature=0, stop=[free[1:3]]))[0][0]
+    assert stopped["finish_reason"] == "stop" and stopped["text"] == free[:1 + free[1:].find(free[1:3])]
+
+
+def test_a_prompt_longer_than_the_context_is_cut_from_the_left_or_rejected(lm, tiny_base):
+    model, tokenizer = lm
+    long_prompt = "the cat sat on the mat " * 60  # far beyond the 128-token context
+    cut = generate(model, tokenizer, [long_prompt], gen_config(tiny_base, k=1, max_new_tokens=8))
+    assert cut[0][0]["tokens"] >= 1
+    with pytest.raises(PromptTooLong, match="prompt 1 has .* tokens but only 120 fit"):
+        generate(model, tokenizer, ["short", long_prompt], gen_config(tiny_base, max_new_tokens=8, truncation="error"))
+
+
+def test_sampling_filters_apply_top_k_top_p_and_repetition_penalty():
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0]])
+    seen = torch.tensor([[True, False, False, True]])
+    cfg = GenerateConfig(model="m", top_k=2)
+    assert torch.isinf(process_logits(logits, seen & False, cfg)[0, 2:]).all()
+    penalised = process_logits(logits, seen, GenerateConfig(model="m", repetition_penalty=2.0))
+    assert penalised.tolist() == [[1.0, 1.0, 0.5, -2.0]]
+    nucleus = process_logits(logits, seen & False, GenerateConfig(model="m", top_p=0.6))
+    assert torch.isfinite(nucleus).tolist() == [[True, False, False, False]]  # p(top) = 0.61 >= 0.6
+
+
+def test_the_generate_stage_writes_candidates_and_a_summary(tiny_base, tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"version": 1, "prompt": p, "id": f"p{i}"}
+                                                      for i, p in enumerate(PROMPTS)])
+    result = generate_candidates(gen_config(tiny_base, k=2, batch_size=4), prompts, tmp_path / "out")
+    rows = [json.loads(line) for line in (tmp_path / "out" / "candidates.jsonl").read_text().splitlines()]
+    assert [r["prompt_id"] for r in rows] == ["p0", "p1", "p2"]
+    assert set(rows[0]["candidates"][0]) == {"text", "token_ids", "tokens", "mean_logprob", "finish_reason"}
+    assert result.summary["candidates"] == 6 and result.summary["generated_tokens"] > 0
+    assert (tmp_path / "out" / "metrics.jsonl").exists() and (tmp_path / "out" / "stage_config.json").exists()

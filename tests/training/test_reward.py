@@ -1,0 +1,102 @@
+"""Reward model: scalar head at the last token, k-way training, normalisation, metrics, save/load."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from training.config import RewardConfig
+from training.models import load_tokenizer
+from training.reward import RewardModel, collate_rankings, encode_ranking, score_pairs, train_reward_model
+from tests.training.conftest import sft_records, write_jsonl
+
+
+def config(base, **overrides) -> RewardConfig:
+    values = dict(base=str(base), device="cpu", max_length=64, batch_size=4, learning_rate=3e-3, warmup_steps=0,
+                  max_steps=4, log_every=1, eval_fraction=0.0, seed=1)
+    return RewardConfig(**{**values, **overrides})
+
+
+def test_the_head_reads_the_last_real_token_so_padding_changes_nothing(tiny_base):
+    torch.manual_seed(0)
+    model = RewardModel.from_pretrained(tiny_base).eval()
+    tokenizer = load_tokenizer(tiny_base)
+    alone = score_pairs(model, tokenizer, [("Is it?", "Yes, it is.")])
+    padded = score_pairs(model, tokenizer, [("Is it?", "Yes, it is."), ("Is it? " * 10, "No " * 20)])
+    assert padded[0] == pytest.approx(alone[0], abs=1e-5)
+    # Reading the last token means the score depends on the end of the response too.
+    assert score_pairs(model, tokenizer, [("Is it?", "Yes, it is not.")])[0] != pytest.approx(alone[0], abs=1e-4)
+
+
+def test_a_group_of_k_responses_takes_k_rows_once(tiny_base):
+    tokenizer = load_tokenizer(tiny_base)
+    cfg = config(tiny_base)
+    from training.data import RankingExample
+
+    groups = [encode_ranking(tokenizer, RankingExample("p", ["a", "b", "c"], [1, 2, 2]), cfg),
+              encode_ranking(tokenizer, RankingExample("q", ["a", "b"], [2, 1]), cfg)]
+    batch = collate_rankings(groups, tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 5  # k forward rows, not 2 per comparison
+    assert batch["slots"].tolist() == [[0, 1, 2], [3, 4, -1]]
+    assert batch["ranks"].tolist() == [[1, 2, 2], [2, 1, 0]]
+
+
+def test_overfitting_eight_rankings_reaches_full_accuracy(tiny_base, ranking_file, tmp_path):
+    result = train_reward_model(config(tiny_base, max_steps=30, batch_size=8), ranking_file, tmp_path / "rm",
+                                eval_data=ranking_file)
+    assert result.summary["eval/accuracy"] == 1.0
+    assert result.summary["eval/loss"] < 0.2
+    for k in (2, 3, 4, 5):
+        assert result.summary[f"eval/accuracy_k{k}"] == 1.0
+    assert result.summary["eval/margin"] > 0 and result.summary["eval/reward_std"] > 0
+    assert result.summary["train_k"] == {"2": 2, "3": 2, "4": 2, "5": 2}
+
+
+def test_demonstrations_score_mean_zero_after_training(tiny_base, ranking_file, tmp_path):
+    demos = write_jsonl(tmp_path / "demos.jsonl", sft_records(6))
+    result = train_reward_model(config(tiny_base, max_steps=5), ranking_file, tmp_path / "rm", demonstrations=demos)
+    model = RewardModel.from_pretrained(tmp_path / "rm")
+    tokenizer = load_tokenizer(tmp_path / "rm")
+    rewards = score_pairs(model, tokenizer, [(r["prompt"], r["response"]) for r in sft_records(6)])
+    assert sum(rewards) / len(rewards) == pytest.approx(0.0, abs=1e-4)
+    assert result.summary["demonstrations"] == 6 and result.summary["bias_shift"] != 0
+
+
+def test_a_saved_reward_model_loads_with_the_same_scores(tiny_base, ranking_file, tmp_path):
+    result = train_reward_model(config(tiny_base, max_steps=2, normalize=False), ranking_file, tmp_path / "rm")
+    tokenizer = load_tokenizer(tmp_path / "rm")
+    pairs = [("Question number 1: will you help?", "yes yes yes"), ("Another", "no.")]
+    loaded = RewardModel.from_pretrained(tmp_path / "rm")
+    assert score_pairs(loaded, tokenizer, pairs) == pytest.approx(score_pairs(result.model, tokenizer, pairs), abs=1e-5)
+    assert json.loads((tmp_path / "rm" / "reward_config.json").read_text())["type"] == "training.reward.RewardModel"
+
+
+def test_held_out_metrics_are_reported_per_k(tiny_base, ranking_file, tmp_path):
+    logs = []
+    train_reward_model(config(tiny_base, max_steps=2, eval_every=1), ranking_file, tmp_path / "rm",
+                       eval_data=ranking_file, on_log=lambda s, t, m: logs.append(m))
+    evals = [m for m in logs if "eval/loss" in m]
+    assert len(evals) == 2
+    assert {"eval/accuracy", "eval/accuracy_k2", "eval/accuracy_k5", "eval/margin", "eval/reward_mean",
+            "eval/reward_std"} <= set(evals[0])
+    assert "train/loss" in logs[0] and "train/accuracy" in logs[0]
+
+
+def test_lora_reward_model_trains_adapters_and_the_head(tiny_base, ranking_file, tmp_path):
+    result = train_reward_model(config(tiny_base, max_steps=2, lora=True, lora_r=2), ranking_file, tmp_path / "rm")
+    assert result.status == "completed"
+    loaded = RewardModel.from_pretrained(tmp_path / "rm")
+    assert not any("lora" in k for k in loaded.state_dict())
+
+
+def test_openassistant_groups_up_to_nine_train_through_the_k_way_path(tiny_base, shared_data, tmp_path):
+    from training import data, sources
+
+    groups = sorted(sources.oasst_rankings(shared_data / "open-assistant/en_100_tree.jsonl"), key=lambda e: -e.k)[:6]
+    path = tmp_path / "oa.jsonl"
+    data.write_jsonl(path, map(data.to_record, groups))
+    result = train_reward_model(config(tiny_base, max_steps=2, batch_size=3, max_length=48), path, tmp_path / "rm",
+                                eval_data=path)
+    assert result.summary["train_k"]["9"] == 1 and result.summary["train_k"]["8"] == 1
+    assert "eval/accuracy_k9" in result.summary and result.summary["eval/pairs"] > 36
