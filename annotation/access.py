@@ -8,9 +8,9 @@ Rules, written once:
 """
 from __future__ import annotations
 
+from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
-from rest_framework.exceptions import PermissionDenied
 
 from .models import Demonstration, Membership, ModelVersion, Project, Prompt, Ranking, Role, Round, Skip, Task
 

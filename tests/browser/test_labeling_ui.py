@@ -118,8 +118,8 @@ def drag(page, source, target):
 
 
 def test_ranking_five_responses_by_drag_and_drop_with_one_tie(login, users):
-    from tests.factories import make_project
     from annotation.models import Role
+    from tests.factories import make_project
 
     project = make_project("five", k=5, members={users["alice"]: Role.LABELER})
     task = make_ranking_task(project, "Pick a fruit", ["apple", "banana", "cherry", "date", "elderberry"])

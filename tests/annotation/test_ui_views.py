@@ -1,0 +1,81 @@
+"""Labeler pages through Django's test client: login, access rules, CSP, and the preview sanitizer."""
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+
+from annotation import services
+from annotation.models import TaskSlot
+from tests.factories import best_first, make_ranking_task
+
+
+@pytest.fixture
+def browser_for(users):
+    def make(name):
+        client = Client()
+        client.force_login(users[name])
+        return client
+    return make
+
+
+@pytest.mark.parametrize("url", ["/", "/history/", "/p/1/ranking/", "/p/1/write/"])
+def test_pages_need_a_login(db, url):
+    response = Client().get(url)
+    assert response.status_code == 302 and response.url.startswith("/accounts/login/")
+
+
+def test_the_ranking_page_leases_a_task_and_sets_a_strict_csp(browser_for, project_a, users):
+    task = make_ranking_task(project_a, "Rank me")
+    response = browser_for("alice").get(f"/p/{project_a.pk}/ranking/")
+    assert response.status_code == 200
+    assert f'data-task-id="{task.pk}"' in response.content.decode()
+    assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert TaskSlot.objects.get(task=task).labeler == users["alice"]
+
+
+@pytest.mark.parametrize("path", ["ranking/", "demonstration/", "write/", "juggling/", "ranking/panel/"])
+def test_another_projects_pages_are_404(browser_for, project_b, path):
+    make_ranking_task(project_b)
+    assert browser_for("alice").get(f"/p/{project_b.pk}/{path}").status_code == 404
+    assert TaskSlot.objects.filter(labeler__isnull=False).count() == 0
+
+
+def test_a_disabled_kind_has_no_page(browser_for, project_a):
+    project_a.demonstrations_enabled = False
+    project_a.save()
+    assert browser_for("alice").get(f"/p/{project_a.pk}/demonstration/").status_code == 404
+
+
+def test_the_panel_shows_a_requested_task_only_if_you_hold_it(browser_for, project_a, users):
+    task = make_ranking_task(project_a)
+    services.next_task(user=users["carol"], project=project_a, kind="ranking")
+    body = browser_for("alice").get(f"/p/{project_a.pk}/ranking/panel/?task={task.pk}").content.decode()
+    assert "No ranking tasks are waiting" in body and f'data-task-id="{task.pk}"' not in body
+
+
+def test_only_the_author_opens_a_correction_page(browser_for, project_a, users):
+    task = make_ranking_task(project_a)
+    ranking, _ = services.submit_ranking(labeler=users["alice"], task=task, entries=best_first(task), seconds_spent=1)
+    assert browser_for("alice").get(f"/history/ranking/{ranking.pk}/").status_code == 200
+    assert browser_for("rita").get(f"/history/ranking/{ranking.pk}/").status_code == 403
+    assert browser_for("carol").get(f"/history/ranking/{ranking.pk}/").status_code == 404
+    assert browser_for("bob").get(f"/history/ranking/{ranking.pk}/").status_code == 404
+
+
+def test_history_lists_only_my_submissions(browser_for, project_a, users):
+    mine = make_ranking_task(project_a, "mine to rank")
+    theirs = make_ranking_task(project_a, "carol ranks this")
+    services.submit_ranking(labeler=users["alice"], task=mine, entries=best_first(mine), seconds_spent=1)
+    services.submit_ranking(labeler=users["carol"], task=theirs, entries=best_first(theirs), seconds_spent=1)
+    body = browser_for("alice").get("/history/").content.decode()
+    assert "mine to rank" in body and "carol ranks this" not in body
+
+
+def test_the_preview_renders_markdown_and_escapes_html(browser_for):
+    client = Client(enforce_csrf_checks=True)
+    text = "**hi** <script>alert(1)</script> [x](javascript:alert(2))"
+    response = browser_for("alice").post("/preview/", {"text": text})
+    html = response.content.decode()
+    assert "<strong>hi</strong>" in html and "&lt;script&gt;" in html
+    assert "<script" not in html and "javascript:" not in html
+    assert client.post("/preview/", {"text": "x"}).status_code in (302, 403)
