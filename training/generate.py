@@ -85,7 +85,7 @@ def _decode(model, tokenizer, prompts: list[list[int]], seeds: list[int], config
     for _ in range(config.max_new_tokens):
         out = model(input_ids=current, attention_mask=mask, position_ids=positions, use_cache=True,
                     **{cache_kw: cache})
-        cache = out.past_key_values
+        cache = out[cache_kw] if cache_kw in out else out.past_key_values
         logits = out.logits[:, -1].float()
         model_logprobs = logits.log_softmax(dim=-1)
         scores = process_logits(logits, seen, config)
