@@ -49,17 +49,18 @@ def quiet() -> None:
     disable_progress_bar()
 
 
-def matmul_gflops(n: int = 1024, repeats: int = 20) -> float:
-    """Median fp32 GFLOP/s of an n×n @ n×n matmul with all of torch's threads."""
+def matmul_gflops(n: int = 2048, repeats: int = 8) -> float:
+    """fp32 GFLOP/s of an n×n @ n×n matmul with all of torch's threads: the best of ``repeats`` (the
+    ceiling the machine reaches right now; other tenants only ever lower it)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
+    for _ in range(2):
         a @ b
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         a @ b
         times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
+    return 2 * n ** 3 / min(times) / 1e9
 
 
 def hh_pairs(limit: int) -> list[data.RankingExample]:
@@ -92,13 +93,14 @@ def sft_pair(base: Path, n: int, steps: int, batch: int, max_length: int) -> dic
         path = Path(tmp) / "sft.jsonl"
         data.write_jsonl(path, map(data.to_record, demos))
         ours_cfg = SFTConfig(base=str(base), max_length=max_length, batch_size=batch, max_steps=steps,
-                             learning_rate=1e-4, warmup_steps=0, eval_fraction=0.0, device="cpu", seed=0)
+                             learning_rate=1e-4, warmup_steps=0, eval_fraction=0.0, device="cpu", seed=0,
+                             resume=False)
         # Identical sequences for TRL: our encoding (prompt masked, EOS), handed over pre-tokenised.
         rows = [{"input_ids": ids, "completion_mask": [0] * n_prompt + [1] * (len(ids) - n_prompt)}
                 for ids, n_prompt in encoded]
 
         def ours() -> float:
-            result = train_sft(ours_cfg, path, Path(tmp) / "ours")
+            result = train_sft(ours_cfg, path, Path(tempfile.mkdtemp(dir=tmp)))
             return result.summary["tokens"] / result.summary["train_seconds"]
 
         def theirs() -> float:
@@ -142,7 +144,7 @@ def rm_pair(base: Path, k: int, groups_n: int, steps: int, group_batch: int, max
         data.write_jsonl(path, map(data.to_record, groups))
         ours_cfg = RewardConfig(base=str(base), max_length=max_length, batch_size=group_batch, max_steps=steps,
                                 learning_rate=1e-4, warmup_steps=0, eval_fraction=0.0, normalize=False,
-                                device="cpu", seed=0)
+                                device="cpu", seed=0, resume=False)
         # TRL gets every group as its C(k,2) chosen/rejected pairs, with identical token sequences.
         pairs = []
         for g in groups:
@@ -154,7 +156,7 @@ def rm_pair(base: Path, k: int, groups_n: int, steps: int, group_batch: int, max
         tokens_per_s = {"ours": [], "theirs": []}
 
         def ours() -> float:
-            summary = train_reward_model(ours_cfg, path, Path(tmp) / "ours").summary
+            summary = train_reward_model(ours_cfg, path, Path(tempfile.mkdtemp(dir=tmp))).summary
             tokens_per_s["ours"].append(summary["tokens"] / summary["train_seconds"])
             return summary["comparisons_per_s"]
 
@@ -168,7 +170,8 @@ def rm_pair(base: Path, k: int, groups_n: int, steps: int, group_batch: int, max
             return steps * pair_batch / runtime
 
         runs = interleave(ours, theirs)
-        return {"tokens_per_s": tokens_per_s, "k": k, "groups": groups_n, "steps": steps, "groups_per_step": group_batch,
+        return {"tokens_per_s": tokens_per_s, "k": k, "groups": groups_n, "steps": steps,
+                "groups_per_step": group_batch,
                 "pairs_per_step": pair_batch, "forward_rows_per_step": {"ours": group_batch * k,
                                                                         "trl": 2 * pair_batch},
                 "unit": "comparisons/s", "runs": runs}
@@ -211,21 +214,31 @@ REPEATS = 3
 
 
 def interleave(ours, theirs) -> dict:
-    runs = {"ours": [], "theirs": []}
+    """One untimed warm-up of each, then REPEATS alternating timed runs, each pair preceded by a fresh
+    matmul ceiling so MFU compares each run with what the shared machine could do at that moment."""
+    ours(), theirs()
+    runs = {"ours": [], "theirs": [], "ceiling_gflops": []}
     for _ in range(REPEATS):
+        runs["ceiling_gflops"].append(matmul_gflops())
         runs["ours"].append(ours())
         runs["theirs"].append(theirs())
+    runs["load_average"] = os.getloadavg()[0]
     return runs
 
 
-def summarise(result: dict, params: int, ceiling: float, flops_per_token_param: int = 6) -> dict:
-    ours, theirs = statistics.median(result["runs"]["ours"]), statistics.median(result["runs"]["theirs"])
-    result.update({"median_ours": ours, "median_theirs": theirs, "ratio": ours / theirs})
-    tokens = ({"ours": ours, "theirs": theirs} if result["unit"].endswith("tokens/s") else
-              {who: statistics.median(v) for who, v in result["tokens_per_s"].items()})
-    for who, rate in tokens.items():
-        result[f"tokens_per_s_{who}"] = rate
-        result[f"mfu_{who}"] = flops_per_token_param * params * rate / (ceiling * 1e9)
+def summarise(result: dict, params: int, flops_per_token_param: int = 6) -> dict:
+    runs = result["runs"]
+    ours, theirs = statistics.median(runs["ours"]), statistics.median(runs["theirs"])
+    ratios = [a / b for a, b in zip(runs["ours"], runs["theirs"], strict=True)]
+    result.update({"median_ours": ours, "median_theirs": theirs, "ratio_of_medians": ours / theirs,
+                   "median_paired_ratio": statistics.median(ratios),
+                   "median_ceiling_gflops": statistics.median(runs["ceiling_gflops"])})
+    token_rates = ({"ours": runs["ours"], "theirs": runs["theirs"]} if result["unit"].endswith("tokens/s")
+                   else {who: v[1:] for who, v in result["tokens_per_s"].items()})  # [0] is the warm-up
+    for who, rates in token_rates.items():
+        result[f"tokens_per_s_{who}"] = statistics.median(rates)
+        result[f"mfu_{who}"] = statistics.median(flops_per_token_param * params * r / (c * 1e9)
+                                                 for r, c in zip(rates, runs["ceiling_gflops"], strict=True))
     return result
 
 
@@ -240,22 +253,23 @@ def main() -> None:
     REPEATS = args.repeats
     quiet()
     params = count_parameters(load_causal_lm(args.base))
-    ceiling = statistics.median(matmul_gflops() for _ in range(3))
+    ceiling = statistics.median(matmul_gflops() for _ in range(5))
     report = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                           "python": sys.version.split()[0], "torch": torch.__version__,
                           "platform": std_platform.platform()},
-              "base": str(args.base), "parameters": params, "matmul_fp32_gflops": ceiling}
+              "base": str(args.base), "parameters": params, "matmul_fp32_gflops_at_start": ceiling,
+              "load_average_at_start": os.getloadavg()[0]}
     print(json.dumps(report), flush=True)
     if args.what in ("all", "sft"):
-        report["sft"] = summarise(sft_pair(args.base, 256, 12, 8, 256), params, ceiling)
+        report["sft"] = summarise(sft_pair(args.base, 256, 12, 8, 256), params)
         print(json.dumps(report["sft"]), flush=True)
     if args.what in ("all", "rm"):
-        report["rm_k4"] = summarise(rm_pair(args.base, 4, 48, 6, 2, 256), params, ceiling)
+        report["rm_k4"] = summarise(rm_pair(args.base, 4, 48, 6, 2, 256), params)
         print(json.dumps(report["rm_k4"]), flush=True)
-        report["rm_k9"] = summarise(rm_pair(args.base, 9, 12, 3, 1, 256), params, ceiling)
+        report["rm_k9"] = summarise(rm_pair(args.base, 9, 12, 3, 1, 256), params)
         print(json.dumps(report["rm_k9"]), flush=True)
     if args.what in ("all", "generate"):
-        report["generate"] = summarise(generate_pair(args.base, 8, 4, 48, 32), params, ceiling, 2)
+        report["generate"] = summarise(generate_pair(args.base, 8, 4, 48, 32), params, 2)
         print(json.dumps(report["generate"]), flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

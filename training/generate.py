@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import ConfigError, GenerateConfig
-from training.data import Prompt, VERSION, read_ppo_prompts, write_jsonl
+from training.data import VERSION, Prompt, read_ppo_prompts, write_jsonl
 from training.encoding import encode_prompt, fit_prompt
 from training.models import context_length, load_causal_lm, load_tokenizer
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log

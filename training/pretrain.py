@@ -11,8 +11,14 @@ from pathlib import Path
 from training.config import PretrainConfig
 from training.data import is_held_out
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
-from training.models import build_model, count_parameters, load_causal_lm, load_tokenizer, save_pretrained, \
-    train_tokenizer
+from training.models import (
+    build_model,
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    save_pretrained,
+    train_tokenizer,
+)
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.runtime import init_runtime, seed_all, unwrap, wrap
 from training.sft import collate_lm, lm_eval_loss, lm_step

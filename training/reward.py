@@ -277,7 +277,8 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     summary = {"train_examples": len(train_groups), "eval_examples": len(held_groups),
                "train_k": _k_counts(train), "parameters": count_parameters(model),
                "tokens": result.tokens, "train_seconds": round(result.train_seconds, 3),
-               "comparisons_per_s": _comparisons_per_s(train, result, config, rt), "best_step": result.best_step, "best_eval_loss": result.best_eval_loss,
+               "comparisons_per_s": _comparisons_per_s(train, result, config, rt),
+               "best_step": result.best_step, "best_eval_loss": result.best_eval_loss,
                **result.last_train}
     if result.status == "completed" and rt.is_main:
         final = RewardModel.from_pretrained(out, rt.device)

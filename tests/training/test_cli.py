@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from training import cli
 from tests.training.conftest import ranking_records, sft_records, write_jsonl
+from training import cli
 
 
 @pytest.fixture(autouse=True)

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import json
 
-import pytest
 import torch
 
+from tests.training.conftest import SENTENCES, write_jsonl
 from training.config import PretrainConfig
 from training.models import TINY_BASE, load_causal_lm, load_tokenizer, save_pretrained
 from training.pretrain import pack, pretrain
-from tests.training.conftest import SENTENCES, write_jsonl
 
 
 def test_the_byte_level_tokenizer_round_trips_any_text(tiny_base):

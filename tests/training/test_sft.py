@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training.config import SFTConfig
-from training.encoding import PromptTooLong, encode_pair
+from training.encoding import PromptTooLong, encode_pair, encode_prompt, encode_response
 from training.loop import lr_at, plan_batches
 from training.models import load_causal_lm, load_tokenizer
 from training.sft import IGNORE, collate_lm, masked_lm_loss, train_sft
@@ -52,7 +52,9 @@ def test_an_over_long_prompt_is_cut_from_the_left_or_rejected(tiny_base):
     tokenizer = load_tokenizer(tiny_base)
     prompt = "word " * 200
     ids, n_prompt = encode_pair(tokenizer, prompt, "ok", max_length=32)
-    assert len(ids) == 32 and ids[n_prompt:] == encode_pair(tokenizer, "x", "ok", max_length=32)[0][-len(ids) + n_prompt:]
+    response = encode_response(tokenizer, prompt, "ok")
+    assert len(ids) == 32 and ids[n_prompt:] == response
+    assert ids[:n_prompt] == encode_prompt(tokenizer, prompt)[-n_prompt:]  # the prompt's end survives
     with pytest.raises(PromptTooLong, match="only .* fit"):
         encode_pair(tokenizer, prompt, "ok", max_length=32, truncation="error")
 
@@ -130,7 +132,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tiny_base, sft_fi
     assert second.steps == 6
     a, b = weights(straight.model), weights(second.model)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert not torch.allclose(a["transformer.h.0.attn.c_attn.weight"], weights(first.model)["transformer.h.0.attn.c_attn.weight"])
+    key = "transformer.h.0.attn.c_attn.weight"
+    assert not torch.allclose(a[key], weights(first.model)[key])
 
 
 def test_lora_trains_only_adapters_and_saves_a_merged_model(tiny_base, sft_file, tmp_path):
