@@ -168,3 +168,75 @@ class GenerateConfig(StageConfig):
         self._check(self.truncation in TRUNCATION, f"truncation must be one of {TRUNCATION}")
         self.stop = list(self.stop)
         self._check(all(isinstance(s, str) and s for s in self.stop), "stop sequences must be non-empty strings")
+
+
+@dataclass
+class PPOConfig(StageConfig):
+    """PPO against a reward model under a per-token KL penalty to the SFT policy (InstructGPT, after
+    Ziegler et al. 2019 and Stiennon et al. 2020). One iteration = one rollout of ``batch_size`` prompts
+    followed by ``ppo_epochs`` passes over it in minibatches."""
+
+    policy: str = ""                # the SFT model: initialises the actor; a frozen copy is the reference
+    reward_model: str = ""          # a training.reward model dir; also initialises the critic. "" needs a reward_fn
+    seed: int = 0
+    iterations: int = 100
+    batch_size: int = 16            # prompts per rollout (per process)
+    minibatch_size: int = 8
+    ppo_epochs: int = 4
+    learning_rate: float = 1e-5     # actor
+    critic_learning_rate: float = 5e-5
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0      # 0 disables clipping
+    # Rollout (sampling); log-probs for training use logits / temperature.
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_prompt_length: int = 256    # longer prompts are cut from the left, or rejected (truncation="error")
+    truncation: Literal["left", "error"] = "left"
+    chat_template: bool = False
+    # Rewards.
+    kl_coef: float = 0.05           # β in r_t = −β (log π − log π_ref); the initial β when adaptive
+    adaptive_kl: bool = False       # Ziegler et al.'s proportional controller towards kl_target
+    kl_target: float = 6.0          # nats per sequence
+    kl_horizon: int = 10000         # rollouts (sequences) over which β moves
+    score_clip: float = 0.0         # clip RM scores to [−c, c]; 0 = off
+    missing_eos_penalty: float = 0.0  # subtracted from the score of responses that hit max_new_tokens without EOS
+    # Advantages and losses.
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    cliprange: float = 0.2          # ε of the clipped surrogate
+    cliprange_value: float = 0.2    # ε_v of the clipped value loss
+    vf_coef: float = 1.0            # weight of the value loss (the critic has its own optimizer)
+    entropy_coef: float = 0.0       # entropy bonus
+    ptx_coef: float = 0.0           # γ_ptx: weight of the LM loss on SFT/pretraining batches (PPO-ptx)
+    ptx_batch_size: int = 4
+    ema_decay: float = 0.0          # > 0 keeps an EMA of the actor weights and saves it as the policy
+    lora: bool = False              # LoRA actor; the reference is the same weights with the adapter disabled
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    # Bookkeeping.
+    sample_every: int = 10          # iterations between sample-response tables (samples.jsonl)
+    checkpoint_every: int = 10      # iterations between resumable checkpoints
+    resume: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        self._check(bool(self.policy), "policy (the SFT model path) is required")
+        self._check(self.iterations >= 1 and self.ppo_epochs >= 1, "iterations and ppo_epochs must be >= 1")
+        self._check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size must be in [1, batch_size]")
+        self._check(self.learning_rate > 0 and self.critic_learning_rate > 0, "learning rates must be > 0")
+        self._check(self.max_new_tokens >= 1 and self.max_prompt_length >= 1, "lengths must be >= 1")
+        self._check(self.temperature > 0, "temperature must be > 0 (PPO samples)")
+        self._check(0 < self.top_p <= 1 and self.top_k >= 0, "top_p must be in (0, 1] and top_k >= 0")
+        self._check(self.truncation in TRUNCATION, f"truncation must be one of {TRUNCATION}")
+        self._check(self.kl_coef >= 0 and self.kl_target > 0 and self.kl_horizon > 0, "bad KL settings")
+        self._check(self.score_clip >= 0 and self.missing_eos_penalty >= 0, "score_clip and penalty must be >= 0")
+        self._check(0 < self.gamma <= 1 and 0 <= self.lam <= 1, "gamma must be in (0, 1] and lam in [0, 1]")
+        self._check(self.cliprange > 0 and self.cliprange_value > 0, "clip ranges must be > 0")
+        self._check(self.vf_coef > 0 and self.entropy_coef >= 0 and self.ptx_coef >= 0, "bad loss weights")
+        self._check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
+        self._check(self.sample_every >= 1 and self.checkpoint_every >= 1, "sample/checkpoint_every must be >= 1")

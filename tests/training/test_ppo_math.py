@@ -1,0 +1,110 @@
+"""PPO's formulas against hand-computed values (worked examples with padding and different lengths)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.ppo import (
+    KLController,
+    entropy_from_logits,
+    gae,
+    kl_penalized_rewards,
+    masked_whiten,
+    policy_loss,
+    value_loss,
+)
+
+# Two sequences: the first has 3 response tokens, the second 2 and one padding position.
+LOGPROBS = torch.tensor([[-1.0, -2.0, -3.0], [-0.5, -1.0, -7.0]])
+REF = torch.tensor([[-1.5, -1.0, -3.0], [-1.0, -1.0, 4.0]])
+MASK = torch.tensor([[1, 1, 1], [1, 1, 0]])
+SCORES = torch.tensor([2.0, -1.0])
+
+
+def test_kl_penalized_rewards_put_the_score_on_the_last_valid_token():
+    rewards = kl_penalized_rewards(LOGPROBS, REF, SCORES, MASK, kl_coef=0.1)
+    # row 0: −0.1·(−1.0+1.5), −0.1·(−2.0+1.0), 0 + 2.0 ; row 1: −0.1·0.5, 0 + (−1.0), padding 0
+    expected = torch.tensor([[-0.05, 0.1, 2.0], [-0.05, -1.0, 0.0]])
+    assert torch.allclose(rewards, expected)
+
+
+def test_kl_penalized_rewards_clip_the_score():
+    rewards = kl_penalized_rewards(LOGPROBS, REF, torch.tensor([5.0, -9.0]), MASK, kl_coef=0.1, score_clip=1.5)
+    assert torch.allclose(rewards[:, :2], torch.tensor([[-0.05, 0.1], [-0.05, -1.5]]))
+    assert rewards[0, 2].item() == pytest.approx(1.5)
+
+
+def test_kl_penalized_rewards_ignore_padding_log_probs():
+    wild = LOGPROBS.clone()
+    wild[1, 2] = 1e6
+    assert torch.equal(kl_penalized_rewards(wild, REF, SCORES, MASK, 0.1),
+                       kl_penalized_rewards(LOGPROBS, REF, SCORES, MASK, 0.1))
+
+
+def test_gae_matches_hand_computation_and_never_bootstraps_from_padding():
+    rewards = torch.tensor([[-0.05, 0.1, 2.0], [-0.05, -1.0, 0.0]])
+    values = torch.tensor([[0.5, 1.0, 1.5], [0.2, -0.4, 9.9]])  # 9.9 sits on padding: must not leak
+    advantages, returns = gae(rewards, values, MASK, gamma=1.0, lam=0.9)
+    # row 0: δ2 = 2.0 − 1.5 = 0.5; δ1 = 0.1 + 1.5 − 1.0 = 0.6 → A1 = 0.6 + 0.9·0.5 = 1.05;
+    #        δ0 = −0.05 + 1.0 − 0.5 = 0.45 → A0 = 0.45 + 0.9·1.05 = 1.395
+    # row 1: δ1 = −1.0 + 0 − (−0.4) = −0.6 (no bootstrap); δ0 = −0.05 − 0.4 − 0.2 = −0.65 → A0 = −0.65 − 0.54
+    expected = torch.tensor([[1.395, 1.05, 0.5], [-1.19, -0.6, 0.0]])
+    assert torch.allclose(advantages, expected, atol=1e-6)
+    assert torch.allclose(returns, expected + values, atol=1e-6)
+
+
+def test_gae_with_discount():
+    rewards = torch.tensor([[0.0, 1.0]])
+    values = torch.tensor([[0.2, 0.4]])
+    advantages, _ = gae(rewards, values, torch.tensor([[1, 1]]), gamma=0.5, lam=0.5)
+    # δ1 = 1 − 0.4 = 0.6 ; δ0 = 0 + 0.5·0.4 − 0.2 = 0 → A0 = 0 + 0.25·0.6 = 0.15
+    assert torch.allclose(advantages, torch.tensor([[0.15, 0.6]]))
+
+
+def test_whitening_uses_only_valid_tokens():
+    values = torch.tensor([[1.0, 2.0, 3.0], [4.0, 100.0, -100.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 0, 0]])
+    whitened = masked_whiten(values, mask)
+    std = math.sqrt(5 / 3)  # valid 1, 2, 3, 4: mean 2.5, unbiased variance 5/3
+    expected = torch.tensor([[-1.5 / std, -0.5 / std, 0.5 / std], [1.5 / std, 0.0, 0.0]])
+    assert torch.allclose(whitened, expected, atol=1e-5)
+
+
+def test_clipped_policy_loss_matches_hand_computation():
+    old = torch.zeros(1, 5)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.1, 0.5, 40.0]]))
+    advantages = torch.tensor([[1.0, 1.0, -1.0, -1.0, 1000.0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0]])  # the wild last token is padding
+    loss, clipfrac, approx_kl = policy_loss(new, old, advantages, mask, cliprange=0.2)
+    # per token max(−Aρ, −A·clip(ρ)): max(−1.5, −1.2) = −1.2 (clipped), max(−0.5, −0.8) = −0.5,
+    # max(1.1, 1.1) = 1.1, max(0.5, 0.8) = 0.8 (clipped) → mean 0.05, clip fraction 2/4
+    assert loss.item() == pytest.approx(0.05, abs=1e-6)
+    assert clipfrac.item() == pytest.approx(0.5)
+    logs = torch.log(torch.tensor([1.5, 0.5, 1.1, 0.5]))
+    assert approx_kl.item() == pytest.approx(float((0.5 * logs ** 2).mean()), rel=1e-5)
+
+
+def test_clipped_value_loss_matches_hand_computation():
+    values, old, returns = torch.tensor([[1.0, 2.0, 50.0]]), torch.tensor([[0.5, 2.0, 0.0]]), torch.tensor([[2.0, 1.0, 0.0]])
+    loss, clipfrac = value_loss(values, old, returns, torch.tensor([[1, 1, 0]]), cliprange_value=0.2)
+    # V_clip = 0.5 + 0.2 = 0.7: max((1−2)², (0.7−2)²) = 1.69 ; max(1, 1) = 1 → ½·(1.69 + 1)/2
+    assert loss.item() == pytest.approx(0.5 * (1.69 + 1.0) / 2)
+    assert clipfrac.item() == pytest.approx(0.5)
+
+
+def test_entropy_of_a_uniform_distribution_is_log_v():
+    assert entropy_from_logits(torch.zeros(2, 8)).tolist() == pytest.approx([math.log(8)] * 2)
+
+
+def test_adaptive_kl_controller_moves_beta_towards_the_target():
+    fixed = KLController(0.1)
+    fixed.update(kl=50.0, n_sequences=16)
+    assert fixed.value == 0.1
+    high = KLController(0.1, adaptive=True, target=6.0, horizon=1000)
+    high.update(kl=12.0, n_sequences=16)   # error clipped to +0.2
+    assert high.value == pytest.approx(0.1 * (1 + 0.2 * 16 / 1000))
+    low = KLController(0.1, adaptive=True, target=6.0, horizon=1000)
+    low.update(kl=4.5, n_sequences=100)    # error −0.25 → clipped to −0.2
+    assert low.value == pytest.approx(0.1 * (1 - 0.2 * 100 / 1000))

@@ -1,0 +1,154 @@
+"""The PPO stage on tiny models: it learns a rule-based reward, reports every metric, and keeps the
+stage contract (outputs, cancellation, resume, LoRA, reward model, PPO-ptx)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.training.conftest import write_jsonl
+from training.config import PPOConfig
+from training.ppo import train_ppo
+
+TARGET = "cat"
+
+
+def count_target(prompts: list[str], responses: list[str]) -> list[float]:
+    """Synthetic reward: one point per occurrence of the target word."""
+    return [float(r.lower().count(TARGET)) for r in responses]
+
+
+@pytest.fixture
+def prompt_file(tmp_path) -> Path:
+    topics = ["the mat", "a bird", "the rain", "some bread", "a song", "the sea", "a tree", "the snow"]
+    return write_jsonl(tmp_path / "prompts.jsonl",
+                       [{"version": 1, "prompt": f"Tell me about {t}.", "id": str(i)} for i, t in enumerate(topics * 4)])
+
+
+def config(tiny_base, **overrides) -> PPOConfig:
+    base = dict(policy=str(tiny_base), iterations=2, batch_size=8, minibatch_size=4, ppo_epochs=2,
+                max_new_tokens=8, learning_rate=3e-3, critic_learning_rate=3e-3, kl_coef=0.01, seed=3,
+                device="cpu", checkpoint_every=1, sample_every=1)
+    base.update(overrides)
+    return PPOConfig(**base)
+
+
+def metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_ppo_raises_a_rule_based_reward_well_above_its_start(tiny_base, prompt_file, tmp_path):
+    out = tmp_path / "ppo"
+    result = train_ppo(config(tiny_base, iterations=40, batch_size=16, minibatch_size=8, max_new_tokens=10),
+                       prompt_file, out, reward_fn=count_target)
+    rows = metrics(out)
+    start = sum(r["ppo/score"] for r in rows[:5]) / 5
+    end = sum(r["ppo/score"] for r in rows[-5:]) / 5
+    assert result.status == "completed" and len(rows) == 40
+    assert end > start + 1.0 and end > 3 * max(start, 0.1), (start, end)
+    assert all(torch.isfinite(torch.tensor(r["ppo/kl"])) for r in rows)
+    assert rows[-1]["ppo/kl"] > 0
+
+
+def test_the_first_rollout_has_zero_kl_because_the_actor_starts_as_the_reference(tiny_base, prompt_file, tmp_path):
+    out = tmp_path / "ppo"
+    train_ppo(config(tiny_base, iterations=1), prompt_file, out, reward_fn=count_target)
+    assert abs(metrics(out)[0]["ppo/kl"]) < 1e-4
+
+
+def test_every_metric_is_reported_and_the_contract_files_are_written(tiny_base, prompt_file, tmp_path):
+    out = tmp_path / "ppo"
+    logged = []
+    result = train_ppo(config(tiny_base), prompt_file, out, reward_fn=count_target,
+                       on_log=lambda step, total, m: logged.append((step, total)))
+    row = metrics(out)[-1]
+    for name in ["ppo/score", "ppo/kl", "ppo/beta", "ppo/kl_penalty", "ppo/reward", "ppo/policy_loss",
+                 "ppo/value_loss", "ppo/clipfrac", "ppo/value_clipfrac", "ppo/approx_kl", "ppo/entropy",
+                 "ppo/advantage_mean", "ppo/advantage_std", "ppo/response_length", "ppo/eos_rate",
+                 "time/generation", "time/scoring", "time/training"]:
+        assert name in row, name
+    assert logged == [(1, 2), (2, 2)]
+    assert (out / "model.safetensors").exists() and (out / "stage_config.json").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["iterations"] == 2
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert samples and {"iteration", "prompt", "response", "score"} <= set(samples[0])
+    assert result.status == "completed"
+
+
+def test_cancellation_stops_within_one_optimizer_step(tiny_base, prompt_file, tmp_path):
+    calls = []
+
+    def stop_after_three_checks() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    out = tmp_path / "ppo"
+    result = train_ppo(config(tiny_base, iterations=50), prompt_file, out, reward_fn=count_target,
+                       should_stop=stop_after_three_checks)
+    assert result.status == "cancelled"
+    assert len(calls) == 4          # 1 check before the rollout, then one after each optimizer step
+    assert (out / "checkpoints" / "last.pt").exists()
+
+
+def weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "model.safetensors"))
+
+
+def test_resume_gives_the_same_policy_as_an_uninterrupted_run(tiny_base, prompt_file, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_ppo(config(tiny_base, iterations=4), prompt_file, straight, reward_fn=count_target)
+    train_ppo(config(tiny_base, iterations=2), prompt_file, split, reward_fn=count_target)
+    resumed = train_ppo(config(tiny_base, iterations=4), prompt_file, split, reward_fn=count_target)
+    assert resumed.steps == 4 and len(metrics(split)) == 4
+    a, b = weights(straight), weights(split)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    assert not torch.allclose(a["transformer.h.0.attn.c_attn.weight"], weights(tiny_base)["transformer.h.0.attn.c_attn.weight"])
+
+
+def test_a_lora_actor_uses_the_disabled_adapter_as_its_reference(tiny_base, prompt_file, tmp_path):
+    out = tmp_path / "ppo"
+    train_ppo(config(tiny_base, lora=True, lora_r=4, iterations=2, learning_rate=1e-2), prompt_file, out,
+              reward_fn=count_target)
+    rows = metrics(out)
+    assert abs(rows[0]["ppo/kl"]) < 1e-4 and rows[1]["ppo/kl"] != 0
+    assert (out / "model.safetensors").exists()  # adapters merged into a plain model
+
+
+def test_a_reward_model_scores_rollouts_and_initialises_the_critic(tiny_base, prompt_file, tmp_path):
+    from training.reward import RewardModel
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(0)
+    RewardModel.from_pretrained(tiny_base).save_pretrained(rm_dir)
+    out = tmp_path / "ppo"
+    result = train_ppo(config(tiny_base, reward_model=str(rm_dir)), prompt_file, out)
+    assert result.status == "completed"
+    assert metrics(out)[0]["ppo/score"] != 0
+
+
+def test_ppo_ptx_mixes_in_the_language_model_loss(tiny_base, prompt_file, sft_file, tmp_path):
+    out = tmp_path / "ppo"
+    train_ppo(config(tiny_base, ptx_coef=0.5, ptx_batch_size=2), prompt_file, out, reward_fn=count_target,
+              ptx_data=sft_file)
+    assert metrics(out)[-1]["ppo/ptx_loss"] > 0
+
+
+def test_a_missing_reward_is_a_clear_error(tiny_base, prompt_file, tmp_path):
+    with pytest.raises(ValueError, match="needs a reward"):
+        train_ppo(config(tiny_base), prompt_file, tmp_path / "ppo")
+
+
+def test_the_config_rejects_bad_values():
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="minibatch_size"):
+        PPOConfig(policy="x", batch_size=4, minibatch_size=8)
+    with pytest.raises(ConfigError, match="policy"):
+        PPOConfig()
+    assert PPOConfig.from_json(PPOConfig(policy="x", adaptive_kl=True).to_json()).adaptive_kl
