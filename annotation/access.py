@@ -132,6 +132,32 @@ def rounds_visible_to(user) -> QuerySet:
     return Round.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
 
 
+def jobs_visible_to(user) -> QuerySet:
+    from .models import TrainingJob
+
+    if user.is_staff:
+        return TrainingJob.objects.all()
+    return TrainingJob.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
+
+
+def snapshots_visible_to(user) -> QuerySet:
+    from .models import DatasetSnapshot
+
+    if user.is_staff:
+        return DatasetSnapshot.objects.all()
+    return DatasetSnapshot.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
+
+
+def access_managed(user, queryset: QuerySet, pk: int, what: str):
+    """An object of a project the user administers (reviewers see it but get 403; others 404)."""
+    obj = queryset.filter(pk=pk).select_related("project").first()
+    if obj is None:
+        raise Http404(f"No such {what}.")
+    if not user.is_staff and not Membership.objects.filter(user=user, project=obj.project, role=Role.ADMIN).exists():
+        raise PermissionDenied("This needs the admin role in the project.")
+    return obj
+
+
 def model_versions_visible_to(user) -> QuerySet:
     if user.is_staff:
         return ModelVersion.objects.all()

@@ -63,6 +63,10 @@ class Project(models.Model):
     temperature = models.FloatField(default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(5.0)])
     top_p = models.FloatField(default=0.95, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")
+    base_model = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+", help_text="Where round 1's SFT starts.")
+    active_policy = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
+                                      related_name="+", help_text="The policy that generates new candidates.")
     created = models.DateTimeField(auto_now_add=True)
 
     objects = ProjectQuerySet.as_manager()
@@ -202,7 +206,10 @@ class Round(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="rounds")
     number = models.PositiveIntegerField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.COLLECTING)
+    config = models.JSONField(default=dict, blank=True, help_text="Per-stage overrides, validated on start.")
     created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True, help_text="When training on this round's labels began.")
+    finished = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["project_id", "number"]
@@ -225,6 +232,8 @@ class ModelVersion(models.Model):
     round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.PROTECT, related_name="model_versions")
     name = models.CharField(max_length=200, blank=True)
     artifact_path = models.CharField(max_length=1000, help_text="Directory under ARTIFACT_ROOT, or a hub id.")
+    snapshot = models.ForeignKey("DatasetSnapshot", null=True, blank=True, on_delete=models.PROTECT,
+                                 related_name="model_versions", help_text="The labels it was trained on.")
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
@@ -234,6 +243,14 @@ class ModelVersion(models.Model):
 
     def __str__(self) -> str:
         return self.name or f"{self.get_stage_display()} #{self.pk}"
+
+    def lineage(self) -> list[ModelVersion]:
+        """This version and its ancestors, newest first (e.g. PPO → SFT → base)."""
+        chain, current = [], self
+        while current is not None:
+            chain.append(current)
+            current = current.parent
+        return chain
 
 
 class Candidate(models.Model):
@@ -493,3 +510,88 @@ def validate_messages(messages) -> list[dict]:
 
 def render_messages(messages: list[dict]) -> str:
     return "\n\n".join(f"{turn['role'].capitalize()}: {turn['content']}" for turn in messages)
+
+
+class DatasetSnapshot(models.Model):
+    """An immutable export of a project's usable labels in training/'s data contracts.
+
+    Files live in ``path`` and are never rewritten; ``content_hash`` is the SHA-256 of their bytes, so
+    the same labels always give the same hash, and labels added later make a new snapshot.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="snapshots")
+    round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="snapshots")
+    content_hash = models.CharField(max_length=64)
+    path = models.CharField(max_length=1000)
+    files = models.JSONField(default=dict, help_text="file name → {records, sha256}")
+    ranking_ids = models.JSONField(default=list)
+    demonstration_ids = models.JSONField(default=list)
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [models.UniqueConstraint(fields=["project", "content_hash"], name="snapshot_unique_content")]
+
+    def __str__(self) -> str:
+        return f"snapshot {self.content_hash[:12]} of {self.project}"
+
+
+class JobStage(models.TextChoices):
+    PRETRAIN = "pretrain", "Pretrain"
+    SFT = "sft", "SFT"
+    RM = "rm", "Reward model"
+    PPO = "ppo", "PPO"
+    GENERATE = "generate", "Generate candidates"
+
+
+class TrainingJob(models.Model):
+    """One run of a training stage, executed by one Celery task on the ``training`` queue."""
+
+    Stage = JobStage
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="jobs")
+    round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="jobs")
+    stage = models.CharField(max_length=16, choices=JobStage.choices)
+    config = models.JSONField(default=dict, help_text="The stage's config dataclass as JSON.")
+    snapshot = models.ForeignKey(DatasetSnapshot, null=True, blank=True, on_delete=models.PROTECT, related_name="jobs")
+    input_models = models.ManyToManyField(ModelVersion, blank=True, related_name="consumer_jobs")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    step = models.PositiveIntegerField(default=0)
+    total = models.PositiveIntegerField(default=0)
+    eta_seconds = models.FloatField(null=True, blank=True)
+    metrics = models.JSONField(default=dict, blank=True, help_text="The latest metrics.")
+    history = models.JSONField(default=list, blank=True, help_text="[{step, metrics…}] for the charts.")
+    log_tail = models.TextField(blank=True)
+    error = models.TextField(blank=True, help_text="The traceback of a failed run.")
+    worker_host = models.CharField(max_length=255, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    cancel_requested = models.BooleanField(default=False)
+    heartbeat = models.DateTimeField(null=True, blank=True)
+    output_dir = models.CharField(max_length=1000, blank=True)
+    result_model = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.SET_NULL,
+                                     related_name="produced_by")
+    created = models.DateTimeField(auto_now_add=True)
+    started = models.DateTimeField(null=True, blank=True)
+    finished = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["project", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.get_stage_display()} job {self.pk}"
+
+    @property
+    def progress(self) -> float:
+        return self.step / self.total if self.total else 0.0
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)

@@ -30,3 +30,13 @@ def expire_leases() -> int:
     from . import services
 
     return services.expire_leases()
+
+
+@shared_task(name="annotation.tasks.run_training_job", acks_late=True, reject_on_worker_lost=True)
+def run_training_job(job_id: int) -> str:
+    """One training stage. Claimed atomically, so a duplicate delivery does nothing; a delivery after the
+    worker died resumes the job from its checkpoint. Never retried automatically: a failed stage waits
+    for an admin's retry."""
+    from .jobs import run_job
+
+    return run_job(job_id)

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import django_filters
 
-from ..models import Demonstration, ModelVersion, Prompt, Ranking, Round, Task
+from ..models import Demonstration, ModelVersion, Prompt, Ranking, Round, Task, TrainingJob
 
 
 class PromptFilter(django_filters.FilterSet):
@@ -45,3 +45,9 @@ class ModelVersionFilter(django_filters.FilterSet):
     class Meta:
         model = ModelVersion
         fields = ["project", "stage", "round"]
+
+
+class TrainingJobFilter(django_filters.FilterSet):
+    class Meta:
+        model = TrainingJob
+        fields = ["project", "round", "stage", "status"]

@@ -7,7 +7,9 @@ from rest_framework import serializers
 from ..models import (
     MAX_K,
     Candidate,
+    DatasetSnapshot,
     Demonstration,
+    JobStage,
     Membership,
     ModelVersion,
     Project,
@@ -18,6 +20,7 @@ from ..models import (
     Skip,
     Task,
     TaskKind,
+    TrainingJob,
     validate_messages,
 )
 
@@ -203,14 +206,50 @@ class SkipOutSerializer(serializers.ModelSerializer):
 class RoundSerializer(serializers.ModelSerializer):
     class Meta:
         model = Round
-        fields = ["id", "project", "number", "status", "created"]
+        fields = ["id", "project", "number", "status", "config", "created", "started", "finished"]
+
+
+class StartRoundSerializer(serializers.Serializer):
+    config = serializers.JSONField(
+        required=False, default=dict, help_text="Per-stage overrides: {sft: {...}, rm: {...}, ppo: {...}, generate: {...}}"
+    )
+
+
+class TrainingJobSerializer(serializers.ModelSerializer):
+    progress = serializers.FloatField(read_only=True)
+    input_models = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
+
+    class Meta:
+        model = TrainingJob
+        fields = ["id", "project", "round", "stage", "status", "step", "total", "progress", "eta_seconds", "metrics",
+                  "config", "snapshot", "input_models", "result_model", "worker_host", "attempts",
+                  "cancel_requested", "created", "started", "finished"]
+        read_only_fields = fields
+
+
+class TrainingJobDetailSerializer(TrainingJobSerializer):
+    class Meta(TrainingJobSerializer.Meta):
+        fields = TrainingJobSerializer.Meta.fields + ["history", "log_tail", "error", "output_dir"]
+        read_only_fields = fields
+
+
+class StartStageSerializer(serializers.Serializer):
+    stage = serializers.ChoiceField(choices=JobStage.choices)
+    config = serializers.JSONField(required=False, default=dict)
+    inputs = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
+
+
+class SnapshotSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = DatasetSnapshot
+        fields = ["id", "project", "round", "content_hash", "files", "ranking_ids", "demonstration_ids", "created"]
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
-        fields = ["id", "project", "stage", "parent", "round", "name", "artifact_path", "config", "metrics",
-                  "created"]
+        fields = ["id", "project", "stage", "parent", "round", "snapshot", "name", "artifact_path", "config",
+                  "metrics", "created"]
 
 
 class StatsSerializer(serializers.Serializer):

@@ -14,9 +14,12 @@ router.register("rankings", views.RankingViewSet, basename="ranking")
 router.register("demonstrations", views.DemonstrationViewSet, basename="demonstration")
 router.register("rounds", views.RoundViewSet, basename="round")
 router.register("model-versions", views.ModelVersionViewSet, basename="modelversion")
+router.register("jobs", views.TrainingJobViewSet, basename="job")
+router.register("snapshots", views.SnapshotViewSet, basename="snapshot")
 
 urlpatterns = [
     path("auth/token/", obtain_auth_token, name="api-token"),
     path("me/stats/", views.MyStatsView.as_view(), name="my-stats"),
+    path("candidates/<int:pk>/lineage/", views.CandidateLineageView.as_view(), name="candidate-lineage"),
     path("", include(router.urls)),
 ]

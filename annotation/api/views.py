@@ -7,7 +7,8 @@ import uuid
 
 from django.db import connection
 from django.db.models import Prefetch, Q
-from django.http import Http404, JsonResponse
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -15,8 +16,25 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import access, services
-from ..models import Membership, Role, Task, TaskCandidate, TaskKind, TaskSlot
+from .. import access, rounds, services
+from ..models import (
+    Candidate,
+    DatasetSnapshot,
+    Demonstration,
+    Membership,
+    ModelVersion,
+    Project,
+    Prompt,
+    Ranking,
+    Role,
+    Round,
+    Task,
+    TaskCandidate,
+    TaskKind,
+    TaskSlot,
+    TrainingJob,
+)
+from ..snapshots import snapshot_file
 from . import filters
 from . import serializers as s
 
@@ -49,6 +67,7 @@ def render_task(task_id: int, lease_expires) -> dict:
 
 class ProjectViewSet(viewsets.ModelViewSet):
     """Projects you belong to. Site admins create and delete; project admins change settings."""
+    queryset = Project.objects.none()  # for the schema; get_queryset() scopes it to the user
 
     serializer_class = s.ProjectSerializer
 
@@ -98,6 +117,29 @@ class ProjectViewSet(viewsets.ModelViewSet):
         prompt, created = services.write_prompt(author=request.user, project=project, item=data, client_token=token)
         return Response(s.PromptSerializer(prompt).data, status=201 if created else 200)
 
+    @extend_schema(request=s.StartRoundSerializer, responses={201: s.RoundSerializer})
+    @action(detail=True, methods=["post"], url_path="start-round")
+    def start_round(self, request, pk=None):
+        """Start a training round on the labels collected so far: snapshot → SFT → RM → PPO → generate →
+        the next round's ranking tasks (admins)."""
+        body = s.StartRoundSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
+        round_ = rounds.start_round(project=project, config=body.validated_data["config"])
+        return Response(s.RoundSerializer(round_).data, status=201)
+
+    @extend_schema(request=s.StartStageSerializer, responses={201: s.TrainingJobSerializer})
+    @action(detail=True, methods=["post"], url_path="start-stage")
+    def start_stage(self, request, pk=None):
+        """Run one stage on its own, on a fresh snapshot, with the given input model versions (admins)."""
+        body = s.StartStageSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
+        inputs = list(ModelVersion.objects.filter(project=project, pk__in=body.validated_data["inputs"]))
+        job = rounds.start_stage(project=project, stage=body.validated_data["stage"],
+                                 config=body.validated_data["config"], inputs=inputs)
+        return Response(s.TrainingJobSerializer(job).data, status=201)
+
     @extend_schema(request=s.MembershipSerializer, responses=s.MembershipSerializer(many=True))
     @action(detail=True, methods=["get", "post"])
     def members(self, request, pk=None):
@@ -117,6 +159,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
 class PromptViewSet(viewsets.ModelViewSet):
     """Prompts: reviewers and admins read their projects'; admins create, edit and delete; labelers
     read the prompts they wrote."""
+    queryset = Prompt.objects.none()  # for the schema; get_queryset() scopes it to the user
 
     filterset_class = filters.PromptFilter
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
@@ -166,6 +209,7 @@ class PromptViewSet(viewsets.ModelViewSet):
 
 class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.GenericViewSet):
     """Tasks. Reviewers and admins list their projects' tasks; labelers see the tasks they hold or did."""
+    queryset = Task.objects.none()  # for the schema; get_queryset() scopes it to the user
 
     serializer_class = s.TaskSerializer
     filterset_class = filters.TaskFilter
@@ -237,6 +281,7 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
 
 
 class RankingViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Ranking.objects.none()  # for the schema; get_queryset() scopes it to the user
     serializer_class = s.RankingSerializer
     filterset_class = filters.RankingFilter
 
@@ -256,6 +301,7 @@ class RankingViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class DemonstrationViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Demonstration.objects.none()  # for the schema; get_queryset() scopes it to the user
     serializer_class = s.DemonstrationSerializer
     filterset_class = filters.DemonstrationFilter
 
@@ -274,19 +320,113 @@ class DemonstrationViewSet(viewsets.ReadOnlyModelViewSet):
 
 
 class RoundViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = Round.objects.none()  # for the schema; get_queryset() scopes it to the user
     serializer_class = s.RoundSerializer
     filterset_class = filters.RoundFilter
 
     def get_queryset(self):
         return access.rounds_visible_to(self.request.user).order_by("id")
 
+    @extend_schema(request=None, responses=s.RoundSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        """Cancel a training round: its running job stops at its next step (admins)."""
+        round_ = access.access_managed(request.user, access.rounds_visible_to(request.user), pk, "round")
+        return Response(s.RoundSerializer(rounds.cancel_round(round=round_)).data)
+
+
+class TrainingJobViewSet(viewsets.ReadOnlyModelViewSet):
+    """Training jobs with live progress; the detail adds the metrics history (for charts) and the log."""
+    queryset = TrainingJob.objects.none()  # for the schema; get_queryset() scopes it to the user
+
+    filterset_class = filters.TrainingJobFilter
+
+    def get_queryset(self):
+        return access.jobs_visible_to(self.request.user).prefetch_related("input_models").order_by("-id")
+
+    def get_serializer_class(self):
+        return s.TrainingJobDetailSerializer if self.action != "list" else s.TrainingJobSerializer
+
+    @extend_schema(request=None, responses=s.TrainingJobSerializer)
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        job = access.access_managed(request.user, access.jobs_visible_to(request.user), pk, "job")
+        rounds.cancel_job(job=job)
+        job.refresh_from_db()
+        return Response(s.TrainingJobSerializer(job).data)
+
+    @extend_schema(request=None, responses=s.TrainingJobSerializer)
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        """Queue a failed or cancelled job again; it resumes from its checkpoint when it has one."""
+        job = access.access_managed(request.user, access.jobs_visible_to(request.user), pk, "job")
+        return Response(s.TrainingJobSerializer(rounds.retry_job(job=job)).data)
+
+
+class SnapshotViewSet(viewsets.ReadOnlyModelViewSet):
+    """Immutable, content-hashed exports of a project's labels in the training data contracts."""
+    queryset = DatasetSnapshot.objects.none()  # for the schema; get_queryset() scopes it to the user
+
+    serializer_class = s.SnapshotSerializer
+    filterset_fields = ["project", "round"]
+
+    def get_queryset(self):
+        return access.snapshots_visible_to(self.request.user).order_by("-id")
+
+    @extend_schema(responses={(200, "application/x-ndjson"): bytes})
+    @action(detail=True, methods=["get"], url_path=r"files/(?P<name>[a-z_]+\.jsonl)")
+    def download(self, request, pk=None, name=None):
+        """Download one of the snapshot's JSONL files."""
+        snapshot = self.get_object()
+        path = snapshot_file(snapshot, name)
+        if path is None or not path.exists():
+            raise Http404("No such file in this snapshot.")
+        return FileResponse(path.open("rb"), as_attachment=True, filename=f"{snapshot.content_hash[:12]}-{name}",
+                            content_type="application/x-ndjson")
+
 
 class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
+    queryset = ModelVersion.objects.none()  # for the schema; get_queryset() scopes it to the user
     serializer_class = s.ModelVersionSerializer
     filterset_class = filters.ModelVersionFilter
 
     def get_queryset(self):
         return access.model_versions_visible_to(self.request.user).order_by("id")
+
+    @action(detail=True, methods=["get"])
+    def lineage(self, request, pk=None):
+        """The version's ancestors (e.g. PPO → SFT → base), each with the snapshot and labels it was trained
+        on, and the other models its job consumed (PPO's reward model)."""
+        return Response(lineage_of(self.get_object()))
+
+
+def lineage_of(version: ModelVersion) -> dict:
+    chain = []
+    for model in version.lineage():
+        job = model.produced_by.prefetch_related("input_models").first()
+        snapshot = model.snapshot
+        chain.append({
+            **s.ModelVersionSerializer(model).data,
+            "job": job.pk if job else None,
+            "inputs": [m.pk for m in job.input_models.all()] if job else [],
+            "labels": {"snapshot": snapshot.content_hash if snapshot else None,
+                       "rankings": snapshot.ranking_ids if snapshot else [],
+                       "demonstrations": snapshot.demonstration_ids if snapshot else []},
+        })
+    return {"model": version.pk, "lineage": chain}
+
+
+class CandidateLineageView(APIView):
+    @extend_schema(responses=dict)
+    def get(self, request, pk):
+        """From a generated candidate to the model that produced it and the labels that trained it."""
+        candidate = get_object_or_404(Candidate.objects.select_related("prompt", "model_version"), pk=pk)
+        access.access_project_by_id(request.user, candidate.prompt.project_id, min_role=Role.REVIEWER)
+        if candidate.model_version is None:
+            return Response({"candidate": candidate.pk, "origin": candidate.origin, "lineage": []})
+        return Response({"candidate": candidate.pk, "origin": candidate.origin,
+                         "generation_params": candidate.generation_params, "seed": candidate.seed,
+                         **lineage_of(candidate.model_version)})
 
 
 class MyStatsView(APIView):

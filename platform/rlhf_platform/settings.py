@@ -120,6 +120,9 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 ARTIFACT_ROOT = Path(envstr("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
+# A running job whose heartbeat is older than this is taken to have lost its worker: a redelivered
+# message may claim it and resume from its checkpoint.
+TRAINING_JOB_STALE_SECONDS = envint("TRAINING_JOB_STALE_SECONDS", 120)
 
 # --- Auth, i18n, static ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [
@@ -178,6 +181,13 @@ SPECTACULAR_SETTINGS = {
     "SERVE_INCLUDE_SCHEMA": False,
     "COMPONENT_SPLIT_REQUEST": True,
     # Swagger UI is served from the vendored sidecar package: nothing loads from a CDN.
+    "ENUM_NAME_OVERRIDES": {
+        "ModelStageEnum": "annotation.models.ModelVersion.Stage",
+        "JobStageEnum": "annotation.models.JobStage",
+        "RoundStatusEnum": "annotation.models.Round.Status",
+        "JobStatusEnum": "annotation.models.TrainingJob.Status",
+        "TaskStatusEnum": "annotation.models.Task.Status",
+    },
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",

@@ -1,0 +1,203 @@
+"""Each job stage as a call into the training library (worker side: this is where torch gets imported).
+
+The platform hands the library files (a snapshot, model directories) and gets back a model directory
+and metrics, which it registers as a ModelVersion.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from django.db import transaction
+
+from .models import Candidate, JobStage, ModelVersion, Prompt, TaskKind, TrainingJob
+from .snapshots import prompt_payload
+
+
+@dataclass
+class StageOutcome:
+    status: str                     # "completed", or "stopped" when cancelled
+    summary: dict = field(default_factory=dict)
+    model_version: ModelVersion | None = None
+
+
+def _input(job: TrainingJob, stage: str) -> ModelVersion:
+    model = job.input_models.filter(stage=stage).order_by("-id").first()
+    if model is None:
+        raise ValueError(f"{job} needs an input model of stage {stage!r}")
+    return model
+
+
+def _snapshot_file(job: TrainingJob, name: str, *, optional: bool = False) -> Path | None:
+    if job.snapshot is None:
+        raise ValueError(f"{job} has no dataset snapshot")
+    path = Path(job.snapshot.path) / name
+    if job.snapshot.files.get(name, {}).get("records", 0) == 0:
+        if optional:
+            return None
+        raise ValueError(f"snapshot {job.snapshot.content_hash[:12]} has no records in {name}: label more data first")
+    return path
+
+
+def _register(job: TrainingJob, stage: str, out: Path, result, parent: ModelVersion | None) -> ModelVersion | None:
+    if result.status != "completed":
+        return None
+    return ModelVersion.objects.create(
+        project=job.project, stage=stage, parent=parent, round=job.round, snapshot=job.snapshot,
+        name=f"{job.project.name} · round {job.round.number if job.round else '-'} · {stage}",
+        artifact_path=str(out), config=job.config,
+        metrics={k: v for k, v in result.summary.items() if isinstance(v, (int, float, str))},
+    )
+
+
+def run_sft(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    from training.config import SFTConfig
+    from training.sft import train_sft
+
+    base = _input(job, ModelVersion.Stage.SFT) if job.input_models.filter(stage="sft").exists() else \
+        _input(job, ModelVersion.Stage.BASE)
+    config = SFTConfig.from_dict({**job.config, "base": base.artifact_path})
+    result = train_sft(config, _snapshot_file(job, "sft.jsonl"), out,
+                       eval_data=_snapshot_file(job, "sft_eval.jsonl", optional=True),
+                       on_log=progress.on_log, should_stop=progress.should_stop)
+    return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.SFT, out, result, base))
+
+
+def run_rm(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    from training.config import RewardConfig
+    from training.reward import train_reward_model
+
+    sft = _input(job, ModelVersion.Stage.SFT)
+    config = RewardConfig.from_dict({**job.config, "base": sft.artifact_path})
+    result = train_reward_model(config, _snapshot_file(job, "rankings.jsonl"), out,
+                                eval_data=_snapshot_file(job, "rankings_eval.jsonl", optional=True),
+                                demonstrations=_snapshot_file(job, "sft.jsonl", optional=True),
+                                on_log=progress.on_log, should_stop=progress.should_stop)
+    return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.RM, out, result, sft))
+
+
+def run_ppo(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    from training.config import PPOConfig
+    from training.ppo import train_ppo
+
+    sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
+    config = PPOConfig.from_dict({**job.config, "policy": sft.artifact_path, "reward_model": rm.artifact_path})
+    result = train_ppo(config, _snapshot_file(job, "ppo_prompts.jsonl"), out,
+                       ptx_data=_snapshot_file(job, "sft.jsonl", optional=True),
+                       on_log=progress.on_log, should_stop=progress.should_stop)
+    return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.PPO, out, result, sft))
+
+
+def run_pretrain(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    from training.config import PretrainConfig
+    from training.pretrain import pretrain
+
+    corpus = [p for p in (_snapshot_file(job, "sft.jsonl", optional=True),
+                          _snapshot_file(job, "ppo_prompts.jsonl", optional=True)) if p]
+    config = PretrainConfig.from_dict(job.config)
+    result = pretrain(config, corpus, out, on_log=progress.on_log, should_stop=progress.should_stop)
+    return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.BASE, out, result, None))
+
+
+def next_round_prompts(job: TrainingJob, count: int, seed: int) -> list[Prompt]:
+    """Prompts for the next round's ranking tasks: labeler-written prompts that have no ranking task yet
+    come first, then a seeded sample of the other train-split prompts without a task in a later round."""
+    project = job.project
+    fresh = list(Prompt.objects.filter(project=project, source=Prompt.Source.LABELER)
+                 .exclude(tasks__kind=TaskKind.RANKING).order_by("id")[:count])
+    rest = list(Prompt.objects.filter(project=project, split="train")
+                .exclude(pk__in=[p.pk for p in fresh])
+                .exclude(tasks__kind=TaskKind.RANKING, tasks__round__number__gt=job.round.number if job.round else 0)
+                .order_by("id"))
+    random.Random(seed).shuffle(rest)
+    return fresh + rest[:max(count - len(fresh), 0)]
+
+
+def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    """k candidates per next-round prompt, from one model or mixed from several (e.g. PPO and SFT), then
+    the next round's ranking tasks."""
+    from training.config import GenerateConfig
+    from training.data import VERSION, write_jsonl
+    from training.generate import CANDIDATES_FILE, generate_candidates
+
+    project = job.project
+    models = list(job.input_models.order_by("id"))
+    if not models:
+        raise ValueError(f"{job} has no model to generate with")
+    settings = dict(job.config)
+    count, seed = int(settings.pop("prompts", 20)), int(settings.get("seed", 0))
+    prompts = next_round_prompts(job, count, seed)
+    if not prompts:
+        raise ValueError("no prompts are left for the next round")
+    out.mkdir(parents=True, exist_ok=True)
+    prompt_file = out / "prompts.jsonl"
+    write_jsonl(prompt_file, ({"version": VERSION, "id": str(p.pk), "prompt": prompt_payload(p)} for p in prompts))
+    share = -(-project.k // len(models))  # ceil: each model's candidates per prompt
+    per_model: list[tuple[ModelVersion, dict, dict[str, list[dict]]]] = []
+    for i, model in enumerate(models):
+        config = GenerateConfig.from_dict({"temperature": project.temperature, "top_p": project.top_p,
+                                           "max_new_tokens": project.max_new_tokens, **settings,
+                                           "model": model.artifact_path, "k": share, "seed": seed + i})
+        result = generate_candidates(config, prompt_file, out / f"model-{model.pk}",
+                                     on_log=progress.on_log, should_stop=progress.should_stop)
+        if result.status != "completed":
+            return StageOutcome(result.status, result.summary)
+        rows = read_candidates(out / f"model-{model.pk}" / CANDIDATES_FILE)
+        per_model.append((model, config.to_dict(), rows))
+    tasks = create_generated_tasks(job, prompts, per_model)
+    return StageOutcome("completed", {"prompts": len(prompts), "tasks": tasks, "models": len(models)})
+
+
+def read_candidates(path: Path) -> dict[str, list[dict]]:
+    import json
+
+    rows = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        rows[record["prompt_id"]] = record["candidates"]
+    return rows
+
+
+@transaction.atomic
+def create_generated_tasks(job: TrainingJob, prompts: list[Prompt], per_model) -> int:
+    """Candidates (origin: model, with their model version, sampling settings and seed) and one ranking
+    task per prompt in the next round. Candidates from several models are interleaved, k per task."""
+    from training.generate import sequence_seed
+
+    from .rounds import next_round
+    from .services import create_task
+
+    project = job.project
+    target_round = next_round(job.round) if job.round else None
+    created = 0
+    for index, prompt in enumerate(prompts):
+        picked: list[Candidate] = []
+        for slot in range(project.k):
+            model, config, rows = per_model[slot % len(per_model)]
+            candidates = rows.get(str(prompt.pk), [])
+            j = slot // len(per_model)
+            if j >= len(candidates):
+                continue
+            c = candidates[j]
+            picked.append(Candidate(
+                prompt=prompt, text=c["text"], origin=Candidate.Origin.MODEL, model_version=model,
+                generation_params={**config, "finish_reason": c["finish_reason"], "tokens": c["tokens"],
+                                   "mean_logprob": c["mean_logprob"], "job": job.pk},
+                seed=sequence_seed(config["seed"], index, j),
+            ))
+        if len(picked) < project.k:
+            continue
+        Candidate.objects.bulk_create(picked)
+        create_task(prompt=prompt, kind=TaskKind.RANKING, candidates=picked, round=target_round,
+                    shuffle_seed=job.pk * 100_003 + prompt.pk)
+        created += 1
+    return created
+
+
+RUNNERS = {JobStage.SFT: run_sft, JobStage.RM: run_rm, JobStage.PPO: run_ppo, JobStage.PRETRAIN: run_pretrain,
+           JobStage.GENERATE: run_generate}
+
+
+def run_stage(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    return RUNNERS[job.stage](job, out, progress)
