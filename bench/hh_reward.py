@@ -27,12 +27,11 @@ from training.encoding import encode_pair  # noqa: E402
 from training.models import load_tokenizer  # noqa: E402
 
 BUDGET_FILE = "rankings.train.budget.jsonl"
-STRIDE = 4  # every 4th training pair: ~1,050 pairs, a CPU-sized token budget
 
 
 def prepare(args) -> None:
     train = data.read_rankings(args.hh / "rankings.train.jsonl")
-    budget = train[::STRIDE]
+    budget = train[::args.stride]  # every n-th training pair: the token budget
     data.write_jsonl(args.hh / BUDGET_FILE, map(data.to_record, budget))
     print(json.dumps({"train_pairs": len(train), "budget_pairs": len(budget)}))
 
@@ -109,6 +108,7 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare")
     p.add_argument("--hh", type=Path, required=True)
+    p.add_argument("--stride", type=int, default=4, help="keep every n-th training pair (4: ~1,050 pairs)")
     t = sub.add_parser("trl")
     t.add_argument("--base", type=Path, required=True)
     t.add_argument("--hh", type=Path, required=True)

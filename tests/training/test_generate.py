@@ -128,3 +128,12 @@ def test_the_generate_stage_writes_candidates_and_a_summary(tiny_base, tmp_path)
     assert set(rows[0]["candidates"][0]) == {"text", "token_ids", "tokens", "mean_logprob", "finish_reason"}
     assert result.summary["candidates"] == 6 and result.summary["generated_tokens"] > 0
     assert (tmp_path / "out" / "metrics.jsonl").exists() and (tmp_path / "out" / "stage_config.json").exists()
+
+
+def test_the_generate_stage_stops_between_batches_when_asked(tiny_base, tmp_path):
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"version": 1, "prompt": p} for p in PROMPTS])
+    batches = []
+    result = generate_candidates(gen_config(tiny_base, k=2, batch_size=2), prompts, tmp_path / "out",
+                                 on_log=lambda s, t, m: batches.append(s), should_stop=lambda: len(batches) >= 1)
+    assert batches == [2] and result.status == "stopped"
+    assert result.summary["prompts_done"] == 1 and result.summary["prompts"] == 3

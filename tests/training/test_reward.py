@@ -100,3 +100,13 @@ def test_openassistant_groups_up_to_nine_train_through_the_k_way_path(tiny_base,
                                 eval_data=path)
     assert result.summary["train_k"]["9"] == 1 and result.summary["train_k"]["8"] == 1
     assert "eval/accuracy_k9" in result.summary and result.summary["eval/pairs"] > 36
+
+
+def test_reward_training_stops_within_one_step_and_resumes(tiny_base, ranking_file, tmp_path):
+    steps = []
+    stopped = train_reward_model(config(tiny_base, max_steps=6), ranking_file, tmp_path / "rm",
+                                 on_log=lambda s, t, m: steps.append(s), should_stop=lambda: len(steps) >= 1)
+    assert stopped.status == "stopped" and stopped.steps == 1
+    finished = train_reward_model(config(tiny_base, max_steps=6), ranking_file, tmp_path / "rm")
+    assert finished.status == "completed" and finished.steps == 6
+    assert (tmp_path / "rm" / "reward_head.safetensors").exists()
