@@ -181,7 +181,9 @@ def create_generated_tasks(job: TrainingJob, prompts: list[Prompt], per_model) -
                 continue
             c = candidates[j]
             picked.append(Candidate(
-                prompt=prompt, text=c["text"], origin=Candidate.Origin.MODEL, model_version=model,
+                # Model output is untrusted text: PostgreSQL refuses NUL characters, so they are replaced.
+                prompt=prompt, text=c["text"].replace("\x00", "\ufffd"), origin=Candidate.Origin.MODEL,
+                model_version=model,
                 generation_params={**config, "finish_reason": c["finish_reason"], "tokens": c["tokens"],
                                    "mean_logprob": c["mean_logprob"], "job": job.pk},
                 seed=sequence_seed(config["seed"], index, j),

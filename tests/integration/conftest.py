@@ -1,0 +1,57 @@
+"""Rounds and jobs with tiny models built from config (never downloaded)."""
+from __future__ import annotations
+
+import pytest
+
+from annotation import services
+from annotation.models import ModelVersion, Role
+from annotation.oracles import prefer_polite
+from tests.factories import make_project, make_user
+from tests.training.conftest import tiny_base  # noqa: F401  (a session fixture: a 2-layer GPT-2 on disk)
+
+# Stage settings small enough for a CI machine: each stage takes seconds.
+TINY_ROUND = {
+    "sft": {"max_steps": 4, "batch_size": 4, "max_length": 96, "log_every": 1, "checkpoint_every": 2},
+    "rm": {"max_steps": 4, "batch_size": 2, "max_length": 96, "log_every": 1},
+    "ppo": {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6,
+            "checkpoint_every": 1, "sample_every": 1},
+    "generate": {"prompts": 4, "models": ["ppo", "sft"], "max_new_tokens": 6, "batch_size": 8},
+}
+
+RESPONSES = ["Thank you, I am glad to help: the answer is {i}.", "No.", "Maybe {i}, maybe not.",
+             "Please see: {i} {i} {i}."]
+
+
+@pytest.fixture
+def loop_project(tiny_base, transactional_db, settings, tmp_path):  # noqa: F811
+    """A k=2 project with a base model, 12 prompts with 2 candidates each, and 2 labelers."""
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    project = make_project("loop", k=2, overlap=1, max_new_tokens=6)
+    base = ModelVersion.objects.create(project=project, stage="base", artifact_path=str(tiny_base), name="tiny base")
+    project.base_model = base
+    project.save()
+    items = [{"text": f"Tell me one fact about topic {i}.",
+              "candidates": [RESPONSES[i % 4].format(i=i), RESPONSES[(i + 1) % 4].format(i=i)]} for i in range(12)]
+    services.bulk_create_prompts(project=project, items=items)
+    labelers = [make_user(f"sim{i}") for i in range(2)]
+    for user in labelers:
+        services.add_member(project=project, user=user, role=Role.LABELER)
+    project.labelers = labelers
+    return project
+
+
+def label_everything(project) -> None:
+    """Both labelers do every task through the services (as the API would)."""
+    from annotation.models import Task
+
+    for i, task in enumerate(Task.objects.filter(project=project, status="open").order_by("id")):
+        user = project.labelers[i % 2]
+        if task.kind == "ranking":
+            candidates = list(task.task_candidates.select_related("candidate").order_by("position"))
+            ranks = prefer_polite(task.prompt.text, [c.candidate.text for c in candidates])
+            entries = [{"candidate": c.candidate_id, "rank": r} for c, r in zip(candidates, ranks, strict=True)]
+            if len(set(ranks)) > 1:
+                services.submit_ranking(labeler=user, task=task, entries=entries, seconds_spent=2)
+        else:
+            services.submit_demonstration(author=user, task=task, seconds_spent=5,
+                                          text=f"Thank you for asking about {task.prompt.text[-9:-1]}.")
