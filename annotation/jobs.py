@@ -20,6 +20,7 @@ from django.utils import timezone
 from .models import ModelVersion, TrainingJob
 
 MAX_HISTORY = 2000
+BUSY = "busy"
 LOG_LINES = 200
 
 
@@ -115,11 +116,15 @@ class Heartbeat(threading.Thread):
 
 
 def run_job(job_id: int) -> str:
-    """Claim and run a job to its end; returns the final status (or "skipped" if not claimed)."""
+    """Claim and run a job to its end; returns the final status, "skipped" when there is nothing to do, or
+    ``BUSY`` when another worker holds it with a fresh heartbeat."""
     close_old_connections()
     job = claim_job(job_id, socket.gethostname())
     if job is None:
-        return "skipped"
+        # Running elsewhere with a fresh heartbeat: a duplicate delivery while it lives, or a redelivery
+        # that came before the dead worker's heartbeat went stale. The caller looks again later.
+        running = TrainingJob.objects.filter(pk=job_id, status=TrainingJob.Status.RUNNING).exists()
+        return BUSY if running else "skipped"
     progress = JobProgress(job)
     out = job_dir(job)
     resuming = (out / "checkpoints").exists()

@@ -32,11 +32,16 @@ def expire_leases() -> int:
     return services.expire_leases()
 
 
-@shared_task(name="annotation.tasks.run_training_job", acks_late=True, reject_on_worker_lost=True)
-def run_training_job(job_id: int) -> str:
+@shared_task(bind=True, name="annotation.tasks.run_training_job", acks_late=True, reject_on_worker_lost=True,
+             max_retries=None)
+def run_training_job(self, job_id: int) -> str:
     """One training stage. Claimed atomically, so a duplicate delivery does nothing; a delivery after the
-    worker died resumes the job from its checkpoint. Never retried automatically: a failed stage waits
-    for an admin's retry."""
-    from .jobs import run_job
+    worker died resumes the job from its checkpoint. A job held by a worker whose heartbeat is still
+    fresh is looked at again once it could have gone stale. A failed stage is not retried automatically:
+    it waits for an admin's retry."""
+    from .jobs import BUSY, run_job, stale_after
 
-    return run_job(job_id)
+    status = run_job(job_id)
+    if status == BUSY:
+        raise self.retry(countdown=stale_after() + 1)
+    return status

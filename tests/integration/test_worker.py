@@ -1,0 +1,155 @@
+"""The loop with real parts: a real Redis broker, real Celery worker processes, the real HTTP API for
+simulated labelers, tiny models and a CI-sized budget."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.core.management import call_command
+from django.db import connection
+
+from annotation import rounds
+from annotation.models import ModelVersion, Round, Task, TrainingJob
+from tests.integration.conftest import TINY_ROUND
+
+pytestmark = [pytest.mark.slow, pytest.mark.services]
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def database_url() -> str:
+    db = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{db['NAME']}"
+    return f"postgres://{db['USER']}:{db['PASSWORD'] or ''}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+
+
+class Workers:
+    """Start and kill real `celery worker` processes against the test database."""
+
+    def __init__(self, redis_url: str, artifacts: Path, logs: Path):
+        self.env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
+                    "CELERY_BROKER_URL": redis_url, "ARTIFACT_ROOT": str(artifacts), "PYTHONUNBUFFERED": "1",
+                    "TRAINING_JOB_STALE_SECONDS": "4", "CELERY_VISIBILITY_TIMEOUT": "6"}
+        self.logs, self.processes = logs, []
+
+    def start(self, name: str) -> subprocess.Popen:
+        log = (self.logs / f"{name}.log").open("w")
+        process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "rlhf_platform", "worker", "-Q", "training,default",
+             "-c", "1", "-n", f"{name}-{os.getpid()}@%h", "-l", "info", "--without-gossip", "--without-mingle"],
+            cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def kill(self, process: subprocess.Popen) -> None:
+        os.killpg(process.pid, signal.SIGKILL)  # the worker and its pool children, with no goodbye
+        process.wait()
+
+    def stop_all(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def workers(redis_url, settings, tmp_path):
+    from rlhf_platform.celery import app
+
+    app.conf.task_always_eager = False
+    pool = Workers(redis_url, settings.ARTIFACT_ROOT, tmp_path)
+    yield pool
+    pool.stop_all()
+    for log in tmp_path.glob("*.log"):
+        print(f"--- {log.name}\n{log.read_text()[-3000:]}")
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def round_done(project, number: int):
+    round_ = Round.objects.get(project=project, number=number)
+    if round_.status in ("failed", "cancelled"):
+        errors = {j.stage: j.error[-800:] for j in round_.jobs.all()}
+        pytest.fail(f"round {number} {round_.status}: {errors}")
+    return round_.status == "finished"
+
+
+def simulate(project, url: str) -> None:
+    call_command("simulate_labelers", project=str(project.pk), oracle="tests.integration.oracles:longest_first_no_ties",
+                 demonstrator="annotation.oracles:polite_demonstrator", labelers=3, url=url, verbosity=0)
+
+
+def test_two_full_rounds_with_simulated_labelers_and_a_real_worker(loop_project, live_server, workers):
+    workers.start("worker")
+    simulate(loop_project, live_server.url)
+    assert Task.objects.filter(project=loop_project, status="open").count() == 0
+    round1 = rounds.start_round(project=loop_project, config=TINY_ROUND)
+    wait_for(lambda: round_done(loop_project, 1), 300, "round 1")
+    ppo1 = TrainingJob.objects.get(round=round1, stage="ppo").result_model
+    sft1 = TrainingJob.objects.get(round=round1, stage="sft").result_model
+
+    round2 = Round.objects.get(project=loop_project, number=2)
+    new_tasks = Task.objects.filter(round=round2, kind="ranking")
+    assert new_tasks.count() == TINY_ROUND["generate"]["prompts"]
+    assert all(ppo1 in {c.model_version for c in t.candidates.all()} for t in new_tasks)
+    simulate(loop_project, live_server.url)              # the labelers rank round 1's model outputs
+    assert all(t.rankings.count() == 1 for t in new_tasks)
+
+    rounds.start_round(project=loop_project, config=TINY_ROUND)
+    wait_for(lambda: round_done(loop_project, 2), 300, "round 2")
+    sft2 = TrainingJob.objects.get(round=round2, stage="sft").result_model
+    assert sft2.parent == sft1                            # round 2 continues from round 1's SFT
+    snapshot2 = TrainingJob.objects.get(round=round2, stage="sft").snapshot
+    assert set(snapshot2.ranking_ids) > set(TrainingJob.objects.get(round=round1, stage="sft").snapshot.ranking_ids)
+    assert Round.objects.get(project=loop_project, number=3).tasks.filter(kind="ranking").exists()
+    for job in TrainingJob.objects.filter(project=loop_project):
+        assert job.status == "succeeded" and job.history and job.metrics and job.worker_host, job
+        assert Path(job.output_dir, "metrics.jsonl").exists() or job.stage == "generate"
+    for model in ModelVersion.objects.filter(project=loop_project).exclude(stage="base"):
+        assert Path(model.artifact_path, "config.json").exists() and model.metrics and model.snapshot_id
+
+
+def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(loop_project, workers, tiny_base, tmp_path):
+    import torch
+
+    from training.reward import RewardModel
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(0)
+    RewardModel.from_pretrained(tiny_base).save_pretrained(rm_dir)
+    sft = ModelVersion.objects.create(project=loop_project, stage="sft", artifact_path=str(tiny_base))
+    rm = ModelVersion.objects.create(project=loop_project, stage="rm", artifact_path=str(rm_dir), parent=sft)
+    from tests.integration.conftest import label_everything
+
+    label_everything(loop_project)
+    config = {**TINY_ROUND["ppo"], "iterations": 40, "checkpoint_every": 1}
+    first = workers.start("worker-a")
+    job = rounds.start_stage(project=loop_project, stage="ppo", config=config, inputs=[sft, rm])
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).step >= 5, 180, "the job to pass a checkpoint")
+    workers.kill(first)
+    killed_at = TrainingJob.objects.get(pk=job.pk).step
+    assert TrainingJob.objects.get(pk=job.pk).status == "running"  # the dead worker never said goodbye
+    workers.start("worker-b")
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).status == "succeeded", 180, "the redelivered job")
+    job.refresh_from_db()
+    assert job.attempts == 2 and "resuming from its checkpoint" in job.log_tail
+    steps = [point["step"] for point in job.history]
+    restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
+    assert 1 < steps[restart] <= killed_at + 1           # it went on from the checkpoint, not from step 1
+    assert steps[-1] == 40 and job.result_model.stage == "ppo"
