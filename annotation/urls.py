@@ -13,6 +13,8 @@ urlpatterns = [
     path("history/demonstration/<int:demonstration_id>/", views.correct_demonstration_page,
          name="correct-demonstration"),
     path("preview/", views.markdown_preview, name="preview"),
+    path("manage/projects/<int:project_id>/", views.manage_project, name="manage-project"),
+    path("manage/jobs/<int:job_id>/", views.manage_job, name="manage-job"),
     path("p/<int:project_id>/write/", views.write_prompt_page, name="write-prompt"),
     path("p/<int:project_id>/<str:kind>/", views.task_page, name="task"),
     path("p/<int:project_id>/<str:kind>/panel/", views.task_fragment, name="task-panel"),

@@ -12,7 +12,7 @@ from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
 from . import access, services
-from .models import Demonstration, Ranking, Task, TaskKind, TaskSlot
+from .models import Demonstration, Ranking, Role, Task, TaskKind, TaskSlot
 from .rendering import render_markdown
 
 # Pages run no inline script and load nothing from elsewhere: model output can never execute.
@@ -37,7 +37,7 @@ def labeler_page(view):
 
 @labeler_page
 def home(request):
-    projects = list(access.projects_visible_to(request.user).order_by("name"))
+    projects = list(access._with_role(access.projects_visible_to(request.user), request.user, "pk").order_by("name"))
     rows = [{"project": p, "waiting": services.waiting_counts(user=request.user, project=p)} for p in projects]
     return render(request, "annotation/home.html", {"rows": rows, "stats": services.labeler_stats(user=request.user)})
 
@@ -138,3 +138,33 @@ def markdown_preview(request):
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
     response["Content-Security-Policy"] = CSP
     return response
+
+
+# --- Admin pages: rounds, jobs, charts, lineage ---------------------------------------------------------
+
+
+@labeler_page
+def manage_project(request, project_id: int):
+    """Rounds and jobs of a project with live progress, the start-round form, and the model lineage."""
+    import json
+
+    from .rounds import DEFAULT_ROUND_CONFIG
+    from .models import ModelVersion, TrainingJob
+
+    project = access.access_project_by_id(request.user, project_id, min_role=Role.ADMIN)
+    models = list(ModelVersion.objects.filter(project=project).select_related("parent", "round").order_by("id"))
+    jobs = TrainingJob.objects.filter(project=project).select_related("round", "result_model").order_by("-id")[:50]
+    return render(request, "annotation/manage_project.html", {
+        "project": project, "rounds": project.rounds.order_by("-number"), "jobs": jobs, "models": models,
+        "default_config": json.dumps(DEFAULT_ROUND_CONFIG, indent=2),
+    })
+
+
+@labeler_page
+def manage_job(request, job_id: int):
+    from .models import TrainingJob
+
+    job = access.access_managed(request.user, access.jobs_visible_to(request.user), job_id, "job")
+    job = TrainingJob.objects.select_related("project", "round", "result_model", "snapshot").get(pk=job.pk)
+    return render(request, "annotation/manage_job.html", {"job": job, "project": job.project,
+                                                          "inputs": job.input_models.all()})

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from rest_framework.exceptions import APIException
+
+from annotation import rounds
+from annotation.importing import format_errors
+from annotation.models import Project
+
+
+class Command(BaseCommand):
+    help = ("Start a training round on the labels collected so far: snapshot → SFT → RM → PPO → new "
+            "candidates → next round's ranking tasks. Jobs run on the Celery 'training' queue.")
+
+    def add_arguments(self, parser):
+        parser.add_argument("--project", required=True, help="project name or id")
+        parser.add_argument("--config", help="JSON overrides per stage, or @file.json")
+
+    def handle(self, *args, project: str, config: str | None, **options):
+        target = Project.objects.filter(pk=int(project)).first() if project.isdigit() else None
+        target = target or Project.objects.filter(name=project).first()
+        if target is None:
+            raise CommandError(f"no project {project!r}")
+        try:
+            overrides = json.loads(Path(config[1:]).read_text() if config and config.startswith("@") else config or "{}")
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CommandError(f"--config: {exc}") from None
+        try:
+            round_ = rounds.start_round(project=target, config=overrides)
+        except APIException as exc:
+            raise CommandError("the round did not start:\n" + "\n".join(format_errors(exc.detail))) from None
+        self.stdout.write(f"Round {round_.number} of {target.name!r} started; follow it at /manage/projects/{target.pk}/")
