@@ -8,7 +8,9 @@ import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.formats import split_hh_pair
-from annotation.models import Candidate, Membership, Project, Prompt, Task
+from pathlib import Path
+
+from annotation.models import Candidate, Demonstration, Membership, Project, Prompt, Ranking, Task
 
 
 def write_lines(path, lines):
@@ -76,7 +78,7 @@ def test_seed_demo_creates_users_project_and_real_tasks_once(db, capsys):
     out = capsys.readouterr().out
     assert "demo-labeler-1" in out and "demo-admin" in out
     hh, oasst = Project.objects.order_by("id")
-    assert hh.k == 2 and Membership.objects.filter(project=hh).count() == 3
+    assert hh.k == 2 and Membership.objects.filter(project=hh).count() == 4  # 3 demo users + the HH importer
     assert Task.objects.filter(project=hh, kind="ranking").count() == 300
     assert Task.objects.filter(project=hh, kind="demonstration").count() == 300
     assert oasst.k == 4 and Membership.objects.filter(project=oasst).count() == 3
@@ -86,3 +88,8 @@ def test_seed_demo_creates_users_project_and_real_tasks_once(db, capsys):
     again = capsys.readouterr().out
     assert "already exists" in again and "demo-labeler-1 " not in again
     assert Project.objects.count() == 2 and Prompt.objects.count() == 324
+    hh.refresh_from_db()
+    assert hh.base_model.stage == "base" and (Path(hh.base_model.artifact_path) / "config.json").exists()
+    imported = Ranking.objects.filter(labeler__username="hh-rlhf-import")
+    assert imported.count() == 200 and Demonstration.objects.count() == 200
+    assert all(r.ranks()[min(r.ranks())] == 1 for r in imported)  # the chosen (first) response ranks 1

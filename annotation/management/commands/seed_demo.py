@@ -9,9 +9,11 @@ from django.db import transaction
 
 from annotation import services
 from annotation.importing import read_import_file
-from annotation.models import Project, Role
+from annotation.models import ModelVersion, Project, Role, TaskKind
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures/demo"
+BASE_MODEL = Path(__file__).resolve().parents[3] / "training/assets/tiny-base"
+IMPORTED_LABELS = 200  # HH-RLHF's own human preferences, so a first round can start right away
 DEMO_PROJECT = "Demo: helpful assistant (HH-RLHF)"
 OASST_PROJECT = "Demo: OpenAssistant rankings (k=4)"
 GUIDELINES = """\
@@ -63,9 +65,16 @@ class Command(BaseCommand):
         self.stdout.write(self.style.SUCCESS(
             f"Created {DEMO_PROJECT!r} with {len(result.created)} prompts, each with a demonstration task and a "
             "2-response ranking task."))
+        self.import_hh_labels(project, result.created[:IMPORTED_LABELS])
+        base = ModelVersion.objects.create(project=project, stage=ModelVersion.Stage.BASE, name="offline tiny base",
+                                           artifact_path=str(BASE_MODEL))
+        Project.objects.filter(pk=project.pk).update(base_model=base)
+        self.stdout.write(f"Imported Anthropic's preference and chosen response for {IMPORTED_LABELS} prompts as labels "
+                          f"(user 'hh-rlhf-import'); base model: {BASE_MODEL}. Start a round at /manage/projects/"
+                          f"{project.pk}/.")
         oasst = Project.objects.create(name=OASST_PROJECT, guidelines=GUIDELINES, k=4, overlap=2,
                                        demonstrations_enabled=False, prompt_writing_enabled=False)
-        for membership in project.memberships.all():
+        for membership in project.memberships.filter(user__username__in=[name for name, _, _ in USERS]):
             services.add_member(project=oasst, user=membership.user, role=membership.role)
         result = self.seed(oasst, FIXTURES / "oasst_k4.jsonl")
         self.stdout.write(self.style.SUCCESS(
@@ -73,6 +82,19 @@ class Command(BaseCommand):
         self.stdout.write("Demo accounts (shown only this once; keep them):")
         for username, password, role in credentials:
             self.stdout.write(f"  {username:16} {password:20} {role}")
+
+    def import_hh_labels(self, project: Project, prompts) -> None:
+        """HH-RLHF's chosen response (the first candidate) ranks 1 and is the demonstration."""
+        User = get_user_model()
+        importer, _ = User.objects.get_or_create(username="hh-rlhf-import", defaults={"is_active": False})
+        services.add_member(project=project, user=importer, role=Role.LABELER)
+        for prompt in prompts:
+            ranking_task = prompt.tasks.get(kind=TaskKind.RANKING)
+            chosen, rejected = prompt.candidates.order_by("id")
+            services.submit_ranking(labeler=importer, task=ranking_task, seconds_spent=0,
+                                    entries=[{"candidate": chosen.pk, "rank": 1}, {"candidate": rejected.pk, "rank": 2}])
+            services.submit_demonstration(author=importer, task=prompt.tasks.get(kind=TaskKind.DEMONSTRATION),
+                                          text=chosen.text, seconds_spent=0)
 
     def seed(self, project: Project, fixture: Path):
         items, line_numbers, _ = read_import_file(fixture)
