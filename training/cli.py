@@ -1,4 +1,4 @@
-"""``python -m training {pretrain,sft,rm,generate,convert} …``
+"""``python -m training {pretrain,sft,rm,ppo,generate,convert} …``
 
 Every config field is a flag (``--learning-rate 1e-4``, ``--lora/--no-lora``); ``--config file.json``
 supplies defaults that flags override. The first Ctrl-C asks the stage to stop after the current step
@@ -19,7 +19,7 @@ from pathlib import Path
 from training import config as cfg
 from training import data, sources
 
-STAGES = {"pretrain": cfg.PretrainConfig, "sft": cfg.SFTConfig, "rm": cfg.RewardConfig,
+STAGES = {"pretrain": cfg.PretrainConfig, "sft": cfg.SFTConfig, "rm": cfg.RewardConfig, "ppo": cfg.PPOConfig,
           "generate": cfg.GenerateConfig}
 
 
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
         "sft": [("--data", dict(type=Path, required=True)), ("--eval-data", dict(type=Path))],
         "rm": [("--data", dict(type=Path, required=True)), ("--eval-data", dict(type=Path)),
                ("--demonstrations", dict(type=Path, help="SFT-contract file whose responses score mean 0"))],
+        "ppo": [("--prompts", dict(type=Path, required=True, help="PPO-prompt JSONL")),
+                ("--ptx-data", dict(type=Path, help="SFT-contract file for PPO-ptx (with --ptx-coef > 0)")),
+                ("--reward-fn", dict(help="package.module:function(prompts, responses) -> scores, instead of "
+                                          "--reward-model"))],
         "generate": [("--prompts", dict(type=Path, required=True, help="PPO-prompt JSONL"))],
     }
     for name, cls in STAGES.items():
@@ -99,6 +103,13 @@ def convert(args: argparse.Namespace) -> dict:
     return counts
 
 
+def _import(spec: str):
+    import importlib
+
+    module, _, name = spec.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
 class _Progress:
     """tqdm bar on the main process; metrics as the postfix."""
 
@@ -111,7 +122,7 @@ class _Progress:
         self.bar.total = total
         self.bar.n = step
         shown = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in metrics.items() if "loss" in k or "accuracy" in k
-                 or "tokens_per_s" in k}
+                 or "tokens_per_s" in k or k in ("ppo/score", "ppo/kl")}
         self.bar.set_postfix(shown, refresh=False)
         self.bar.refresh()
 
@@ -143,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         from training.reward import train_reward_model
         result = train_reward_model(config, args.data, args.out, eval_data=args.eval_data,
                                     demonstrations=args.demonstrations, **kwargs)
+    elif args.command == "ppo":
+        from training.ppo import train_ppo
+        result = train_ppo(config, args.prompts, args.out, ptx_data=args.ptx_data,
+                           reward_fn=_import(args.reward_fn) if args.reward_fn else None, **kwargs)
     else:
         from training.generate import generate_candidates
         result = generate_candidates(config, args.prompts, args.out, **kwargs)

@@ -89,7 +89,7 @@ def test_cancellation_stops_within_one_optimizer_step(tiny_base, prompt_file, tm
     out = tmp_path / "ppo"
     result = train_ppo(config(tiny_base, iterations=50), prompt_file, out, reward_fn=count_target,
                        should_stop=stop_after_three_checks)
-    assert result.status == "cancelled"
+    assert result.status == "stopped"
     assert len(calls) == 4          # 1 check before the rollout, then one after each optimizer step
     assert (out / "checkpoints" / "last.pt").exists()
 
@@ -152,3 +152,13 @@ def test_the_config_rejects_bad_values():
     with pytest.raises(ConfigError, match="policy"):
         PPOConfig()
     assert PPOConfig.from_json(PPOConfig(policy="x", adaptive_kl=True).to_json()).adaptive_kl
+
+
+def test_the_cli_runs_ppo_with_any_reward_callable(tiny_base, prompt_file, tmp_path):
+    from training.cli import main
+
+    out = tmp_path / "cli-ppo"
+    code = main(["ppo", "--policy", str(tiny_base), "--prompts", str(prompt_file), "--out", str(out),
+                 "--reward-fn", "tests.training.test_ppo_stage:count_target", "--iterations", "2",
+                 "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "4", "--device", "cpu"])
+    assert code == 0 and len(metrics(out)) == 2 and (out / "model.safetensors").exists()
