@@ -19,7 +19,8 @@ ROLES = [None, "olga", "bob", "alice", "rita", "adam", "sam"]
 
 
 @pytest.fixture
-def world(project_a, project_b, users):
+def world(project_a, project_b, users, settings, tmp_path):
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     project_a.overlap = 3  # any member of A may still submit
     project_a.save()
     ranked = make_ranking_task(project_a, "already ranked by alice")
@@ -30,7 +31,15 @@ def world(project_a, project_b, users):
                                        client_token=uuid.uuid4())
     round_ = Round.objects.create(project=project_a, number=1)
     version = ModelVersion.objects.create(project=project_a, stage="sft", round=round_, artifact_path="a/sft")
+    from annotation.models import Candidate, TrainingJob
+    from annotation.snapshots import create_snapshot
+
+    snapshot = create_snapshot(project=project_a)
+    job = TrainingJob.objects.create(project=project_a, stage="sft", snapshot=snapshot)
+    generated = Candidate.objects.create(prompt=ranked.prompt, text="from a model", origin="model",
+                                         model_version=version)
     return {
+        "snapshot": snapshot, "job": job, "generated": generated,
         "A": project_a, "B": project_b, "ranking": ranked.rankings.get(), "demonstration": demo.demonstrations.get(),
         "open_task": make_ranking_task(project_a, "open ranking task"),
         "open_demo": demonstration_task(make_prompt(project_a, "open demo prompt")),
@@ -110,6 +119,31 @@ CASES = [
     Case("get model version", "get", lambda w: f"/api/model-versions/{w['version'].pk}/",
          {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
     Case("my stats", "get", lambda w: "/api/me/stats/", {**ANON}, 200),
+    Case("correct own ranking", "post", lambda w: f"/api/rankings/{w['ranking'].pk}/correct/",
+         {**ANON, **OUTSIDERS_404, "alice": 200}, 403,
+         lambda w: {"entries": best_first(w["ranking"].task), "seconds_spent": 1}),
+    Case("correct own demonstration", "post", lambda w: f"/api/demonstrations/{w['demonstration'].pk}/correct/",
+         {**ANON, **OUTSIDERS_404, "alice": 200}, 403, lambda w: {"text": "better", "seconds_spent": 1}),
+    Case("list jobs", "get", lambda w: "/api/jobs/", {**ANON}, 200),
+    Case("get job", "get", lambda w: f"/api/jobs/{w['job'].pk}/", {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
+    Case("cancel job", "post", lambda w: f"/api/jobs/{w['job'].pk}/cancel/",
+         {**ANON, **OUTSIDERS_404, "alice": 404, "rita": 403}, 200),
+    Case("retry job (still queued: 409)", "post", lambda w: f"/api/jobs/{w['job'].pk}/retry/",
+         {**ANON, **OUTSIDERS_404, "alice": 404, "rita": 403}, 409),
+    Case("list snapshots", "get", lambda w: "/api/snapshots/", {**ANON}, 200),
+    Case("get snapshot", "get", lambda w: f"/api/snapshots/{w['snapshot'].pk}/",
+         {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
+    Case("start round (no base model: 400)", "post", lambda w: f"/api/projects/{w['A'].pk}/start-round/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 400, lambda w: {"config": {}}),
+    Case("start one stage", "post", lambda w: f"/api/projects/{w['A'].pk}/start-stage/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 201,
+         lambda w: {"stage": "sft", "inputs": [w["version"].pk]}),
+    Case("cancel round (not training: 409)", "post", lambda w: f"/api/rounds/{w['round'].pk}/cancel/",
+         {**ANON, **OUTSIDERS_404, "alice": 404, "rita": 403}, 409),
+    Case("model lineage", "get", lambda w: f"/api/model-versions/{w['version'].pk}/lineage/",
+         {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
+    Case("candidate lineage", "get", lambda w: f"/api/candidates/{w['generated'].pk}/lineage/",
+         {**ANON, **OUTSIDERS_404, "alice": 403}, 200),
     Case("schema (public: it describes the API, holds no data)", "get", lambda w: "/api/schema/", {}, 200),
 ]
 

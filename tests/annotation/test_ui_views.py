@@ -79,3 +79,19 @@ def test_the_preview_renders_markdown_and_escapes_html(browser_for):
     assert "<strong>hi</strong>" in html and "&lt;script&gt;" in html
     assert "<script" not in html and "javascript:" not in html
     assert client.post("/preview/", {"text": "x"}).status_code in (302, 403)
+
+
+def test_training_pages_are_for_project_admins(browser_for, project_a, settings, tmp_path):
+    from annotation.models import TrainingJob
+
+    settings.ARTIFACT_ROOT = tmp_path
+    job = TrainingJob.objects.create(project=project_a, stage="sft", history=[{"step": 1, "train/loss": 2.5}],
+                                     log_tail="<script>alert(1)</script> step 1")
+    page = browser_for("adam").get(f"/manage/projects/{project_a.pk}/")
+    assert page.status_code == 200 and b"Start round" in page.content and f"#{job.pk}".encode() in page.content
+    job_page = browser_for("adam").get(f"/manage/jobs/{job.pk}/")
+    assert job_page.status_code == 200 and b"&lt;script&gt;alert(1)" in job_page.content
+    assert b"<script>alert(1)" not in job_page.content
+    assert browser_for("rita").get(f"/manage/projects/{project_a.pk}/").status_code == 403
+    assert browser_for("alice").get(f"/manage/jobs/{job.pk}/").status_code == 404
+    assert browser_for("bob").get(f"/manage/projects/{project_a.pk}/").status_code == 404
