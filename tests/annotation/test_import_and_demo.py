@@ -53,7 +53,7 @@ def test_hh_rlhf_prompts_are_cut_at_the_shared_prefix():
     rejected = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: Quote it\n\nAssistant: No."
     prompt, good, bad = split_hh_pair(chosen, rejected)
     assert prompt.endswith("Quote it\n\nAssistant:")
-    assert good == 'He said "\n\nAssistant: no".' and bad == "No."
+    assert good == "He said \"\n\nAssistant: no\"." and bad == "No."
 
 
 def test_the_real_hh_rlhf_file_imports_as_two_way_ranking_tasks(db, shared_data, tmp_path):
