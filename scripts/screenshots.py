@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "docs" / "screenshots"
 PASSWORD = "screenshots-only-pw"
 SETUP = f"""
+import logging
+logging.disable(logging.WARNING)
 from django.contrib.auth.models import User
 from annotation import services
 from annotation.models import Project
@@ -35,6 +37,14 @@ for kind in ("ranking", "demonstration"):
                                 entries=[{{"candidate": c, "rank": i + 1}} for i, c in enumerate(ids)])
     else:
         services.submit_demonstration(author=alice, task=task, text="A first answer.", seconds_spent=95)
+# A short training round (run in-process) so the admin pages have jobs, charts and lineage to show.
+from rlhf_platform.celery import app
+from annotation import rounds
+app.conf.task_always_eager = True
+rounds.start_round(project=hh, config={{
+    "sft": {{"max_steps": 20, "log_every": 1}}, "rm": {{"max_steps": 20, "log_every": 1}},
+    "ppo": {{"iterations": 6, "batch_size": 4, "minibatch_size": 2, "max_new_tokens": 12, "max_prompt_length": 96}},
+    "generate": {{"prompts": 4, "models": ["ppo", "sft"], "max_new_tokens": 16}}}})
 """
 
 
@@ -135,6 +145,13 @@ def shoot(page) -> None:
     page.click("a:has-text('Correct') >> nth=0")
     page.wait_for_selector("#progress:has-text('ranked')")
     save("10-correcting-a-ranking")
+    page.goto("/")
+    page.goto(page.locator("tr", has_text="HH-RLHF").locator("a[href*='/manage/']").get_attribute("href"))
+    save("12-training-rounds-and-jobs", full_page=True)
+    page.click("#jobs a:has-text('#') >> nth=1")  # the PPO job (newest first: generate, PPO, RM, SFT)
+    page.wait_for_selector("#charts canvas")
+    page.wait_for_timeout(800)
+    save("13-training-job-charts", full_page=True)
     page.goto("/api/docs/")
     page.wait_for_selector(".swagger-ui .opblock", timeout=20000)
     save("11-api-docs")

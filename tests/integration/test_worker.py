@@ -125,9 +125,12 @@ def test_two_full_rounds_with_simulated_labelers_and_a_real_worker(loop_project,
         assert Path(model.artifact_path, "config.json").exists() and model.metrics and model.snapshot_id
 
 
-def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(loop_project, workers, tiny_base, tmp_path):
+@pytest.fixture
+def ppo_inputs(loop_project, tiny_base, tmp_path):
+    """An SFT and a reward model version (tiny) for a standalone PPO job, and labels for its snapshot."""
     import torch
 
+    from tests.integration.conftest import label_everything
     from training.reward import RewardModel
 
     rm_dir = tmp_path / "rm"
@@ -135,12 +138,14 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(loop_project, 
     RewardModel.from_pretrained(tiny_base).save_pretrained(rm_dir)
     sft = ModelVersion.objects.create(project=loop_project, stage="sft", artifact_path=str(tiny_base))
     rm = ModelVersion.objects.create(project=loop_project, stage="rm", artifact_path=str(rm_dir), parent=sft)
-    from tests.integration.conftest import label_everything
-
     label_everything(loop_project)
+    return [sft, rm]
+
+
+def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(loop_project, workers, ppo_inputs):
     config = {**TINY_ROUND["ppo"], "iterations": 40, "checkpoint_every": 1}
     first = workers.start("worker-a")
-    job = rounds.start_stage(project=loop_project, stage="ppo", config=config, inputs=[sft, rm])
+    job = rounds.start_stage(project=loop_project, stage="ppo", config=config, inputs=ppo_inputs)
     wait_for(lambda: TrainingJob.objects.get(pk=job.pk).step >= 5, 180, "the job to pass a checkpoint")
     workers.kill(first)
     killed_at = TrainingJob.objects.get(pk=job.pk).step
@@ -153,3 +158,14 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(loop_project, 
     restart = next(i for i in range(1, len(steps)) if steps[i] <= steps[i - 1])
     assert 1 < steps[restart] <= killed_at + 1           # it went on from the checkpoint, not from step 1
     assert steps[-1] == 40 and job.result_model.stage == "ppo"
+
+
+def test_cancelling_a_running_job_stops_it_at_its_next_step(loop_project, workers, ppo_inputs):
+    workers.start("worker")
+    config = {**TINY_ROUND["ppo"], "iterations": 200}
+    job = rounds.start_stage(project=loop_project, stage="ppo", config=config, inputs=ppo_inputs)
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).step >= 2, 180, "the job to start")
+    rounds.cancel_job(job=job)
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).status == "cancelled", 60, "the job to stop")
+    job.refresh_from_db()
+    assert job.step < 200 and job.result_model is None and job.finished

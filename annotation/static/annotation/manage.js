@@ -3,7 +3,7 @@
 
 (() => {
   const CHARTS = [  // [title, metric-name test]
-    ["Loss", name => /(^|\/)loss$/.test(name) && !name.startsWith("summary/")],
+    ["Loss", name => /loss$/.test(name) && !name.startsWith("summary/")],
     ["RM accuracy", name => name.includes("accuracy")],
     ["Reward", name => ["ppo/score", "ppo/reward"].includes(name)],
     ["KL", name => ["ppo/kl", "ppo/kl_penalty"].includes(name)],
