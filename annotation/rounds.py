@@ -27,7 +27,8 @@ DEFAULT_ROUND_CONFIG: dict[str, dict[str, Any]] = {
     "rm": {"max_steps": 60, "batch_size": 4, "learning_rate": 1e-4, "warmup_steps": 5, "max_length": 256,
            "log_every": 5},
     "ppo": {"iterations": 12, "batch_size": 8, "minibatch_size": 4, "ppo_epochs": 2, "max_new_tokens": 24,
-            "learning_rate": 2e-5, "critic_learning_rate": 5e-5, "kl_coef": 0.05, "sample_every": 4,
+            "max_prompt_length": 128, "learning_rate": 2e-5, "critic_learning_rate": 5e-5, "kl_coef": 0.05,
+            "sample_every": 4,
             "checkpoint_every": 4},
     "generate": {"prompts": 20, "models": ["ppo"], "batch_size": 16},
 }

@@ -145,7 +145,12 @@ def shoot(page) -> None:
     page.click("a:has-text('Correct') >> nth=0")
     page.wait_for_selector("#progress:has-text('ranked')")
     save("10-correcting-a-ranking")
-    page.goto("/")
+    page.context.clear_cookies()                      # the training pages are for project admins
+    page.goto("/accounts/login/")
+    page.fill("#id_username", "demo-admin")
+    page.fill("#id_password", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_url("**/")
     page.goto(page.locator("tr", has_text="HH-RLHF").locator("a[href*='/manage/']").get_attribute("href"))
     save("12-training-rounds-and-jobs", full_page=True)
     page.click("#jobs a:has-text('#') >> nth=1")  # the PPO job (newest first: generate, PPO, RM, SFT)

@@ -66,7 +66,8 @@
   function showMetrics(metrics) {
     const body = document.querySelector("#metrics tbody");
     if (!body) return;
-    body.replaceChildren(...Object.entries(metrics).map(([name, value]) => {
+    const shown = Object.entries(metrics).filter(([name]) => !(name.startsWith("summary/") && name.slice(8) in metrics));
+    body.replaceChildren(...shown.map(([name, value]) => {
       const row = document.createElement("tr");
       const th = document.createElement("th"); th.scope = "row"; th.textContent = name;
       const td = document.createElement("td"); td.textContent = typeof value === "number" ? value.toPrecision(5) : String(value);
