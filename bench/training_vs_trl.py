@@ -115,6 +115,26 @@ def sft_pair(base: Path, n: int, steps: int, batch: int, max_length: int) -> dic
                 "mean_tokens_per_example": tokens_per_example, "unit": "tokens/s", "runs": interleave(ours, theirs)}
 
 
+def sft_grouping(base: Path, n: int, steps: int, batch: int, max_length: int) -> dict:
+    """Control for the SFT pair: ours with length-grouped batches vs ours with plain shuffled batches."""
+    from training.sft import train_sft
+
+    demos = [data.SFTExample(e.prompt, e.responses[0]) for e in hh_pairs(n)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sft.jsonl"
+        data.write_jsonl(path, map(data.to_record, demos))
+
+        def run(grouped: bool) -> float:
+            cfg = SFTConfig(base=str(base), max_length=max_length, batch_size=batch, max_steps=steps,
+                            learning_rate=1e-4, warmup_steps=0, eval_fraction=0.0, device="cpu", seed=0,
+                            resume=False, group_by_length=grouped)
+            summary = train_sft(cfg, path, Path(tempfile.mkdtemp(dir=tmp))).summary
+            return summary["tokens"] / summary["train_seconds"]
+
+        return {"unit": "tokens/s", "pair": "ours grouped by length vs ours shuffled",
+                "runs": interleave(lambda: run(True), lambda: run(False))}
+
+
 # --- reward model ---
 
 def k_groups(k: int, n: int) -> list[data.RankingExample]:
@@ -245,7 +265,7 @@ def summarise(result: dict, params: int, flops_per_token_param: int = 6) -> dict
 def main() -> None:
     global REPEATS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["all", "matmul", "sft", "rm", "generate"])
+    parser.add_argument("what", choices=["all", "matmul", "sft", "sft-grouping", "rm", "generate"])
     parser.add_argument("--base", type=Path, default=TINY_BASE)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", type=Path)
@@ -263,6 +283,9 @@ def main() -> None:
     if args.what in ("all", "sft"):
         report["sft"] = summarise(sft_pair(args.base, 256, 12, 8, 256), params)
         print(json.dumps(report["sft"]), flush=True)
+    if args.what == "sft-grouping":
+        report["sft_grouping"] = summarise(sft_grouping(args.base, 256, 12, 8, 256), params)
+        print(json.dumps(report["sft_grouping"]), flush=True)
     if args.what in ("all", "rm"):
         report["rm_k4"] = summarise(rm_pair(args.base, 4, 48, 6, 2, 256), params)
         print(json.dumps(report["rm_k4"]), flush=True)
