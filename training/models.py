@@ -91,9 +91,12 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
 def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
     """Freeze ``model`` and add LoRA adapters (peft picks the target modules for known architectures)."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
 
+    # GPT-2's Conv1D stores weights transposed; peft needs to be told (it would warn and guess).
+    transposed = any(isinstance(m, Conv1D) for m in model.modules())
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      task_type=task_type)
+                      task_type=task_type, fan_in_fan_out=transposed)
     return get_peft_model(model, lora)
 
 
