@@ -21,7 +21,7 @@ from annotation.models import Role
 from tests.factories import make_project, make_user
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
+SHARED_DATA = Path(os.environ.get("SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 
 @pytest.fixture(autouse=True)
