@@ -25,6 +25,10 @@ iterations; the first iteration of each process is a warm-up and is left out. Ph
   whitening), from there to ``on_step_end`` (training: PPO epochs plus its per-step metrics); the
   iteration total is the time between successive ``on_step_end`` callbacks (so it also holds TRL's
   gc.collect() and data loading, reported as "other").
+Both wall time and process CPU time (``time.process_time``: all of the process's threads) are recorded per
+phase. On a shared machine wall time mostly measures the other tenants; CPU time is the steadier measure
+of the work each implementation does (ours: CPU time inside ``sample_responses``, the rest of
+``make_rollout``, and ``ppo_update``, patched as module globals so the stage's code is untouched).
 """
 from __future__ import annotations
 
@@ -76,13 +80,33 @@ def run_ours(args) -> dict:
                        max_new_tokens=args.response_length, temperature=args.temperature,
                        max_prompt_length=args.max_prompt_length, kl_coef=args.kl_coef, sample_every=10**6,
                        checkpoint_every=10**6, resume=False, device="cpu")
-    iterations, marks = [], [time.perf_counter()]
+    from training import ppo
+
+    iterations, marks, cpu = [], [(time.perf_counter(), time.process_time())], dict.fromkeys(PHASES, 0.0)
+
+    def cpu_timed(phase: str, function):
+        # Process CPU time per phase (robust to other tenants, unlike wall time): patched module globals,
+        # so train_ppo's code is untouched. Generation is inside make_rollout and is subtracted from scoring.
+        def wrapper(*a, **kw):
+            start = time.process_time()
+            try:
+                return function(*a, **kw)
+            finally:
+                cpu[phase] += time.process_time() - start
+        return wrapper
+
+    ppo.sample_responses = cpu_timed("generation", ppo.sample_responses)
+    ppo.make_rollout = cpu_timed("scoring", ppo.make_rollout)
+    ppo.ppo_update = cpu_timed("training", ppo.ppo_update)
 
     def on_log(step: int, total: int, metrics: dict[str, float]) -> None:
-        marks.append(time.perf_counter())
-        iterations.append({"total": marks[-1] - marks[-2], **{p: metrics[f"time/{p}"] for p in PHASES},
+        marks.append((time.perf_counter(), time.process_time()))
+        iterations.append({"total": marks[-1][0] - marks[-2][0], **{p: metrics[f"time/{p}"] for p in PHASES},
+                           "cpu_total": marks[-1][1] - marks[-2][1], "cpu_generation": cpu["generation"],
+                           "cpu_scoring": cpu["scoring"] - cpu["generation"], "cpu_training": cpu["training"],
                            "response_length": metrics["ppo/response_length"], "eos_rate": metrics["ppo/eos_rate"],
                            "score": metrics["ppo/score"], "kl": metrics["ppo/kl"]})
+        cpu.update(dict.fromkeys(PHASES, 0.0))
 
     with tempfile.TemporaryDirectory() as tmp:
         prompts = Path(tmp) / "prompts.jsonl"
@@ -114,10 +138,9 @@ def trl_models(args):
 
 def run_trl(args) -> dict:
     import torch
+    import trl
     from datasets import Dataset
     from transformers import TrainerCallback
-
-    import trl
     from trl.experimental.ppo import PPOConfig, PPOTrainer
     from trl.experimental.ppo import ppo_trainer as module
 
@@ -134,30 +157,35 @@ def run_trl(args) -> dict:
     real_generation, real_forward = module.batch_generation, module.forward
 
     def timed_generation(*a, **kw):
-        events["generation_start"] = time.perf_counter()
+        events["generation_start"], events["cpu_generation_start"] = time.perf_counter(), time.process_time()
         out = real_generation(*a, **kw)
-        events["generation_end"] = time.perf_counter()
+        events["generation_end"], events["cpu_generation_end"] = time.perf_counter(), time.process_time()
         return out
 
     def timed_forward(model, *a, **kw):
         if torch.is_grad_enabled() and "training_start" not in events:
-            events["training_start"] = time.perf_counter()
+            events["training_start"], events["cpu_training_start"] = time.perf_counter(), time.process_time()
         return real_forward(model, *a, **kw)
 
     module.batch_generation, module.forward = timed_generation, timed_forward
 
     class Timer(TrainerCallback):
         def on_train_begin(self, *a, **kw):
-            events["step_end"] = time.perf_counter()
+            events["step_end"], events["cpu_step_end"] = time.perf_counter(), time.process_time()
 
         def on_step_end(self, *a, **kw):
-            now = time.perf_counter()
-            iterations.append({"total": now - events["step_end"],
-                               "generation": events["generation_end"] - events["generation_start"],
-                               "scoring": events["training_start"] - events["generation_end"],
-                               "training": now - events["training_start"]})
+            now, cpu_now = time.perf_counter(), time.process_time()
+            e = events
+            iterations.append({"total": now - e["step_end"],
+                               "generation": e["generation_end"] - e["generation_start"],
+                               "scoring": e["training_start"] - e["generation_end"],
+                               "training": now - e["training_start"],
+                               "cpu_total": cpu_now - e["cpu_step_end"],
+                               "cpu_generation": e["cpu_generation_end"] - e["cpu_generation_start"],
+                               "cpu_scoring": e["cpu_training_start"] - e["cpu_generation_end"],
+                               "cpu_training": cpu_now - e["cpu_training_start"]})
             events.clear()
-            events["step_end"] = now
+            events["step_end"], events["cpu_step_end"] = now, cpu_now
 
     logged: list[dict] = []
 
@@ -179,7 +207,7 @@ def run_trl(args) -> dict:
                          callbacks=[Timer(), Metrics()])
     trainer.train()
     eos = tokenizer.eos_token_id
-    for row, logs in zip(iterations, logged):
+    for row, logs in zip(iterations, logged, strict=True):
         # TRL logs the EOS count over the padded [B, T] responses; without a response-length metric we
         # only report its score and KL.
         row.update(score=logs["objective/scores"], kl=logs["objective/kl"],
@@ -195,8 +223,11 @@ def child(args) -> None:
 
 def summarize(runs: list[dict], side: str) -> dict:
     rows = [it for run in runs if run["side"] == side for it in run["iterations"][1:]]  # drop warm-ups
-    out = {k: statistics.median(r[k] for r in rows) for k in ("total", *PHASES)}
+    keys = ("total", *PHASES)
+    out = {k: statistics.median(r[k] for r in rows) for k in keys + tuple(f"cpu_{k}" for k in keys)}
     out["other"] = statistics.median(r["total"] - sum(r[p] for p in PHASES) for r in rows)
+    out["cpu_run_medians"] = [round(statistics.median(it["cpu_total"] for it in run["iterations"][1:]), 3)
+                              for run in runs if run["side"] == side]
     out["run_medians"] = [round(statistics.median(it["total"] for it in run["iterations"][1:]), 3)
                           for run in runs if run["side"] == side]
     out["timed_iterations"] = len(rows)
@@ -231,8 +262,8 @@ def run_all(args) -> dict:
              "--response-length", str(args.response_length), "--max-prompt-length", str(args.max_prompt_length),
              "--temperature", str(args.temperature), "--kl-coef", str(args.kl_coef),
              "--learning-rate", str(args.learning_rate), "--n-prompts", str(args.n_prompts), "--seed", str(args.seed)]
-    result = {"command": " ".join(sys.argv), "machine": machine(), "settings": {k: str(v) for k, v in vars(args).items()},
-              "runs": [], "loadavg": []}
+    result = {"command": " ".join(sys.argv), "machine": machine(), "runs": [], "loadavg": [],
+              "settings": {k: str(v) for k, v in vars(args).items()}}
     for repeat in range(args.repeats):
         for side in ("ours", "trl"):
             started = time.perf_counter()
@@ -248,14 +279,17 @@ def run_all(args) -> dict:
             result["loadavg"].append(os.getloadavg()[0])
             its = run["iterations"][1:]
             print(f"repeat {repeat} {side}: median iteration {statistics.median(i['total'] for i in its):.3f}s "
+                  f"(cpu {statistics.median(i['cpu_total'] for i in its):.3f}s) "
                   f"(gen {statistics.median(i['generation'] for i in its):.3f}, "
                   f"score {statistics.median(i['scoring'] for i in its):.3f}, "
                   f"train {statistics.median(i['training'] for i in its):.3f}), wall {run['wall_s']}s", flush=True)
     ok = [r for r in result["runs"] if "error" not in r]
     result["ours"], result["trl"] = summarize(ok, "ours"), summarize(ok, "trl")
-    result["ratio"] = {k: result["trl"][k] / result["ours"][k] for k in ("total", *PHASES)}
-    result["ratio"]["per_repeat_total"] = [t / o for o, t in zip(result["ours"]["run_medians"],
-                                                                  result["trl"]["run_medians"])]
+    keys = ("total", *PHASES)
+    result["ratio"] = {k: result["trl"][k] / result["ours"][k] for k in keys + tuple(f"cpu_{k}" for k in keys)}
+    for name in ("run_medians", "cpu_run_medians"):
+        pairs = zip(result["ours"][name], result["trl"][name], strict=False)  # a failed run leaves one side short
+        result["ratio"][f"per_repeat_{name}"] = [round(t / o, 3) for o, t in pairs]
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
