@@ -526,7 +526,7 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
     status, iteration, last = "completed", start, {}
     for iteration in range(start + 1, config.iterations + 1):
         if rt.any(should_stop()):
-            status, iteration = "cancelled", iteration - 1
+            status, iteration = "stopped", iteration - 1
             break
         # Prompt order and sampling depend only on (seed, iteration, rank): a resumed run draws the same.
         rng = random.Random(config.seed * 1_000_003 + iteration * 97 + rt.rank)
@@ -546,12 +546,12 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
             samples += [{"iteration": iteration, "prompt": p, "response": r, "score": round(float(s), 4)}
                         for p, r, s in list(zip(rollout.prompts, rollout.responses, rollout.raw_scores))[:4]]
         if stopped:
-            status = "cancelled"
+            status = "stopped"
             break
         if iteration % config.checkpoint_every == 0 and rt.is_main:
             _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema)
     if rt.is_main:
-        if status == "cancelled":
+        if status == "stopped":
             _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema)
         write_jsonl(out / SAMPLES_FILE, samples) if samples else None
         actor = unwrap(models.actor)
