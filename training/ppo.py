@@ -177,12 +177,17 @@ class ValueModel(torch.nn.Module):
 
 
 def sequence_logprobs(model, input_ids, attention_mask, position_ids, n_prompt: int, temperature: float,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probs (under logits / temperature) of the response tokens ``input_ids[:, n_prompt:]``, [B, T]."""
+                      with_entropy: bool = False, entropy_grad: bool = True
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs (under logits / temperature) of the response tokens ``input_ids[:, n_prompt:]``, [B, T].
+    The entropy is computed outside the autograd graph unless ``entropy_grad`` (it only feeds a metric
+    when the entropy bonus is off)."""
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
     logits = logits[:, n_prompt - 1:-1].float() / temperature
     logprobs = torch.gather(logits.log_softmax(dim=-1), 2, input_ids[:, n_prompt:, None]).squeeze(-1)
-    return logprobs, (entropy_from_logits(logits) if with_entropy else None)
+    if not with_entropy:
+        return logprobs, None
+    return logprobs, entropy_from_logits(logits if entropy_grad else logits.detach())
 
 
 def response_values(critic, input_ids, attention_mask, position_ids, n_prompt: int) -> torch.Tensor:
@@ -396,7 +401,8 @@ def ppo_update(models: Models, rollout: Rollout, config: PPOConfig, optimizers, 
             index = order[start:start + config.minibatch_size]
             mb = rollout.rows(index)
             logprobs, entropy = sequence_logprobs(actor, mb.input_ids, mb.attention_mask, mb.position_ids,
-                                                  mb.n_prompt, config.temperature, with_entropy=True)
+                                                  mb.n_prompt, config.temperature, with_entropy=True,
+                                                  entropy_grad=config.entropy_coef > 0)
             pg_loss, clipfrac, approx_kl = policy_loss(logprobs, mb.logprobs, advantages[index], mb.mask,
                                                        config.cliprange)
             entropy_mean = masked_mean(entropy, mb.mask)
