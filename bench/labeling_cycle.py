@@ -28,7 +28,7 @@ samples on a noisy machine) and reports the median of each number. Everything it
 and the temporary directory removed, on success, on error and on Ctrl-C.
 
 Environment: GUNICORN_WORKERS / GUNICORN_THREADS are passed to gunicorn (``--workers`` / ``--threads``
-override them; the benchmark's default is 3 workers × 4 threads on this 2-core machine).
+override them); the default is gunicorn.conf.py's own: 2 workers per core, 4 threads each.
 """
 from __future__ import annotations
 
@@ -50,7 +50,9 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WORKERS = 3
+# The defaults of platform/gunicorn.conf.py (2 workers per core, 4 threads each): a sweep on the 2-core
+# benchmark machine found nothing better (docs/benchmarks.md).
+DEFAULT_WORKERS = (os.cpu_count() or 1) * 2
 DEFAULT_THREADS = 4
 
 # --------------------------------------------------------------------------------------------------
@@ -249,8 +251,9 @@ class Postgres:
 
 
 class Gunicorn:
-    def __init__(self, tmp: Path, port: int, env: dict, workers: int, threads: int):
+    def __init__(self, tmp: Path, port: int, env: dict, workers: int, threads: int, app: str):
         self.port = port
+        self.app = app
         self.env = {**env, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads)}
         self.log_path = tmp / "gunicorn.log"
         self.proc: subprocess.Popen | None = None
@@ -260,7 +263,7 @@ class Gunicorn:
         self._log = open(self.log_path, "a")
         self.proc = subprocess.Popen(
             [str(gunicorn), "-c", str(ROOT / "platform" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}",
-             "rlhf_platform.wsgi"],
+             self.app],
             cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         deadline = time.monotonic() + 60
@@ -776,6 +779,9 @@ def main() -> int:
     p.add_argument("--threads", type=int,
                    default=int(os.environ.get("GUNICORN_THREADS", DEFAULT_THREADS)),
                    help=f"gunicorn threads per worker (env GUNICORN_THREADS, default {DEFAULT_THREADS})")
+    p.add_argument("--app", default="rlhf_platform.wsgi",
+                   help="WSGI app for gunicorn (default rlhf_platform.wsgi; another one, e.g. a prototype on "
+                        "PYTHONPATH, for comparisons)")
     p.add_argument("--quiet-wait", type=float, default=0, metavar="SECONDS",
                    help="before each run, wait up to this long for other processes to leave the CPUs idle")
     p.add_argument("--fast-pg", action="store_true",
@@ -815,7 +821,7 @@ def main() -> int:
         for run_no in range(1, args.runs + 1):
             # Each run gets a fresh database and a fresh gunicorn, so runs are independent samples.
             run_env = prepare_database(pg, env, f"rlhf_run{run_no}")
-            gun = Gunicorn(tmp, free_port(), run_env, args.workers, args.threads)
+            gun = Gunicorn(tmp, free_port(), run_env, args.workers, args.threads, args.app)
             log(f"run {run_no}: starting gunicorn ({args.workers} workers × {args.threads} threads) "
                 f"on 127.0.0.1:{gun.port}")
             gun.start()
@@ -845,7 +851,7 @@ def main() -> int:
                 "labelers": args.labelers, "tasks": args.tasks, "overlap": args.overlap, "k": 4,
                 "lease_seconds": 900, "duration_s": args.duration, "warmup_s": args.warmup,
                 "max_cycles": args.max_cycles, "runs": args.runs, "gunicorn_workers": args.workers,
-                "gunicorn_threads": args.threads, "postgres_durable": not args.fast_pg,
+                "gunicorn_threads": args.threads, "wsgi_app": args.app, "postgres_durable": not args.fast_pg,
                 "cpus": os.cpu_count(), "python": sys.version.split()[0], **git_state(),
             },
             "median": {
