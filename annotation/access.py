@@ -12,7 +12,20 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
 
-from .models import Demonstration, Membership, ModelVersion, Project, Prompt, Ranking, Role, Round, Skip, Task
+from .models import (
+    DatasetSnapshot,
+    Demonstration,
+    Membership,
+    ModelVersion,
+    Project,
+    Prompt,
+    Ranking,
+    Role,
+    Round,
+    Skip,
+    Task,
+    TrainingJob,
+)
 
 ROLE_ORDER = {Role.LABELER: 0, Role.REVIEWER: 1, Role.ADMIN: 2}
 STAFF_ROLE = Role.ADMIN
@@ -120,32 +133,27 @@ def prompts_visible_to(user) -> QuerySet:
     )
 
 
-def prompts_editable_by(user) -> QuerySet:
+def _in_projects_where(user, model, min_role: str) -> QuerySet:
+    """Rows of ``model`` (which has a ``project``) in the projects where the user holds ``min_role``."""
     if user.is_staff:
-        return Prompt.objects.all()
-    return Prompt.objects.filter(project__in=projects_where(user, min_role=Role.ADMIN))
+        return model.objects.all()
+    return model.objects.filter(project__in=projects_where(user, min_role=min_role))
+
+
+def prompts_editable_by(user) -> QuerySet:
+    return _in_projects_where(user, Prompt, Role.ADMIN)
 
 
 def rounds_visible_to(user) -> QuerySet:
-    if user.is_staff:
-        return Round.objects.all()
-    return Round.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
+    return _in_projects_where(user, Round, Role.REVIEWER)
 
 
 def jobs_visible_to(user) -> QuerySet:
-    from .models import TrainingJob
-
-    if user.is_staff:
-        return TrainingJob.objects.all()
-    return TrainingJob.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
+    return _in_projects_where(user, TrainingJob, Role.REVIEWER)
 
 
 def snapshots_visible_to(user) -> QuerySet:
-    from .models import DatasetSnapshot
-
-    if user.is_staff:
-        return DatasetSnapshot.objects.all()
-    return DatasetSnapshot.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
+    return _in_projects_where(user, DatasetSnapshot, Role.REVIEWER)
 
 
 def access_managed(user, queryset: QuerySet, pk: int, what: str):
@@ -159,6 +167,4 @@ def access_managed(user, queryset: QuerySet, pk: int, what: str):
 
 
 def model_versions_visible_to(user) -> QuerySet:
-    if user.is_staff:
-        return ModelVersion.objects.all()
-    return ModelVersion.objects.filter(project__in=projects_where(user, min_role=Role.REVIEWER))
+    return _in_projects_where(user, ModelVersion, Role.REVIEWER)
