@@ -211,7 +211,8 @@ class RoundSerializer(serializers.ModelSerializer):
 
 class StartRoundSerializer(serializers.Serializer):
     config = serializers.JSONField(
-        required=False, default=dict, help_text="Per-stage overrides: {sft: {...}, rm: {...}, ppo: {...}, generate: {...}}"
+        required=False, default=dict,
+        help_text="Per-stage overrides: {sft: {...}, rm: {...}, ppo: {...}, generate: {...}}",
     )
 
 

@@ -69,9 +69,9 @@ class Command(BaseCommand):
         base = ModelVersion.objects.create(project=project, stage=ModelVersion.Stage.BASE, name="offline tiny base",
                                            artifact_path=str(BASE_MODEL))
         Project.objects.filter(pk=project.pk).update(base_model=base)
-        self.stdout.write(f"Imported Anthropic's preference and chosen response for {IMPORTED_LABELS} prompts as labels "
-                          f"(user 'hh-rlhf-import'); base model: {BASE_MODEL}. Start a round at /manage/projects/"
-                          f"{project.pk}/.")
+        self.stdout.write(f"Imported Anthropic's preference and chosen response for {IMPORTED_LABELS} prompts as "
+                          f"labels (user 'hh-rlhf-import'); base model: {BASE_MODEL}. Start a round at "
+                          f"/manage/projects/{project.pk}/.")
         oasst = Project.objects.create(name=OASST_PROJECT, guidelines=GUIDELINES, k=4, overlap=2,
                                        demonstrations_enabled=False, prompt_writing_enabled=False)
         for membership in project.memberships.filter(user__username__in=[name for name, _, _ in USERS]):
