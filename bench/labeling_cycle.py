@@ -843,6 +843,8 @@ def main() -> int:
                 "median": {k: statistics.median(v) for k, v in orm["counts"].items()},
                 "sql": {k: [q[:300] for q in v] for k, v in orm["sql"].items()},
             }
+            if args.app != "rlhf_platform.wsgi":
+                queries["django_orm_queries"]["note"] = "measured in-process on rlhf_platform, not on --app"
 
         summary = {
             "benchmark": "labeling_cycle",
@@ -857,6 +859,7 @@ def main() -> int:
             "median": {
                 "cycles_per_s": median_of(results, "cycles_per_s"),
                 "cpu_ms_per_cycle": median_of(results, "cpu_ms_per_cycle"),
+                "cpu_cores_busy_other_processes": median_of(results, "cpu_cores_busy_other_processes"),
                 "requests_per_s": median_of(results, "requests_per_s"),
                 **{f"{call}_{q}": median_of(results, call, q)
                    for call in ("next_task", "submit_ranking") for q in ("p50_ms", "p95_ms", "p99_ms")},
