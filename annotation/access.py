@@ -13,6 +13,7 @@ from django.db.models import OuterRef, Q, QuerySet, Subquery
 from django.http import Http404
 
 from .models import (
+    Candidate,
     DatasetSnapshot,
     Demonstration,
     Membership,
@@ -24,6 +25,7 @@ from .models import (
     Round,
     Skip,
     Task,
+    TaskSlot,
     TrainingJob,
 )
 
@@ -48,6 +50,12 @@ def _with_role(queryset: QuerySet, user, project_field: str) -> QuerySet:
     """Annotate each row with the user's role in its project, in the same query."""
     role = Membership.objects.filter(user=user, project=OuterRef(project_field)).values("role")[:1]
     return queryset.annotate(user_role=Subquery(role))
+
+
+def projects_with_role(user) -> QuerySet:
+    """The projects the user may see, each annotated with the user's membership ``user_role`` (None for
+    site staff outside the project), in the same query."""
+    return _with_role(projects_visible_to(user), user, "pk")
 
 
 def access_project_by_id(user, project_id: int, *, min_role: str = Role.LABELER) -> Project:
@@ -80,6 +88,26 @@ def _access_own(queryset: QuerySet, user, pk: int, owner_field: str, what: str):
     return obj
 
 
+def access_prompt_by_id(user, prompt_id: int, *, for_change: bool = False) -> Prompt:
+    """A prompt the user may read (reviewers and admins of its project, or its labeler author); with
+    ``for_change``, one they may change (project admins): others who can read it get 403."""
+    prompt = prompts_visible_to(user).filter(pk=prompt_id).first()
+    if prompt is None:
+        raise Http404("No such prompt.")
+    if for_change and not prompts_editable_by(user).filter(pk=prompt_id).exists():
+        raise PermissionDenied("Only project admins change prompts.")
+    return prompt
+
+
+def access_candidate_by_id(user, candidate_id: int, *, min_role: str = Role.REVIEWER) -> Candidate:
+    """A candidate of a project where the user holds ``min_role``, with its prompt and model loaded."""
+    candidate = Candidate.objects.select_related("prompt", "model_version").filter(pk=candidate_id).first()
+    if candidate is None:
+        raise Http404("No such candidate.")
+    access_project_by_id(user, candidate.prompt.project_id, min_role=min_role)
+    return candidate
+
+
 def access_own_ranking(user, ranking_id: int) -> Ranking:
     """A ranking the user submitted (others' visible rankings give 403, invisible ones 404)."""
     queryset = rankings_visible_to(user).select_related("task__round", "task__project")
@@ -101,6 +129,16 @@ def projects_visible_to(user) -> QuerySet:
     if user.is_staff:
         return Project.objects.all()
     return Project.objects.filter(pk__in=projects_where(user, min_role=Role.LABELER))
+
+
+def tasks_visible_to(user) -> QuerySet:
+    """Reviewers and admins see their projects' tasks; labelers see the tasks they hold or did."""
+    if user.is_staff:
+        return Task.objects.all()
+    return Task.objects.filter(
+        Q(project__in=projects_where(user, min_role=Role.REVIEWER))
+        | Q(pk__in=TaskSlot.objects.filter(labeler=user).values("task_id"))
+    )
 
 
 def _submissions_visible_to(user, queryset: QuerySet, owner_field: str) -> QuerySet:

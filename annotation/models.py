@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import Exists, OuterRef, Q
 from django.utils import timezone
 
 MIN_K, MAX_K = 2, 9
@@ -30,13 +30,6 @@ class Role(models.TextChoices):
     LABELER = "labeler", "Labeler"
     REVIEWER = "reviewer", "Reviewer"
     ADMIN = "admin", "Admin"
-
-
-class ProjectQuerySet(models.QuerySet):
-    def visible_to(self, user) -> ProjectQuerySet:
-        if user.is_staff:
-            return self
-        return self.filter(memberships__user=user).distinct()
 
 
 class Project(models.Model):
@@ -68,8 +61,6 @@ class Project(models.Model):
     active_policy = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
                                       related_name="+", help_text="The policy that generates new candidates.")
     created = models.DateTimeField(auto_now_add=True)
-
-    objects = ProjectQuerySet.as_manager()
 
     class Meta:
         ordering = ["id"]
@@ -193,8 +184,20 @@ class ReviewStatus(models.TextChoices):
     REJECTED = "rejected", "Rejected"
 
 
+class RoundManager(models.Manager):
+    def current_for(self, project: Project) -> Round:
+        """The round whose labels are being collected (round 1, created on first use, holds the imported
+        tasks)."""
+        latest = self.filter(project=project).order_by("-number").first()
+        return latest if latest is not None else self.get_or_create(project=project, number=1)[0]
+
+    def next_after(self, round: Round) -> Round:
+        """The round after ``round`` (created on first use): where a round's generated tasks go."""
+        return self.get_or_create(project_id=round.project_id, number=round.number + 1)[0]
+
+
 class Round(models.Model):
-    """A training round of a project. Later issues fill in how rounds run."""
+    """A training round of a project: it collects labels, then trains on them (see ``annotation.loop``)."""
 
     class Status(models.TextChoices):
         COLLECTING = "collecting", "Collecting labels"
@@ -210,6 +213,10 @@ class Round(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True, help_text="When training on this round's labels began.")
     finished = models.DateTimeField(null=True, blank=True)
+    run = models.PositiveIntegerField(
+        default=0, help_text="How many times training was started; jobs of an earlier run are superseded.")
+
+    objects = RoundManager()
 
     class Meta:
         ordering = ["project_id", "number"]
@@ -217,6 +224,12 @@ class Round(models.Model):
 
     def __str__(self) -> str:
         return f"{self.project} round {self.number}"
+
+
+class ModelVersionManager(models.Manager):
+    def latest_for(self, project: Project, stage: str) -> ModelVersion | None:
+        """The project's newest model of ``stage`` (e.g. the SFT model the next round continues from)."""
+        return self.filter(project=project, stage=stage).order_by("-id").first()
 
 
 class ModelVersion(models.Model):
@@ -237,6 +250,8 @@ class ModelVersion(models.Model):
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
     created = models.DateTimeField(auto_now_add=True)
+
+    objects = ModelVersionManager()
 
     class Meta:
         ordering = ["id"]
@@ -285,11 +300,11 @@ class Candidate(models.Model):
 
 
 class TaskQuerySet(models.QuerySet):
-    def rankings(self) -> TaskQuerySet:
-        return self.filter(kind=TaskKind.RANKING)
-
-    def demonstrations(self) -> TaskQuerySet:
-        return self.filter(kind=TaskKind.DEMONSTRATION)
+    def for_display(self) -> TaskQuerySet:
+        """Everything a task page or the task API shows, in three queries whatever the number of tasks."""
+        return self.select_related("prompt").prefetch_related(
+            models.Prefetch("task_candidates",
+                            queryset=TaskCandidate.objects.select_related("candidate").order_by("position")))
 
 
 class Task(models.Model):
@@ -309,6 +324,9 @@ class Task(models.Model):
     prompt = models.ForeignKey(Prompt, on_delete=models.CASCADE, related_name="tasks")
     candidates = models.ManyToManyField(Candidate, through="TaskCandidate", related_name="tasks")
     round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.SET_NULL, related_name="tasks")
+    source_job = models.ForeignKey(
+        "TrainingJob", null=True, blank=True, on_delete=models.SET_NULL, related_name="created_tasks",
+        help_text="The generate job that made this task; a redelivered job finds its tasks by this key.")
     target_overlap = models.PositiveSmallIntegerField(default=1)
     done_count = models.PositiveSmallIntegerField(default=0)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
@@ -324,6 +342,9 @@ class Task(models.Model):
                 condition=Q(done_count__lte=models.F("target_overlap")), name="task_never_over_done"
             ),
             models.CheckConstraint(condition=Q(kind__in=["demonstration", "ranking"]), name="task_kind_valid"),
+            # A generate job makes at most one task per prompt, even when its message is delivered twice.
+            models.UniqueConstraint(fields=["source_job", "prompt"], condition=Q(source_job__isnull=False),
+                                    name="one_task_per_prompt_and_source_job"),
         ]
         indexes = [models.Index(fields=["project", "kind", "status", "-done_count", "id"], name="task_queue_order")]
 
@@ -333,20 +354,6 @@ class Task(models.Model):
     def is_correctable(self) -> bool:
         """Labels can be corrected until the task's round closes (a task without a round stays open)."""
         return self.round_id is None or self.round.status == Round.Status.COLLECTING
-
-
-class RankingTaskManager(models.Manager):
-    def get_queryset(self):
-        return super().get_queryset().filter(kind=TaskKind.RANKING)
-
-
-class RankingTask(Task):
-    """Ranking tasks only: a prompt and its k candidates to order from best to worst."""
-
-    objects = RankingTaskManager()
-
-    class Meta:
-        proxy = True
 
 
 class TaskCandidate(models.Model):
@@ -360,6 +367,24 @@ class TaskCandidate(models.Model):
             models.UniqueConstraint(fields=["task", "candidate"], name="candidate_once_per_task"),
             models.UniqueConstraint(fields=["task", "position"], name="position_once_per_task"),
         ]
+
+
+class TaskSlotQuerySet(models.QuerySet):
+    def claimable_by(self, *, user, project: Project, kind: str, now) -> TaskSlotQuerySet:
+        """Slots the user may lease, nearest-to-complete tasks first.
+
+        A slot is claimable when it is free or its lease has expired, its task is open, and the user has
+        neither a slot of that task (leased or done) nor a skip on it.
+        """
+        mine = TaskSlot.objects.filter(task_id=OuterRef("task_id"), labeler=user)
+        skipped = Skip.objects.filter(task_id=OuterRef("task_id"), labeler=user)
+        return (
+            self.filter(project=project, kind=kind, task__status=Task.Status.OPEN)
+            .filter(Q(status=TaskSlot.Status.FREE) | Q(status=TaskSlot.Status.LEASED, lease_expires__lte=now))
+            .exclude(Exists(mine))
+            .exclude(Exists(skipped))
+            .order_by("-task__done_count", "task_id", "index")
+        )
 
 
 class TaskSlot(models.Model):
@@ -381,6 +406,8 @@ class TaskSlot(models.Model):
     )
     leased_at = models.DateTimeField(null=True, blank=True)
     lease_expires = models.DateTimeField(null=True, blank=True)
+
+    objects = TaskSlotQuerySet.as_manager()
 
     class Meta:
         ordering = ["task_id", "index"]
@@ -544,6 +571,15 @@ class JobStage(models.TextChoices):
     GENERATE = "generate", "Generate candidates"
 
 
+class TrainingJobQuerySet(models.QuerySet):
+    def stale(self, now=None) -> TrainingJobQuerySet:
+        """Running jobs whose heartbeat is older than ``TRAINING_JOB_STALE_SECONDS``: their worker is taken
+        to be dead. The heartbeat is the truth; the broker's visibility timeout is only a backstop."""
+        now = now or timezone.now()
+        cutoff = now - timedelta(seconds=settings.TRAINING_JOB_STALE_SECONDS)
+        return self.filter(status=TrainingJob.Status.RUNNING, heartbeat__lt=cutoff)
+
+
 class TrainingJob(models.Model):
     """One run of a training stage, executed by one Celery task on the ``training`` queue."""
 
@@ -571,7 +607,11 @@ class TrainingJob(models.Model):
     log_tail = models.TextField(blank=True)
     error = models.TextField(blank=True, help_text="The traceback of a failed run.")
     worker_host = models.CharField(max_length=255, blank=True)
-    attempts = models.PositiveIntegerField(default=0)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True, help_text="The process that runs it.")
+    attempts = models.PositiveIntegerField(default=0, help_text="Claims by a worker since it was (re)queued.")
+    max_attempts = models.PositiveSmallIntegerField(
+        default=3, help_text="Workers that may die running it before it fails (an OOM kill, say).")
+    round_run = models.PositiveIntegerField(default=0, help_text="The run of its round that created it.")
     cancel_requested = models.BooleanField(default=False)
     heartbeat = models.DateTimeField(null=True, blank=True)
     output_dir = models.CharField(max_length=1000, blank=True)
@@ -580,6 +620,8 @@ class TrainingJob(models.Model):
     created = models.DateTimeField(auto_now_add=True)
     started = models.DateTimeField(null=True, blank=True)
     finished = models.DateTimeField(null=True, blank=True)
+
+    objects = TrainingJobQuerySet.as_manager()
 
     class Meta:
         ordering = ["-id"]
@@ -595,3 +637,8 @@ class TrainingJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+    def is_superseded(self) -> bool:
+        """True when its round was started again since this job was made: the job belongs to an older run
+        of the round's pipeline, which must never advance."""
+        return self.round_id is not None and self.round.run != self.round_run

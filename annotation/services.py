@@ -9,9 +9,8 @@ so every caller reports them the same way.
 from __future__ import annotations
 
 import random
-import statistics
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypedDict
@@ -19,11 +18,11 @@ from typing import TypedDict
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, Exists, F, OuterRef, ProtectedError, Q, QuerySet, Value, When
+from django.db.models import Case, F, ProtectedError, Q, Value, When
 from django.utils import timezone
-from rest_framework import status
-from rest_framework.exceptions import APIException, ValidationError
+from rest_framework.exceptions import ValidationError
 
+from .errors import Conflict
 from .models import (
     Candidate,
     Demonstration,
@@ -43,13 +42,6 @@ from .models import (
     render_messages,
     validate_messages,
 )
-
-
-class Conflict(APIException):
-    status_code = status.HTTP_409_CONFLICT
-    default_detail = "The request conflicts with the current state."
-    default_code = "conflict"
-
 
 LABEL_FIELDS = ("fails_instruction", "hallucination", "inappropriate", "harmful")
 
@@ -121,11 +113,12 @@ def _clean_candidates(project: Project, raw: Sequence[CandidateInput | str] | No
 
 
 def create_task(*, prompt: Prompt, kind: str, candidates: Sequence[Candidate] = (), round=None,
-                overlap: int | None = None, shuffle_seed: int | None = None) -> Task:
+                overlap: int | None = None, shuffle_seed: int | None = None, source_job=None) -> Task:
     """A task with ``overlap`` free slots; ranking candidates are shown in a shuffled, fixed order."""
     project = prompt.project
     overlap = overlap or project.overlap
-    task = Task.objects.create(project=project, kind=kind, prompt=prompt, round=round, target_overlap=overlap)
+    task = Task.objects.create(project=project, kind=kind, prompt=prompt, round=round, target_overlap=overlap,
+                               source_job=source_job)
     TaskSlot.objects.bulk_create(
         TaskSlot(task=task, project=project, kind=kind, index=i) for i in range(overlap)
     )
@@ -136,6 +129,30 @@ def create_task(*, prompt: Prompt, kind: str, candidates: Sequence[Candidate] = 
             TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate(order)
         )
     return task
+
+
+@transaction.atomic
+def create_ranking_tasks(*, source_job, round, proposals: Sequence[tuple[Prompt, list[Candidate]]]) -> int:
+    """The generated candidates (unsaved, origin "model") and one ranking task per prompt that has the
+    project's k of them, in ``round``; returns the number of tasks made.
+
+    All or nothing, and keyed by ``source_job``: a job that already made its tasks (a redelivered message
+    after its worker died) makes nothing new, and the (source_job, prompt) unique constraint makes a second
+    batch impossible even for two deliveries at once."""
+    if Task.objects.filter(source_job=source_job).exists():
+        return 0
+    created = 0
+    for prompt, candidates in proposals:
+        if len(candidates) < prompt.project.k:
+            continue
+        for candidate in candidates:
+            # Model output is untrusted text: PostgreSQL refuses NUL characters, so they are replaced.
+            candidate.text = candidate.text.replace("\x00", "\ufffd")
+        Candidate.objects.bulk_create(candidates)
+        create_task(prompt=prompt, kind=TaskKind.RANKING, candidates=candidates, round=round,
+                    shuffle_seed=source_job.pk * 100_003 + prompt.pk, source_job=source_job)
+        created += 1
+    return created
 
 
 def _create_prompt_with_tasks(*, project: Project, item: PromptInput, source: str, author=None,
@@ -226,23 +243,6 @@ def write_prompt(*, author, project: Project, item: PromptInput, client_token: u
 # --- The task queue -------------------------------------------------------------------------------
 
 
-def _claimable(*, user, project: Project, kind: str, now) -> QuerySet[TaskSlot]:
-    """Slots the user may lease, nearest-to-complete tasks first.
-
-    A slot is claimable when it is free or its lease has expired, its task is open, and the user has
-    neither a slot of that task (leased or done) nor a skip on it.
-    """
-    mine = TaskSlot.objects.filter(task_id=OuterRef("task_id"), labeler=user)
-    skipped = Skip.objects.filter(task_id=OuterRef("task_id"), labeler=user)
-    return (
-        TaskSlot.objects.filter(project=project, kind=kind, task__status=Task.Status.OPEN)
-        .filter(Q(status=TaskSlot.Status.FREE) | Q(status=TaskSlot.Status.LEASED, lease_expires__lte=now))
-        .exclude(Exists(mine))
-        .exclude(Exists(skipped))
-        .order_by("-task__done_count", "task_id", "index")
-    )
-
-
 def _my_open_lease(*, user, project: Project, kind: str) -> TaskSlot | None:
     """The slot the user already holds; an expired lease still counts while nobody else has taken it."""
     return (
@@ -290,7 +290,7 @@ def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Le
                 if held is not None:
                     _lease(held.pk, user=user, project=project, now=now, only_if_claimable=False)
                     return Lease(task_id=held.task_id, expires=now + project.lease_duration)
-                candidates = _claimable(user=user, project=project, kind=kind, now=now)
+                candidates = TaskSlot.objects.claimable_by(user=user, project=project, kind=kind, now=now)
                 if connection.features.has_select_for_update_skip_locked:
                     candidates = candidates.select_for_update(skip_locked=True, of=("self",))
                 slot = candidates.only("id", "task_id").first()
@@ -312,7 +312,8 @@ def _lock_my_slot(*, user, task: Task, now) -> TaskSlot:
     slot = TaskSlot.objects.select_for_update().filter(task=task, labeler=user).first()
     if slot is not None:
         return slot
-    for free in _claimable(user=user, project=task.project, kind=task.kind, now=now).filter(task=task):
+    claimable = TaskSlot.objects.claimable_by(user=user, project=task.project, kind=task.kind, now=now)
+    for free in claimable.filter(task=task):
         if _lease(free.pk, user=user, project=task.project, now=now, only_if_claimable=True):
             return TaskSlot.objects.select_for_update().get(pk=free.pk)
     if Skip.objects.filter(task=task, labeler=user).exists():
@@ -488,7 +489,8 @@ def undo_skip(*, labeler, task: Task) -> Lease | None:
                             status=TaskSlot.Status.LEASED).update(
         status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None)
     now = timezone.now()
-    for slot in _claimable(user=labeler, project=task.project, kind=task.kind, now=now).filter(task=task):
+    claimable = TaskSlot.objects.claimable_by(user=labeler, project=task.project, kind=task.kind, now=now)
+    for slot in claimable.filter(task=task):
         if _lease(slot.pk, user=labeler, project=task.project, now=now, only_if_claimable=True):
             return Lease(task_id=task.pk, expires=now + task.project.lease_duration)
     return None
@@ -502,47 +504,6 @@ def release_task(*, labeler, task: Task) -> bool:
         raise Conflict("You hold no lease on this task.")
     _free_slot(user=labeler, task=task)
     return True
-
-
-def waiting_counts(*, user, project: Project) -> dict[str, int]:
-    """Tasks of each kind the user could get now: open slots they may claim, plus their own leases."""
-    now = timezone.now()
-    counts = {}
-    for kind in (TaskKind.DEMONSTRATION, TaskKind.RANKING):
-        if not project.kind_enabled(kind):
-            continue
-        claimable = _claimable(user=user, project=project, kind=kind, now=now).values("task_id").distinct().count()
-        held = TaskSlot.objects.filter(labeler=user, project=project, kind=kind, status=TaskSlot.Status.LEASED).count()
-        counts[kind] = claimable + held
-    return counts
-
-
-# --- Stats ----------------------------------------------------------------------------------------
-
-
-def _median(values: Iterable[float]) -> float | None:
-    values = list(values)
-    return round(statistics.median(values), 1) if values else None
-
-
-def labeler_stats(*, user, since=None) -> dict:
-    """Counts and median seconds per task kind, all time and since ``since`` (default: today, UTC)."""
-    since = since or timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
-    rankings = list(Ranking.objects.filter(labeler=user).values_list("seconds_spent", "created"))
-    demos = list(Demonstration.objects.filter(author=user).values_list("seconds_spent", "created"))
-
-    def summary(rows):
-        today = [s for s, created in rows if created >= since]
-        return {"count": len(rows), "median_seconds": _median(s for s, _ in rows),
-                "today": len(today), "today_median_seconds": _median(today)}
-
-    return {
-        "ranking": summary(rankings),
-        "demonstration": summary(demos),
-        "prompt_writing": {"count": Prompt.objects.filter(author=user, source=Prompt.Source.LABELER).count()},
-        "skips": Skip.objects.filter(labeler=user).count(),
-        "since": since.isoformat(),
-    }
 
 
 def expire_leases(*, now=None) -> int:

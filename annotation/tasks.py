@@ -1,5 +1,8 @@
-"""Celery tasks: options plus one call. Heavy imports stay inside the functions so the web process
-never loads torch."""
+"""Celery entry points: task options plus one call. Nothing imports this module: code enqueues work by
+task name (``annotation.loop.rounds.enqueue``); Celery finds these by autodiscovery.
+
+Importing it never loads torch: the stage runners import the training library inside their functions.
+"""
 from __future__ import annotations
 
 import platform
@@ -7,13 +10,15 @@ import socket
 import sysconfig
 
 from celery import shared_task
+from django.db import connection
+
+from . import services
+from .loop import worker
 
 
 @shared_task(name="annotation.tasks.health")
 def health() -> dict:
     """Proves a worker is up, reaches the database, and uses the standard library's ``platform``."""
-    from django.db import connection
-
     with connection.cursor() as cursor:
         cursor.execute("SELECT 1")
     return {
@@ -27,21 +32,18 @@ def health() -> dict:
 
 @shared_task(name="annotation.tasks.expire_leases", ignore_result=True)
 def expire_leases() -> int:
-    from . import services
-
     return services.expire_leases()
 
 
-@shared_task(bind=True, name="annotation.tasks.run_training_job", acks_late=True, reject_on_worker_lost=True,
-             max_retries=None)
-def run_training_job(self, job_id: int) -> str:
+@shared_task(name="annotation.tasks.run_training_job", acks_late=True, reject_on_worker_lost=True)
+def run_training_job(job_id: int) -> str:
     """One training stage. Claimed atomically, so a duplicate delivery does nothing; a delivery after the
-    worker died resumes the job from its checkpoint. A job held by a worker whose heartbeat is still
-    fresh is looked at again once it could have gone stale. A failed stage is not retried automatically:
-    it waits for an admin's retry."""
-    from .jobs import BUSY, run_job, stale_after
+    worker died resumes the job from its checkpoint. A failed stage is not retried automatically: it
+    waits for an admin's retry. A job whose worker dies is found by ``sweep_dead_jobs``."""
+    return worker.run_job(job_id)
 
-    status = run_job(job_id)
-    if status == BUSY:
-        raise self.retry(countdown=stale_after() + 1)
-    return status
+
+@shared_task(name="annotation.tasks.sweep_dead_jobs", ignore_result=True)
+def sweep_dead_jobs() -> dict:
+    """Requeue, fail or cancel running jobs whose heartbeat went stale (Celery beat)."""
+    return worker.sweep_dead_jobs()

@@ -2,6 +2,7 @@
 leases, validation and idempotency live in services.py only."""
 from __future__ import annotations
 
+import json
 import uuid
 from functools import wraps
 
@@ -11,8 +12,9 @@ from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
-from . import access, services
-from .models import Demonstration, Ranking, Role, Task, TaskKind, TaskSlot
+from . import access, services, stats
+from .loop.config import preset
+from .models import Demonstration, ModelVersion, Ranking, Role, Task, TaskKind, TaskSlot, TrainingJob
 from .rendering import render_markdown
 
 # Pages run no inline script and load nothing from elsewhere: model output can never execute.
@@ -37,9 +39,9 @@ def labeler_page(view):
 
 @labeler_page
 def home(request):
-    projects = list(access._with_role(access.projects_visible_to(request.user), request.user, "pk").order_by("name"))
-    rows = [{"project": p, "waiting": services.waiting_counts(user=request.user, project=p)} for p in projects]
-    return render(request, "annotation/home.html", {"rows": rows, "stats": services.labeler_stats(user=request.user)})
+    projects = list(access.projects_with_role(request.user).order_by("name"))
+    rows = [{"project": p, "waiting": stats.waiting_counts(user=request.user, project=p)} for p in projects]
+    return render(request, "annotation/home.html", {"rows": rows, "stats": stats.labeler_stats(user=request.user)})
 
 
 def _task_context(request, project, kind: str, task_id: int | None = None) -> dict:
@@ -58,9 +60,7 @@ def _task_context(request, project, kind: str, task_id: int | None = None) -> di
 
 
 def _task_for_page(task_id: int) -> Task:
-    from .api.views import task_detail_queryset
-
-    task = task_detail_queryset().get(pk=task_id)
+    task = Task.objects.for_display().get(pk=task_id)
     task.cards = [link.candidate for link in task.task_candidates.all()]
     return task
 
@@ -146,24 +146,17 @@ def markdown_preview(request):
 @labeler_page
 def manage_project(request, project_id: int):
     """Rounds and jobs of a project with live progress, the start-round form, and the model lineage."""
-    import json
-
-    from .rounds import DEFAULT_ROUND_CONFIG
-    from .models import ModelVersion, TrainingJob
-
     project = access.access_project_by_id(request.user, project_id, min_role=Role.ADMIN)
     models = list(ModelVersion.objects.filter(project=project).select_related("parent", "round").order_by("id"))
     jobs = TrainingJob.objects.filter(project=project).select_related("round", "result_model").order_by("-id")[:50]
     return render(request, "annotation/manage_project.html", {
         "project": project, "rounds": project.rounds.order_by("-number"), "jobs": jobs, "models": models,
-        "default_config": json.dumps(DEFAULT_ROUND_CONFIG, indent=2),
+        "default_config": json.dumps(preset(), indent=2),
     })
 
 
 @labeler_page
 def manage_job(request, job_id: int):
-    from .models import TrainingJob
-
     job = access.access_managed(request.user, access.jobs_visible_to(request.user), job_id, "job")
     job = TrainingJob.objects.select_related("project", "round", "result_model", "snapshot").get(pk=job.pk)
     return render(request, "annotation/manage_job.html", {"job": job, "project": job.project,

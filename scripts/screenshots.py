@@ -39,7 +39,8 @@ for kind in ("ranking", "demonstration"):
         services.submit_demonstration(author=alice, task=task, text="A first answer.", seconds_spent=95)
 # A short training round (run in-process) so the admin pages have jobs, charts and lineage to show.
 from rlhf_platform.celery import app
-from annotation import rounds
+from annotation.loop import rounds
+app.loader.import_default_modules()  # registers annotation.tasks, as a worker's autodiscovery does
 app.conf.task_always_eager = True
 rounds.start_round(project=hh, config={{
     "sft": {{"max_steps": 20, "log_every": 1}}, "rm": {{"max_steps": 20, "log_every": 1}},

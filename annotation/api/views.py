@@ -6,9 +6,7 @@ import sysconfig
 import uuid
 
 from django.db import connection
-from django.db.models import Prefetch, Q
 from django.http import FileResponse, Http404, JsonResponse
-from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -16,9 +14,10 @@ from rest_framework.exceptions import PermissionDenied
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import access, rounds, services
+from .. import access, services, stats
+from ..loop import rounds
+from ..loop.snapshots import snapshot_file
 from ..models import (
-    Candidate,
     DatasetSnapshot,
     Demonstration,
     Membership,
@@ -29,12 +28,10 @@ from ..models import (
     Role,
     Round,
     Task,
-    TaskCandidate,
     TaskKind,
     TaskSlot,
     TrainingJob,
 )
-from ..snapshots import snapshot_file
 from . import filters
 from . import serializers as s
 
@@ -52,15 +49,8 @@ def health(request):
     })
 
 
-def task_detail_queryset():
-    """Everything a task page shows, in three queries whatever the number of tasks."""
-    return Task.objects.select_related("prompt").prefetch_related(
-        Prefetch("task_candidates", queryset=TaskCandidate.objects.select_related("candidate").order_by("position"))
-    )
-
-
 def render_task(task_id: int, lease_expires) -> dict:
-    task = task_detail_queryset().get(pk=task_id)
+    task = Task.objects.for_display().get(pk=task_id)
     task.lease_expires = lease_expires
     return s.TaskSerializer(task).data
 
@@ -72,7 +62,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
     serializer_class = s.ProjectSerializer
 
     def get_queryset(self):
-        return access._with_role(access.projects_visible_to(self.request.user), self.request.user, "pk")
+        return access.projects_with_role(self.request.user)
 
     def get_object(self):
         min_role = Role.LABELER if self.request.method in ("GET", "HEAD", "OPTIONS") else Role.ADMIN
@@ -174,14 +164,8 @@ class PromptViewSet(viewsets.ModelViewSet):
             self.action, s.PromptSerializer)
 
     def get_object(self):
-        if self.request.method in ("GET", "HEAD", "OPTIONS"):
-            return super().get_object()
-        prompt = access.prompts_editable_by(self.request.user).filter(pk=self.kwargs["pk"]).first()
-        if prompt is None:
-            if access.prompts_visible_to(self.request.user).filter(pk=self.kwargs["pk"]).exists():
-                raise PermissionDenied("Only project admins change prompts.")
-            raise Http404("No such prompt.")
-        return prompt
+        for_change = self.request.method not in ("GET", "HEAD", "OPTIONS")
+        return access.access_prompt_by_id(self.request.user, self.kwargs["pk"], for_change=for_change)
 
     def create(self, request, *args, **kwargs):
         body = s.PromptCreateSerializer(data=request.data)
@@ -215,14 +199,7 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
     filterset_class = filters.TaskFilter
 
     def get_queryset(self):
-        user = self.request.user
-        queryset = task_detail_queryset().order_by("id")
-        if user.is_staff:
-            return queryset
-        return queryset.filter(
-            Q(project__in=access.projects_where(user, min_role=Role.REVIEWER))
-            | Q(pk__in=TaskSlot.objects.filter(labeler=user).values("task_id"))
-        )
+        return access.tasks_visible_to(self.request.user).for_display().order_by("id")
 
     def retrieve(self, request, pk=None):
         task = access.access_task_by_id(request.user, pk)
@@ -420,8 +397,7 @@ class CandidateLineageView(APIView):
     @extend_schema(responses=dict)
     def get(self, request, pk):
         """From a generated candidate to the model that produced it and the labels that trained it."""
-        candidate = get_object_or_404(Candidate.objects.select_related("prompt", "model_version"), pk=pk)
-        access.access_project_by_id(request.user, candidate.prompt.project_id, min_role=Role.REVIEWER)
+        candidate = access.access_candidate_by_id(request.user, pk)
         if candidate.model_version is None:
             return Response({"candidate": candidate.pk, "origin": candidate.origin, "lineage": []})
         return Response({"candidate": candidate.pk, "origin": candidate.origin,
@@ -433,5 +409,5 @@ class MyStatsView(APIView):
     @extend_schema(responses=s.StatsSerializer)
     def get(self, request):
         """Your counts and median seconds per task kind, all time and today."""
-        return Response(services.labeler_stats(user=request.user))
+        return Response(stats.labeler_stats(user=request.user))
 

@@ -108,7 +108,8 @@ CELERY_TASK_ROUTES = {"annotation.tasks.run_training_job": {"queue": "training"}
 CELERY_TASK_ACKS_LATE = True
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# A job whose worker dies is redelivered once the visibility timeout passes.
+# A message whose worker died unacknowledged is redelivered once the visibility timeout passes. This is only
+# a backstop: the job's heartbeat and the sweep below find a dead worker within minutes.
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": envint("CELERY_VISIBILITY_TIMEOUT", 3600)}
 CELERY_TASK_SERIALIZER = "json"
 CELERY_RESULT_SERIALIZER = "json"
@@ -120,9 +121,14 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 ARTIFACT_ROOT = Path(envstr("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
-# A running job whose heartbeat is older than this is taken to have lost its worker: a redelivered
-# message may claim it and resume from its checkpoint.
+# A running job's worker writes a heartbeat every quarter of this; once it is older than this, the worker is
+# taken to be dead: the periodic sweep requeues the job (it resumes from its checkpoint) or, past
+# TRAINING_JOB_MAX_ATTEMPTS claims, fails it. A dead worker is noticed within STALE + SWEEP seconds.
 TRAINING_JOB_STALE_SECONDS = envint("TRAINING_JOB_STALE_SECONDS", 120)
+TRAINING_JOB_SWEEP_SECONDS = envint("TRAINING_JOB_SWEEP_SECONDS", 60)
+TRAINING_JOB_MAX_ATTEMPTS = envint("TRAINING_JOB_MAX_ATTEMPTS", 3)
+CELERY_BEAT_SCHEDULE["sweep-dead-jobs"] = {"task": "annotation.tasks.sweep_dead_jobs",
+                                           "schedule": float(TRAINING_JOB_SWEEP_SECONDS)}
 
 # --- Auth, i18n, static ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -13,7 +13,7 @@ import pytest
 from django.core.management import call_command
 from django.db import connection
 
-from annotation import rounds
+from annotation.loop import rounds
 from annotation.models import ModelVersion, Round, Task, TrainingJob
 from tests.integration.conftest import TINY_ROUND
 

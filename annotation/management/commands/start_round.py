@@ -6,8 +6,9 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from rest_framework.exceptions import APIException
 
-from annotation import rounds
 from annotation.importing import format_errors
+from annotation.loop import rounds
+from annotation.loop.config import PRESETS
 from annotation.models import Project
 
 
@@ -18,8 +19,9 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="project name or id")
         parser.add_argument("--config", help="JSON overrides per stage, or @file.json")
+        parser.add_argument("--preset", choices=sorted(PRESETS), help="round preset (default: cpu-demo)")
 
-    def handle(self, *args, project: str, config: str | None, **options):
+    def handle(self, *args, project: str, config: str | None, preset: str | None = None, **options):
         target = Project.objects.filter(pk=int(project)).first() if project.isdigit() else None
         target = target or Project.objects.filter(name=project).first()
         if target is None:
@@ -28,6 +30,8 @@ class Command(BaseCommand):
             overrides = json.loads(Path(config[1:]).read_text() if config and config.startswith("@") else config or "{}")
         except (OSError, json.JSONDecodeError) as exc:
             raise CommandError(f"--config: {exc}") from None
+        if preset:
+            overrides = {**overrides, "preset": preset}
         try:
             round_ = rounds.start_round(project=target, config=overrides)
         except APIException as exc:

@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 
 from training.data import VERSION
 
-from .models import DatasetSnapshot, Demonstration, Project, Prompt, Ranking, ReviewStatus, Split, TaskKind
+from ..models import DatasetSnapshot, Demonstration, Project, Prompt, Ranking, ReviewStatus, Split, TaskKind
 
 FILES = ("sft.jsonl", "sft_eval.jsonl", "rankings.jsonl", "rankings_eval.jsonl", "ppo_prompts.jsonl",
          "ppo_eval_prompts.jsonl")

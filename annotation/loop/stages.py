@@ -1,17 +1,24 @@
-"""Each job stage as a call into the training library (worker side: this is where torch gets imported).
+"""Each job stage as a call into the training library. This is the only module of the platform that
+imports torch, and only inside the runners: each ``from training.<stage> import …`` sits in a function so
+that the web process, which imports this module through the worker's task names, never loads torch.
 
 The platform hands the library files (a snapshot, model directories) and gets back a model directory
-and metrics, which it registers as a ModelVersion.
+and metrics, which it registers as a ModelVersion. Every stage checkpoints (the round presets set
+``checkpoint_every``; generation keeps its finished batches), so a job whose worker died resumes where
+its checkpoint left it and ends with the same result as an uninterrupted run.
 """
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from django.db import transaction
+from training.config import GenerateConfig, PPOConfig, PretrainConfig, RewardConfig, SFTConfig
+from training.data import VERSION, write_jsonl
 
-from .models import Candidate, JobStage, ModelVersion, Prompt, TaskKind, TrainingJob
+from ..models import Candidate, JobStage, ModelVersion, Prompt, Round, Task, TaskKind, TrainingJob
+from ..services import create_ranking_tasks
 from .snapshots import prompt_payload
 
 
@@ -52,8 +59,7 @@ def _register(job: TrainingJob, stage: str, out: Path, result, parent: ModelVers
 
 
 def run_sft(job: TrainingJob, out: Path, progress) -> StageOutcome:
-    from training.config import SFTConfig
-    from training.sft import train_sft
+    from training.sft import train_sft  # torch: worker only
 
     base = _input(job, ModelVersion.Stage.SFT) if job.input_models.filter(stage="sft").exists() else \
         _input(job, ModelVersion.Stage.BASE)
@@ -65,8 +71,7 @@ def run_sft(job: TrainingJob, out: Path, progress) -> StageOutcome:
 
 
 def run_rm(job: TrainingJob, out: Path, progress) -> StageOutcome:
-    from training.config import RewardConfig
-    from training.reward import train_reward_model
+    from training.reward import train_reward_model  # torch: worker only
 
     sft = _input(job, ModelVersion.Stage.SFT)
     config = RewardConfig.from_dict({**job.config, "base": sft.artifact_path})
@@ -78,8 +83,7 @@ def run_rm(job: TrainingJob, out: Path, progress) -> StageOutcome:
 
 
 def run_ppo(job: TrainingJob, out: Path, progress) -> StageOutcome:
-    from training.config import PPOConfig
-    from training.ppo import train_ppo
+    from training.ppo import train_ppo  # torch: worker only
 
     sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
     config = PPOConfig.from_dict({**job.config, "policy": sft.artifact_path, "reward_model": rm.artifact_path})
@@ -90,8 +94,7 @@ def run_ppo(job: TrainingJob, out: Path, progress) -> StageOutcome:
 
 
 def run_pretrain(job: TrainingJob, out: Path, progress) -> StageOutcome:
-    from training.config import PretrainConfig
-    from training.pretrain import pretrain
+    from training.pretrain import pretrain  # torch: worker only
 
     corpus = [p for p in (_snapshot_file(job, "sft.jsonl", optional=True),
                           _snapshot_file(job, "ppo_prompts.jsonl", optional=True)) if p]
@@ -116,11 +119,13 @@ def next_round_prompts(job: TrainingJob, count: int, seed: int) -> list[Prompt]:
 
 def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
     """k candidates per next-round prompt, from one model or mixed from several (e.g. PPO and SFT), then
-    the next round's ranking tasks."""
-    from training.config import GenerateConfig
-    from training.data import VERSION, write_jsonl
-    from training.generate import CANDIDATES_FILE, generate_candidates
+    the next round's ranking tasks. Idempotent: a job whose tasks exist (its worker died after making
+    them) makes nothing new; a killed run resumes each model's generation from its finished batches."""
+    from training.generate import CANDIDATES_FILE, generate_candidates, sequence_seed  # torch: worker only
 
+    made = Task.objects.filter(source_job=job).count()
+    if made:
+        return StageOutcome("completed", {"tasks": made, "already_created": True})
     project = job.project
     models = list(job.input_models.order_by("id"))
     if not models:
@@ -145,56 +150,31 @@ def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
             return StageOutcome(result.status, result.summary)
         rows = read_candidates(out / f"model-{model.pk}" / CANDIDATES_FILE)
         per_model.append((model, config.to_dict(), rows))
-    tasks = create_generated_tasks(job, prompts, per_model)
+    proposals = []
+    for index, prompt in enumerate(prompts):
+        picked = []
+        for slot in range(project.k):
+            model, config, rows = per_model[slot % len(per_model)]
+            candidates, j = rows.get(str(prompt.pk), []), slot // len(per_model)
+            if j < len(candidates):
+                c = candidates[j]
+                picked.append(Candidate(
+                    prompt=prompt, text=c["text"], origin=Candidate.Origin.MODEL, model_version=model,
+                    generation_params={**config, "finish_reason": c["finish_reason"], "tokens": c["tokens"],
+                                       "mean_logprob": c["mean_logprob"], "job": job.pk},
+                    seed=sequence_seed(config["seed"], index, j)))
+        proposals.append((prompt, picked))
+    target_round = Round.objects.next_after(job.round) if job.round else None
+    tasks = create_ranking_tasks(source_job=job, round=target_round, proposals=proposals)
     return StageOutcome("completed", {"prompts": len(prompts), "tasks": tasks, "models": len(models)})
 
 
 def read_candidates(path: Path) -> dict[str, list[dict]]:
-    import json
-
     rows = {}
     for line in path.read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         rows[record["prompt_id"]] = record["candidates"]
     return rows
-
-
-@transaction.atomic
-def create_generated_tasks(job: TrainingJob, prompts: list[Prompt], per_model) -> int:
-    """Candidates (origin: model, with their model version, sampling settings and seed) and one ranking
-    task per prompt in the next round. Candidates from several models are interleaved, k per task."""
-    from training.generate import sequence_seed
-
-    from .rounds import next_round
-    from .services import create_task
-
-    project = job.project
-    target_round = next_round(job.round) if job.round else None
-    created = 0
-    for index, prompt in enumerate(prompts):
-        picked: list[Candidate] = []
-        for slot in range(project.k):
-            model, config, rows = per_model[slot % len(per_model)]
-            candidates = rows.get(str(prompt.pk), [])
-            j = slot // len(per_model)
-            if j >= len(candidates):
-                continue
-            c = candidates[j]
-            picked.append(Candidate(
-                # Model output is untrusted text: PostgreSQL refuses NUL characters, so they are replaced.
-                prompt=prompt, text=c["text"].replace("\x00", "\ufffd"), origin=Candidate.Origin.MODEL,
-                model_version=model,
-                generation_params={**config, "finish_reason": c["finish_reason"], "tokens": c["tokens"],
-                                   "mean_logprob": c["mean_logprob"], "job": job.pk},
-                seed=sequence_seed(config["seed"], index, j),
-            ))
-        if len(picked) < project.k:
-            continue
-        Candidate.objects.bulk_create(picked)
-        create_task(prompt=prompt, kind=TaskKind.RANKING, candidates=picked, round=target_round,
-                    shuffle_seed=job.pk * 100_003 + prompt.pk)
-        created += 1
-    return created
 
 
 RUNNERS = {JobStage.SFT: run_sft, JobStage.RM: run_rm, JobStage.PPO: run_ppo, JobStage.PRETRAIN: run_pretrain,

@@ -1,0 +1,126 @@
+"""Round presets and their validation. A round's config is one preset plus per-stage overrides:
+
+    {"preset": "cpu-demo", "sft": {"max_steps": 100}, "generate": {"prompts": 40}}
+
+Each stage's settings are the fields of the training library's config dataclass for that stage
+(``training.config``), less the model paths, which the round fills in from the lineage. ``generate``
+adds two settings of the platform's: how many next-round prompts get candidates, and from which models.
+
+Importing this module never imports torch: ``training.config`` is plain dataclasses, so the web process
+validates a round's config when it is submitted, long before a worker runs it.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, TypedDict
+
+from rest_framework.exceptions import ValidationError
+
+from training.config import GenerateConfig, PPOConfig, RewardConfig, SFTConfig
+
+STAGES = ("sft", "rm", "ppo", "generate")
+
+
+class RoundConfig(TypedDict):
+    """What a round stores in ``Round.config``: the preset it came from and each stage's settings."""
+
+    preset: str
+    sft: dict[str, Any]
+    rm: dict[str, Any]
+    ppo: dict[str, Any]
+    generate: dict[str, Any]
+
+
+# Named presets (after nanoGPT's config/ files): every number says why it was chosen.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    # A laptop CPU and the offline tiny base: a whole round takes minutes.
+    "cpu-demo": {
+        "sft": {
+            "max_steps": 60,          # ~1 epoch of the demo's 300 demonstrations at batch 8, ~1 min on 2 cores
+            "batch_size": 8,
+            "learning_rate": 3e-4,    # the tiny base is small and under-trained: a high rate moves it
+            "warmup_steps": 5,
+            "max_length": 256,        # HH prompts plus a reply fit; longer ones are cut from the left
+            "log_every": 5,
+            "checkpoint_every": 10,   # a killed worker loses at most 10 steps (~10 s) of work
+        },
+        "rm": {
+            "max_steps": 60,          # 240 rankings at batch 4: the demo's labels, once
+            "batch_size": 4,
+            "learning_rate": 1e-4,
+            "warmup_steps": 5,
+            "max_length": 256,
+            "log_every": 5,
+            "checkpoint_every": 10,   # as SFT
+        },
+        "ppo": {
+            "iterations": 12,         # a few minutes of rollouts on a CPU
+            "batch_size": 8,          # rollouts per iteration
+            "minibatch_size": 4,
+            "ppo_epochs": 2,
+            "max_new_tokens": 24,
+            "max_prompt_length": 128,
+            "learning_rate": 2e-5,    # InstructGPT's order of magnitude for the policy
+            "critic_learning_rate": 5e-5,
+            "kl_coef": 0.05,          # keeps the policy near SFT while the RM is this weak
+            "sample_every": 4,
+            "checkpoint_every": 4,    # three checkpoints a run: a kill loses at most 4 iterations
+        },
+        "generate": {
+            "prompts": 20,            # next-round ranking tasks, each with the project's k candidates
+            "models": ["ppo"],        # "ppo", "sft" or both (candidates interleaved, k per task)
+            "batch_size": 16,         # sequences decoded together with the KV cache
+        },
+    },
+}
+DEFAULT_PRESET = "cpu-demo"
+
+# Settings of the platform's own, not fields of GenerateConfig.
+GENERATE_PLATFORM_FIELDS = ("prompts", "models")
+# Fields a round fills in itself: placeholders let the dataclass validate the rest.
+_CLASSES = {"sft": (SFTConfig, {"base": "-"}), "rm": (RewardConfig, {"base": "-"}),
+            "ppo": (PPOConfig, {"policy": "-"}), "generate": (GenerateConfig, {"model": "-"})}
+
+
+def preset(name: str = DEFAULT_PRESET) -> RoundConfig:
+    """A copy of the named preset as a full round config."""
+    return {"preset": name, **copy.deepcopy(PRESETS[name])}
+
+
+def validate_round_config(overrides: dict | None) -> RoundConfig:
+    """The preset named in ``overrides`` (default ``cpu-demo``) merged with its per-stage overrides, each
+    stage checked by building its config dataclass. Raises ValidationError {"config": {stage: [message]}}
+    listing every problem at once."""
+    if overrides is None:
+        overrides = {}
+    if not isinstance(overrides, dict):
+        raise ValidationError({"config": ["must be an object of stage → settings"]})
+    overrides = dict(overrides)
+    name = overrides.pop("preset", DEFAULT_PRESET)
+    if name not in PRESETS:
+        raise ValidationError({"config": {"preset": [f"unknown preset {name!r}; use {', '.join(PRESETS)}"]}})
+    errors: dict[str, list[str]] = {}
+    unknown = sorted(set(overrides) - set(STAGES))
+    if unknown:
+        errors["non_field_errors"] = [f"unknown stage(s): {', '.join(unknown)}; use preset, {', '.join(STAGES)}"]
+    merged = preset(name)
+    for stage, (cls, placeholders) in _CLASSES.items():
+        given = overrides.get(stage, {})
+        if not isinstance(given, dict):
+            errors[stage] = ["must be an object of settings"]
+            continue
+        merged[stage].update(given)
+        fields = {k: v for k, v in merged[stage].items() if not (stage == "generate" and k in GENERATE_PLATFORM_FIELDS)}
+        try:
+            cls.from_dict({**fields, **placeholders})
+        except (TypeError, ValueError) as exc:
+            errors[stage] = [str(exc)]
+    generate = merged["generate"]
+    if not isinstance(generate.get("prompts"), int) or generate["prompts"] < 1:
+        errors.setdefault("generate", []).append("prompts must be a positive integer")
+    models = generate.get("models")
+    if not isinstance(models, list) or not models or not set(models) <= {"ppo", "sft"}:
+        errors.setdefault("generate", []).append('models must be a non-empty list drawn from "ppo" and "sft"')
+    if errors:
+        raise ValidationError({"config": errors})
+    return merged

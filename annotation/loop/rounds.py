@@ -1,0 +1,164 @@
+"""Training rounds and jobs: every write that starts, advances, cancels or retries them.
+
+A round trains on the labels collected so far, in InstructGPT's order:
+snapshot → SFT → RM → PPO → generate k candidates per next-round prompt → next round's ranking tasks.
+Each stage is one TrainingJob on the ``training`` queue; when a job succeeds, ``on_job_finished`` (run by
+the worker) enqueues the next one, so a failed stage can be retried without redoing finished ones.
+
+Jobs are enqueued by Celery task name, so this module never imports ``annotation.tasks``.
+"""
+from __future__ import annotations
+
+from celery import current_app
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+
+from ..errors import Conflict
+from ..models import DatasetSnapshot, JobStage, ModelVersion, Project, Round, TrainingJob
+from .config import validate_round_config
+from .snapshots import create_snapshot
+
+RUN_TRAINING_JOB = "annotation.tasks.run_training_job"
+
+
+def enqueue(job: TrainingJob) -> None:
+    """Send the job to the training queue once the transaction commits (never a job the database lost)."""
+    message = current_app.signature(RUN_TRAINING_JOB, args=[job.pk], queue="training")
+    transaction.on_commit(lambda: message.apply_async())
+
+
+def create_job(*, project: Project, stage: str, config: dict, round: Round | None = None,
+               snapshot: DatasetSnapshot | None = None, inputs: list[ModelVersion] = ()) -> TrainingJob:
+    """A queued job, sent to the training queue once the transaction commits. A job of a round belongs to
+    the round's current run (see ``TrainingJob.is_superseded``)."""
+    job = TrainingJob.objects.create(
+        project=project, round=round, stage=stage, config=config, snapshot=snapshot,
+        round_run=round.run if round else 0, max_attempts=settings.TRAINING_JOB_MAX_ATTEMPTS)
+    job.input_models.set(inputs)
+    enqueue(job)
+    return job
+
+
+@transaction.atomic
+def start_round(*, project: Project, config: dict | None = None) -> Round:
+    """Snapshot the labels collected so far and start the round's SFT job.
+
+    Locks the project row, so two admins starting a round at once start one. Starting a round that
+    failed or was cancelled begins a new run of it: jobs of the earlier run can no longer be retried."""
+    Project.objects.select_for_update().get(pk=project.pk)
+    merged = validate_round_config(config)
+    round = Round.objects.current_for(project)
+    if round.status == Round.Status.TRAINING:
+        raise Conflict(f"Round {round.number} is already training.")
+    if round.status == Round.Status.FINISHED:
+        round = Round.objects.next_after(round)
+    start_from = ModelVersion.objects.latest_for(project, ModelVersion.Stage.SFT) or project.base_model
+    if start_from is None:
+        raise ValidationError({"project": ["the project has no base model to start SFT from"]})
+    snapshot = create_snapshot(project=project, round=round)
+    missing = [name for name in ("sft.jsonl", "rankings.jsonl", "ppo_prompts.jsonl")
+               if snapshot.files[name]["records"] == 0]
+    if missing:
+        raise ValidationError({"snapshot": [f"no usable labels for {', '.join(missing)} yet: collect some first"]})
+    round.status, round.config, round.started, round.finished = Round.Status.TRAINING, merged, timezone.now(), None
+    round.run += 1
+    round.save()
+    create_job(project=project, stage=JobStage.SFT, config=merged["sft"], round=round, snapshot=snapshot,
+               inputs=[start_from])
+    return round
+
+
+def on_job_finished(job_id: int) -> None:
+    """Advance the job's round: enqueue the next stage, or mark the round finished, failed or cancelled.
+    A job of an earlier run of its round (superseded) changes nothing. Locks the round row."""
+    with transaction.atomic():
+        job = TrainingJob.objects.select_related("project").get(pk=job_id)
+        round = Round.objects.select_for_update().filter(pk=job.round_id).first()
+        if round is None or round.status != Round.Status.TRAINING or round.run != job.round_run:
+            return
+        if job.status == TrainingJob.Status.FAILED:
+            Round.objects.filter(pk=round.pk).update(status=Round.Status.FAILED)
+        elif job.status == TrainingJob.Status.CANCELLED:
+            Round.objects.filter(pk=round.pk).update(status=Round.Status.CANCELLED, finished=timezone.now())
+        elif job.status == TrainingJob.Status.SUCCEEDED:
+            _advance(job, round)
+
+
+def _advance(job: TrainingJob, round: Round) -> None:
+    stage_config = round.config or validate_round_config(None)
+    produced = job.result_model
+    base = dict(project=job.project, round=round, snapshot=job.snapshot)
+    if job.stage == JobStage.SFT:
+        create_job(stage=JobStage.RM, config=stage_config["rm"], inputs=[produced], **base)
+    elif job.stage == JobStage.RM:
+        sft = job.input_models.get(stage=ModelVersion.Stage.SFT)
+        create_job(stage=JobStage.PPO, config=stage_config["ppo"], inputs=[sft, produced], **base)
+    elif job.stage == JobStage.PPO:
+        Project.objects.filter(pk=job.project_id).update(active_policy=produced)
+        sft = job.input_models.get(stage=ModelVersion.Stage.SFT)
+        generate = dict(stage_config["generate"])
+        chosen = {"ppo": produced, "sft": sft}
+        inputs = [chosen[name] for name in generate.pop("models")]
+        create_job(stage=JobStage.GENERATE, config=generate, inputs=inputs, **base)
+    elif job.stage == JobStage.GENERATE:
+        Round.objects.filter(pk=round.pk).update(status=Round.Status.FINISHED, finished=timezone.now())
+
+
+@transaction.atomic
+def cancel_round(*, round: Round) -> Round:
+    """Stop a training round: its running job stops at its next step; queued jobs never start."""
+    if round.status != Round.Status.TRAINING:
+        raise Conflict(f"Round {round.number} is not training.")
+    for job in round.jobs.filter(status__in=[TrainingJob.Status.QUEUED, TrainingJob.Status.RUNNING]):
+        cancel_job(job=job)
+    Round.objects.filter(pk=round.pk).update(status=Round.Status.CANCELLED, finished=timezone.now())
+    round.refresh_from_db()
+    return round
+
+
+def cancel_job(*, job: TrainingJob) -> None:
+    """Ask a job to stop. Cancel always wins: a queued job, or a running one whose worker has stopped
+    sending heartbeats (it died), is cancelled now; a live one stops at its next step."""
+    now = timezone.now()
+    dead = TrainingJob.objects.stale(now).filter(pk=job.pk)
+    cancelled = TrainingJob.objects.filter(Q(status=TrainingJob.Status.QUEUED) | Q(pk__in=dead), pk=job.pk).update(
+        status=TrainingJob.Status.CANCELLED, cancel_requested=True, finished=now, eta_seconds=0)
+    if cancelled:
+        on_job_finished(job.pk)
+        return
+    TrainingJob.objects.filter(pk=job.pk, status=TrainingJob.Status.RUNNING).update(cancel_requested=True)
+
+
+@transaction.atomic
+def retry_job(*, job: TrainingJob) -> TrainingJob:
+    """Queue a failed or cancelled job again, with a fresh allowance of attempts; a round's finished stages
+    are not redone. The job keeps its output directory, so a stage with a checkpoint resumes from it.
+
+    A job whose round was started again since (a superseded run) is refused: retrying it would run a
+    second pipeline in the same round."""
+    job = TrainingJob.objects.select_related("round").get(pk=job.pk)
+    if job.is_superseded():
+        raise Conflict(f"Round {job.round.number} was started again after this job; retry a job of its "
+                       "current run instead.")
+    updated = TrainingJob.objects.filter(
+        pk=job.pk, status__in=[TrainingJob.Status.FAILED, TrainingJob.Status.CANCELLED]
+    ).update(status=TrainingJob.Status.QUEUED, cancel_requested=False, error="", finished=None, attempts=0)
+    if updated != 1:
+        raise Conflict("Only a failed or cancelled job can be retried.")
+    if job.round_id:
+        Round.objects.filter(pk=job.round_id).update(status=Round.Status.TRAINING, finished=None)
+    enqueue(job)
+    job.refresh_from_db()
+    return job
+
+
+def start_stage(*, project: Project, stage: str, config: dict | None = None,
+                inputs: list[ModelVersion] = ()) -> TrainingJob:
+    """One stage on its own (outside a round), on a fresh snapshot of the project's labels."""
+    if stage not in JobStage.values:
+        raise ValidationError({"stage": [f"must be one of {', '.join(JobStage.values)}"]})
+    snapshot = create_snapshot(project=project)
+    return create_job(project=project, stage=stage, config=config or {}, snapshot=snapshot, inputs=list(inputs))

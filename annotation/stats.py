@@ -1,0 +1,48 @@
+"""Read-only counts and per-labeler statistics for the labeler UI and the API (no writes here)."""
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+from django.utils import timezone
+
+from .models import Demonstration, Project, Prompt, Ranking, Skip, TaskKind, TaskSlot
+
+
+def waiting_counts(*, user, project: Project) -> dict[str, int]:
+    """Tasks of each kind the user could get now: open slots they may claim, plus their own leases."""
+    now = timezone.now()
+    counts = {}
+    for kind in (TaskKind.DEMONSTRATION, TaskKind.RANKING):
+        if not project.kind_enabled(kind):
+            continue
+        claimable = TaskSlot.objects.claimable_by(user=user, project=project, kind=kind, now=now)
+        claimable = claimable.values("task_id").distinct().count()
+        held = TaskSlot.objects.filter(labeler=user, project=project, kind=kind, status=TaskSlot.Status.LEASED).count()
+        counts[kind] = claimable + held
+    return counts
+
+
+def _median(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return round(statistics.median(values), 1) if values else None
+
+
+def labeler_stats(*, user, since=None) -> dict:
+    """Counts and median seconds per task kind, all time and since ``since`` (default: today, UTC)."""
+    since = since or timezone.now().replace(hour=0, minute=0, second=0, microsecond=0)
+    rankings = list(Ranking.objects.filter(labeler=user).values_list("seconds_spent", "created"))
+    demos = list(Demonstration.objects.filter(author=user).values_list("seconds_spent", "created"))
+
+    def summary(rows):
+        today = [s for s, created in rows if created >= since]
+        return {"count": len(rows), "median_seconds": _median(s for s, _ in rows),
+                "today": len(today), "today_median_seconds": _median(today)}
+
+    return {
+        "ranking": summary(rankings),
+        "demonstration": summary(demos),
+        "prompt_writing": {"count": Prompt.objects.filter(author=user, source=Prompt.Source.LABELER).count()},
+        "skips": Skip.objects.filter(labeler=user).count(),
+        "since": since.isoformat(),
+    }
