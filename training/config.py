@@ -156,6 +156,7 @@ class GenerateConfig(StageConfig):
     seed: int = 0
     truncation: Literal["left", "error"] = "left"
     chat_template: bool = False
+    resume: bool = True             # continue a partial run of the same config and prompts (out/checkpoints/)
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -8,8 +8,9 @@ import torch
 
 from tests.training.conftest import write_jsonl
 from training.config import GenerateConfig
+from training.data import PPOPrompt
 from training.encoding import PromptTooLong, encode_prompt
-from training.generate import generate, generate_candidates, process_logits
+from training.generate import fingerprint, generate, generate_candidates, process_logits
 from training.models import load_causal_lm, load_tokenizer
 
 PROMPTS = ["Tell me one fact about cats.", [{"role": "user", "content": "Will you help?"}], "The quick brown"]
@@ -137,3 +138,68 @@ def test_the_generate_stage_stops_between_batches_when_asked(tiny_base, tmp_path
                                  on_log=lambda s, t, m: batches.append(s), should_stop=lambda: len(batches) >= 1)
     assert batches == [2] and result.status == "stopped"
     assert result.summary["prompts_done"] == 1 and result.summary["prompts"] == 3
+
+
+# --- checkpoint and resume: 3 prompts x k=3 in chunks of 2 jobs = 5 chunks, straddling prompts ---
+
+def run_stage(tiny_base, tmp_path, out: str, stop_after: int | None = None, **overrides):
+    """generate_candidates into ``tmp_path/out``; stops once ``stop_after`` chunks were decoded.
+    Returns (result, the on_log steps, candidates.jsonl bytes)."""
+    prompts = tmp_path / "prompts.jsonl"
+    if not prompts.exists():
+        write_jsonl(prompts, [{"version": 1, "prompt": p, "id": f"p{i}"} for i, p in enumerate(PROMPTS)])
+    steps: list[int] = []
+    result = generate_candidates(gen_config(tiny_base, batch_size=2, **overrides), prompts, tmp_path / out,
+                                 on_log=lambda s, t, m: steps.append(s),
+                                 should_stop=lambda: stop_after is not None and len(steps) >= stop_after)
+    return result, steps, (tmp_path / out / "candidates.jsonl").read_bytes()
+
+
+def test_a_stopped_generate_stage_resumes_and_writes_the_same_candidates(tiny_base, tmp_path):
+    whole, steps, expected = run_stage(tiny_base, tmp_path, "whole")
+    assert steps == [2, 4, 6, 8, 9] and whole.summary["resumed_chunks"] == 0
+    stopped, steps, _ = run_stage(tiny_base, tmp_path, "out", stop_after=2)
+    assert stopped.status == "stopped" and steps == [2, 4]
+    resumed, steps, candidates = run_stage(tiny_base, tmp_path, "out")
+    assert resumed.status == "completed" and resumed.summary["resumed_chunks"] == 2
+    assert steps == [6, 8, 9]  # only the last three chunks decoded; progress counts the resumed ones as done
+    assert candidates == expected
+    again, steps, candidates = run_stage(tiny_base, tmp_path, "out")  # a finished stage decodes nothing
+    assert steps == [] and again.summary["resumed_chunks"] == 5 and candidates == expected
+
+
+def test_a_checkpoint_of_another_config_or_with_resume_off_is_not_resumed(tiny_base, tmp_path):
+    _, _, expected = run_stage(tiny_base, tmp_path, "whole", seed=8)
+    run_stage(tiny_base, tmp_path, "out", stop_after=2, seed=7)
+    other, steps, candidates = run_stage(tiny_base, tmp_path, "out", seed=8)
+    assert steps == [2, 4, 6, 8, 9] and candidates == expected
+    assert other.summary["resumed_chunks"] == 0 and other.summary["stale_checkpoint"] is True
+    run_stage(tiny_base, tmp_path, "off", stop_after=2, seed=8)
+    fresh, steps, candidates = run_stage(tiny_base, tmp_path, "off", seed=8, resume=False)
+    assert steps == [2, 4, 6, 8, 9] and candidates == expected and fresh.summary["resumed_chunks"] == 0
+
+
+def test_a_torn_last_chunk_line_is_ignored_on_resume(tiny_base, tmp_path):
+    _, _, expected = run_stage(tiny_base, tmp_path, "out")
+    partial = tmp_path / "out" / "checkpoints" / "generate-partial.jsonl"
+    lines = partial.read_text().splitlines(keepends=True)
+    assert len(lines) == 5 and [json.loads(line)["start"] for line in lines] == [0, 2, 4, 6, 8]
+    partial.write_text("".join(lines[:2]) + lines[2][:len(lines[2]) // 2])  # killed while writing chunk 3
+    (tmp_path / "out" / "candidates.jsonl").unlink()
+    resumed, steps, candidates = run_stage(tiny_base, tmp_path, "out")
+    assert resumed.summary["resumed_chunks"] == 2 and steps == [6, 8, 9] and candidates == expected
+    assert partial.read_text().splitlines() == [line.rstrip("\n") for line in lines]  # the torn line is gone
+
+
+def test_the_checkpoint_fingerprint_changes_with_the_model_files_prompts_and_config(tmp_path):
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"old weights")
+    records = [PPOPrompt("Hi", "p0")]
+    cfg = GenerateConfig(model=str(model))
+    stamp = fingerprint(cfg, records)
+    assert fingerprint(GenerateConfig(model=str(model), resume=False, device="cpu"), records) == stamp
+    assert fingerprint(GenerateConfig(model=str(model), k=5), records) != stamp
+    assert fingerprint(cfg, [PPOPrompt("Hello", "p0")]) != stamp
+    (model / "model.safetensors").write_bytes(b"retrained weights")
+    assert fingerprint(cfg, records) != stamp
