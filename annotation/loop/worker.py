@@ -27,7 +27,7 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from ..models import TrainingJob
-from .rounds import enqueue, on_job_finished
+from . import rounds
 from .stages import run_stage
 
 MAX_HISTORY = 2000
@@ -81,9 +81,9 @@ def settle_dead_job(job: TrainingJob) -> str | None:
     if same.update(**fields) != 1:
         return None
     if status == Status.QUEUED:
-        enqueue(job)
+        rounds.enqueue(job)
     else:
-        on_job_finished(job.pk)
+        rounds.on_job_finished(job.pk)
     return status
 
 
@@ -201,7 +201,7 @@ def run_job(job_id: int) -> str:
         beat.done.set()
         beat.join(timeout=5)
     if progress.mine().update(status=status, finished=timezone.now(), eta_seconds=0, **fields) == 1:
-        on_job_finished(job.pk)
+        rounds.on_job_finished(job.pk)
     return status
 
 

@@ -6,11 +6,11 @@ from datetime import timedelta
 
 import pytest
 from django.utils import timezone
+from rlhf_platform.celery import app
 
 from annotation.loop import rounds
 from annotation.loop.worker import claim_job, run_job
 from annotation.models import Candidate, ModelVersion, Round, Task, TrainingJob
-from rlhf_platform.celery import app
 from tests.integration.conftest import TINY_ROUND, label_everything
 
 pytestmark = [pytest.mark.slow]

@@ -1,5 +1,7 @@
-"""The loop with real parts: a real Redis broker, real Celery worker processes, the real HTTP API for
-simulated labelers, tiny models and a CI-sized budget."""
+"""The loop with real parts: a real Redis broker, real Celery worker processes (with the beat scheduler
+that runs the dead-job sweep), the real HTTP API for simulated labelers, tiny models and a CI-sized
+budget. Workers are killed with SIGKILL, as the kernel's OOM killer would; the broker's visibility timeout
+is an hour, so every recovery below is the heartbeat's and the sweep's doing."""
 from __future__ import annotations
 
 import os
@@ -34,14 +36,18 @@ class Workers:
     def __init__(self, redis_url: str, artifacts: Path, logs: Path):
         self.env = {**os.environ, "DATABASE_URL": database_url(), "REDIS_URL": redis_url,
                     "CELERY_BROKER_URL": redis_url, "ARTIFACT_ROOT": str(artifacts), "PYTHONUNBUFFERED": "1",
-                    "TRAINING_JOB_STALE_SECONDS": "4", "CELERY_VISIBILITY_TIMEOUT": "6"}
+                    "TRAINING_JOB_STALE_SECONDS": "4", "TRAINING_JOB_SWEEP_SECONDS": "2",
+                    "CELERY_VISIBILITY_TIMEOUT": "3600"}
         self.logs, self.processes = logs, []
 
-    def start(self, name: str) -> subprocess.Popen:
+    def start(self, name: str, *, beat: bool = True) -> subprocess.Popen:
+        """A worker on both queues; with ``beat``, it also runs the scheduler (the dead-job sweep)."""
         log = (self.logs / f"{name}.log").open("w")
+        scheduler = ["-B", "-s", str(self.logs / f"{name}-beat-schedule")] if beat else []
         process = subprocess.Popen(
             [str(Path(sys.executable).parent / "celery"), "-A", "rlhf_platform", "worker", "-Q", "training,default",
-             "-c", "1", "-n", f"{name}-{os.getpid()}@%h", "-l", "info", "--without-gossip", "--without-mingle"],
+             "-c", "1", "-n", f"{name}-{os.getpid()}@%h", "-l", "info", "--without-gossip", "--without-mingle",
+             *scheduler],
             cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes.append(process)
         return process
@@ -146,7 +152,7 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(loop_project, 
     # Long enough that it cannot finish between the check below and the kill, even on a fast machine
     # (progress reaches the database every two seconds).
     config = {**TINY_ROUND["ppo"], "iterations": 150, "checkpoint_every": 1}
-    first = workers.start("worker-a")
+    first = workers.start("worker-a", beat=False)
     job = rounds.start_stage(project=loop_project, stage="ppo", config=config, inputs=ppo_inputs)
     wait_for(lambda: TrainingJob.objects.get(pk=job.pk).step >= 3, 180, "the job to pass a checkpoint")
     workers.kill(first)
@@ -156,6 +162,7 @@ def test_a_job_whose_worker_is_killed_resumes_from_its_checkpoint(loop_project, 
     wait_for(lambda: TrainingJob.objects.get(pk=job.pk).status == "succeeded", 600, "the redelivered job")
     job.refresh_from_db()
     assert job.attempts == 2 and "resuming from its checkpoint" in job.log_tail
+    assert "stopped sending heartbeats; queued again" in job.log_tail  # the sweep, not the broker
     # metrics.jsonl holds both attempts: a run that started over would log step 1 twice.
     import json
 
@@ -174,3 +181,119 @@ def test_cancelling_a_running_job_stops_it_at_its_next_step(loop_project, worker
     wait_for(lambda: TrainingJob.objects.get(pk=job.pk).status == "cancelled", 60, "the job to stop")
     job.refresh_from_db()
     assert job.step < 200 and job.result_model is None and job.finished
+
+
+# --- kill -9 in each stage, then resumed by the sweep, with the result of an uninterrupted run -------------
+
+# Each runs ~10-20 s on the tiny model, long enough to kill between two checkpoints on any machine.
+LONG_STAGES = {
+    "sft": {"max_steps": 1500, "batch_size": 4, "max_length": 96, "log_every": 10, "checkpoint_every": 50},
+    "rm": {"max_steps": 1500, "batch_size": 2, "max_length": 96, "log_every": 10, "checkpoint_every": 50},
+    "generate": {"prompts": 80, "max_new_tokens": 100, "batch_size": 2, "temperature": 1.0},
+}
+KILL_AFTER = {"sft": 120, "rm": 120, "generate": 30}  # steps (generation: sequences) of the first attempt
+
+
+@pytest.fixture
+def stage_inputs(loop_project, tiny_base):
+    """Labels for a snapshot, 100 more prompts for generation, and each stage's input models."""
+    from annotation import services
+    from tests.integration.conftest import label_everything
+
+    label_everything(loop_project)
+    services.bulk_create_prompts(project=loop_project,
+                                 items=[{"text": f"Say something kind about the number {i}."} for i in range(100)])
+    sft = ModelVersion.objects.create(project=loop_project, stage="sft", artifact_path=str(tiny_base),
+                                      parent=loop_project.base_model)
+    return {"sft": [loop_project.base_model], "rm": [sft], "generate": [loop_project.base_model]}
+
+
+def weights(directory: str) -> dict:
+    from safetensors.torch import load_file
+
+    tensors = {}
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        tensors.update({f"{path.name}:{k}": v for k, v in load_file(path).items()})
+    assert tensors, f"no weights in {directory}"
+    return tensors
+
+
+def uninterrupted(job: TrainingJob) -> TrainingJob:
+    """The same job (config, snapshot, inputs) run in this process without a kill."""
+    from annotation.loop.worker import run_job
+
+    twin = TrainingJob.objects.create(project=job.project, stage=job.stage, config=job.config, snapshot=job.snapshot)
+    twin.input_models.set(job.input_models.all())
+    assert run_job(twin.pk) == "succeeded"
+    twin.refresh_from_db()
+    return twin
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "generate"])
+def test_a_stage_killed_by_kill_9_resumes_and_ends_as_an_uninterrupted_run(stage, loop_project, workers,
+                                                                         stage_inputs, tmp_path):
+    first = workers.start("worker-a", beat=False)
+    job = rounds.start_stage(project=loop_project, stage=stage, config=LONG_STAGES[stage],
+                             inputs=stage_inputs[stage])
+    # Past a checkpoint (SFT/RM every 50 steps; generation keeps every finished batch), far from the end.
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).step >= KILL_AFTER[stage], 300,
+             f"the {stage} job to pass a checkpoint")
+    workers.kill(first)
+    killed = TrainingJob.objects.get(pk=job.pk)
+    assert killed.status == "running" and killed.step < killed.total
+    workers.start("worker-b")  # with beat: the sweep finds the stale heartbeat and queues the job again
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).status in ("succeeded", "failed"), 600, "the resumed job")
+    job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    assert job.attempts == 2 and "stopped sending heartbeats; queued again" in job.log_tail
+    if stage == "generate":
+        assert job.metrics["summary/tasks"] == 80 and Task.objects.filter(source_job=job).count() == 80
+        import json
+
+        from training.config import GenerateConfig
+        from training.generate import CANDIDATES_FILE, generate_candidates
+
+        for model_dir in Path(job.output_dir).glob("model-*"):
+            saved = json.loads((model_dir / "stage_config.json").read_text())["config"]
+            assert json.loads((model_dir / "summary.json").read_text())["resumed_chunks"] > 0
+            generate_candidates(GenerateConfig.from_dict({**saved, "resume": False}),
+                                Path(job.output_dir) / "prompts.jsonl", tmp_path / model_dir.name)
+            reference = tmp_path / model_dir.name / CANDIDATES_FILE
+            assert (model_dir / CANDIDATES_FILE).read_bytes() == reference.read_bytes()
+    else:
+        assert "resuming from its checkpoint" in job.log_tail
+        import torch
+
+        resumed = weights(job.result_model.artifact_path)
+        straight = weights(uninterrupted(job).result_model.artifact_path)
+        assert resumed.keys() == straight.keys()
+        assert all(torch.allclose(resumed[k].float(), straight[k].float(), atol=1e-5) for k in resumed)
+        assert job.step == job.total == LONG_STAGES[stage]["max_steps"]
+
+
+def test_a_stage_killed_every_time_it_runs_stops_at_max_attempts(loop_project, workers, ppo_inputs):
+    workers.start("worker")
+    config = {**TINY_ROUND["ppo"], "iterations": 400}
+    job = rounds.start_stage(project=loop_project, stage="ppo", config=config, inputs=ppo_inputs)
+    for attempt in (1, 2, 3):  # the kernel's OOM killer takes the pool process each time the stage runs
+        running = wait_for(lambda a=attempt: TrainingJob.objects.filter(pk=job.pk, attempts=a, status="running",
+                                                                        step__gte=1).first(), 180, f"attempt {attempt}")
+        os.kill(running.worker_pid, signal.SIGKILL)
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).status == "failed", 120, "the job to fail")
+    job.refresh_from_db()
+    assert job.attempts == 3 and job.error.startswith("worker died 3 times") and job.finished
+    time.sleep(8)  # two more sweeps and the requeued message: nothing runs it a fourth time
+    job.refresh_from_db()
+    assert job.status == "failed" and job.attempts == 3
+
+
+def test_cancelling_a_job_whose_worker_died_cancels_it_at_once(loop_project, workers, ppo_inputs):
+    first = workers.start("worker-a", beat=False)
+    job = rounds.start_stage(project=loop_project, stage="ppo", config={**TINY_ROUND["ppo"], "iterations": 400},
+                             inputs=ppo_inputs)
+    wait_for(lambda: TrainingJob.objects.get(pk=job.pk).step >= 2, 180, "the job to start")
+    workers.kill(first)
+    wait_for(lambda: TrainingJob.objects.stale().filter(pk=job.pk).exists(), 30, "the heartbeat to go stale")
+    rounds.cancel_job(job=job)
+    job.refresh_from_db()
+    assert job.status == "cancelled" and job.finished and job.result_model is None
