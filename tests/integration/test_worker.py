@@ -72,6 +72,7 @@ def workers(redis_url, settings, tmp_path):
 
     app.conf.task_always_eager = False
     pool = Workers(redis_url, settings.ARTIFACT_ROOT, tmp_path)
+    settings.TRAINING_JOB_STALE_SECONDS = int(pool.env["TRAINING_JOB_STALE_SECONDS"])  # this process agrees
     yield pool
     pool.stop_all()
     for log in tmp_path.glob("*.log"):
