@@ -23,7 +23,6 @@ from .models import (
     Ranking,
     Role,
     Round,
-    Skip,
     Task,
     TaskSlot,
     TrainingJob,
@@ -31,12 +30,6 @@ from .models import (
 
 ROLE_ORDER = {Role.LABELER: 0, Role.REVIEWER: 1, Role.ADMIN: 2}
 STAFF_ROLE = Role.ADMIN
-
-
-def role_in(user, project: Project) -> str | None:
-    if user.is_staff:
-        return STAFF_ROLE
-    return Membership.objects.filter(user=user, project=project).values_list("role", flat=True).first()
 
 
 def _check_role(role: str | None, min_role: str) -> None:
@@ -155,10 +148,6 @@ def rankings_visible_to(user) -> QuerySet:
 
 def demonstrations_visible_to(user) -> QuerySet:
     return _submissions_visible_to(user, Demonstration.objects.all(), "author")
-
-
-def skips_visible_to(user) -> QuerySet:
-    return _submissions_visible_to(user, Skip.objects.all(), "labeler")
 
 
 def prompts_visible_to(user) -> QuerySet:

@@ -86,9 +86,6 @@ class Project(models.Model):
             TaskKind.PROMPT_WRITING: self.prompt_writing_enabled,
         }[kind]
 
-    def sampling_defaults(self) -> dict:
-        return {"max_new_tokens": self.max_new_tokens, "temperature": self.temperature, "top_p": self.top_p}
-
 
 class Membership(models.Model):
     project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
@@ -434,10 +431,6 @@ class TaskSlot(models.Model):
             ),
         ]
 
-    def is_lease_active(self, now=None) -> bool:
-        now = now or timezone.now()
-        return self.status == self.Status.LEASED and self.lease_expires is not None and self.lease_expires > now
-
 
 class Demonstration(models.Model):
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="demonstrations")
@@ -637,6 +630,17 @@ class TrainingJob(models.Model):
     @property
     def is_finished(self) -> bool:
         return self.status in (self.Status.SUCCEEDED, self.Status.FAILED, self.Status.CANCELLED)
+
+    @property
+    def failure_reason(self) -> str:
+        """One line for a failed job's page and list: "worker died N times", or the exception's message
+        (the last line of the traceback)."""
+        if self.status != self.Status.FAILED:
+            return ""
+        lines = [line.strip() for line in self.error.splitlines() if line.strip()]
+        if not lines:
+            return ""
+        return lines[0] if lines[0].startswith("worker died") else lines[-1][:300]
 
     def is_superseded(self) -> bool:
         """True when its round was started again since this job was made: the job belongs to an older run

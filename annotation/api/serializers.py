@@ -218,13 +218,15 @@ class StartRoundSerializer(serializers.Serializer):
 
 class TrainingJobSerializer(serializers.ModelSerializer):
     progress = serializers.FloatField(read_only=True)
+    failure_reason = serializers.CharField(read_only=True)
     input_models = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
 
     class Meta:
         model = TrainingJob
         fields = ["id", "project", "round", "stage", "status", "step", "total", "progress", "eta_seconds", "metrics",
-                  "config", "snapshot", "input_models", "result_model", "worker_host", "attempts",
-                  "cancel_requested", "created", "started", "finished"]
+                  "config", "snapshot", "input_models", "result_model", "worker_host", "worker_pid", "attempts",
+                  "max_attempts", "failure_reason", "round_run", "cancel_requested", "created", "started",
+                  "finished"]
         read_only_fields = fields
 
 

@@ -127,8 +127,10 @@ ARTIFACT_ROOT = Path(envstr("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 TRAINING_JOB_STALE_SECONDS = envint("TRAINING_JOB_STALE_SECONDS", 120)
 TRAINING_JOB_SWEEP_SECONDS = envint("TRAINING_JOB_SWEEP_SECONDS", 60)
 TRAINING_JOB_MAX_ATTEMPTS = envint("TRAINING_JOB_MAX_ATTEMPTS", 3)
+# A sweep that waits longer than its period (the only worker busy training) is dropped, not piled up.
 CELERY_BEAT_SCHEDULE["sweep-dead-jobs"] = {"task": "annotation.tasks.sweep_dead_jobs",
-                                           "schedule": float(TRAINING_JOB_SWEEP_SECONDS)}
+                                           "schedule": float(TRAINING_JOB_SWEEP_SECONDS),
+                                           "options": {"expires": float(TRAINING_JOB_SWEEP_SECONDS)}}
 
 # --- Auth, i18n, static ---------------------------------------------------------------------------
 AUTH_PASSWORD_VALIDATORS = [

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
 from annotation.formats import split_hh_pair
-from pathlib import Path
-
 from annotation.models import Candidate, Demonstration, Membership, Project, Prompt, Ranking, Task
 
 

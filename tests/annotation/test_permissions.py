@@ -31,8 +31,8 @@ def world(project_a, project_b, users, settings, tmp_path):
                                        client_token=uuid.uuid4())
     round_ = Round.objects.create(project=project_a, number=1)
     version = ModelVersion.objects.create(project=project_a, stage="sft", round=round_, artifact_path="a/sft")
-    from annotation.models import Candidate, TrainingJob
     from annotation.loop.snapshots import create_snapshot
+    from annotation.models import Candidate, TrainingJob
 
     snapshot = create_snapshot(project=project_a)
     job = TrainingJob.objects.create(project=project_a, stage="sft", snapshot=snapshot)

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from annotation import services
-from annotation.models import DatasetSnapshot
 from annotation.loop.snapshots import create_snapshot, verify_snapshot
+from annotation.models import DatasetSnapshot
 from tests.factories import best_first, demonstration_task, make_prompt, make_ranking_task
 
 

@@ -194,3 +194,21 @@ def test_every_preset_checkpoints_every_stage():
         for stage in ("sft", "rm", "ppo"):
             assert preset[stage].get("checkpoint_every", 0) > 0, (name, stage)
         assert preset["generate"].get("resume", True), name  # generation keeps its finished batches
+
+
+def test_the_pages_and_the_api_say_why_a_job_failed(round_job, sent, users, client_for):
+    from django.test import Client
+    from django.urls import reverse
+
+    for attempt in (1, 2, 3):
+        claim_job(round_job.pk, f"worker-{attempt}")
+        die(round_job)
+        sweep_dead_jobs()
+    client = Client()
+    client.force_login(users["sam"])
+    job_page = client.get(reverse("labeling:manage-job", args=[round_job.pk])).content.decode()
+    project_page = client.get(reverse("labeling:manage-project", args=[round_job.project_id])).content.decode()
+    assert "worker died 3 times" in job_page and "attempt <span data-field=\"attempts\">3</span> of 3" in job_page
+    assert "worker died 3 times" in project_page
+    body = client_for("sam").get(f"/api/jobs/{round_job.pk}/").json()
+    assert body["failure_reason"].startswith("worker died 3 times") and body["max_attempts"] == 3

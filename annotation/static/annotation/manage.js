@@ -23,6 +23,7 @@
     setText(root, "eta", job.eta_seconds ? `${Math.round(job.eta_seconds)} s` : "–");
     setText(root, "attempts", String(job.attempts));
     setText(root, "worker", job.worker_host || "–");
+    setText(root, "reason", job.failure_reason || "");
     const finished = ["succeeded", "failed", "cancelled"].includes(job.status);
     root.querySelectorAll('.job-action[data-action="cancel"]').forEach(b => { b.hidden = finished; });
     root.querySelectorAll('.job-action[data-action="retry"]').forEach(b => { b.hidden = !["failed", "cancelled"].includes(job.status); });
