@@ -55,3 +55,14 @@ def label_everything(project) -> None:
         else:
             services.submit_demonstration(author=user, task=task, seconds_spent=5,
                                           text=f"Thank you for asking about {task.prompt.text[-9:-1]}.")
+
+
+@pytest.fixture
+def eager():
+    """Celery runs tasks in this process, at once (a queued job runs where it is enqueued)."""
+    from rlhf_platform.celery import app
+
+    app.loader.import_default_modules()  # registers annotation.tasks, as a worker's autodiscovery does
+    app.conf.task_always_eager = True
+    yield
+    app.conf.task_always_eager = False

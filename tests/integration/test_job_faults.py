@@ -9,7 +9,6 @@ from datetime import timedelta
 import pytest
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from rlhf_platform.celery import app
 
 from annotation import services
 from annotation.loop import rounds
@@ -20,14 +19,6 @@ from annotation.models import Candidate, Round, Task, TrainingJob
 from tests.integration.conftest import TINY_ROUND, label_everything
 
 pytestmark = [pytest.mark.slow]
-
-
-@pytest.fixture
-def eager():
-    app.loader.import_default_modules()  # registers annotation.tasks, as a worker's autodiscovery does
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
 
 
 @pytest.fixture

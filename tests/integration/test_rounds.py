@@ -17,14 +17,6 @@ pytestmark = [pytest.mark.slow]
 
 
 @pytest.fixture
-def eager():
-    app.loader.import_default_modules()  # registers annotation.tasks, as a worker's autodiscovery does
-    app.conf.task_always_eager = True
-    yield
-    app.conf.task_always_eager = False
-
-
-@pytest.fixture
 def queued_job(loop_project, transactional_db):
     label_everything(loop_project)
     app.conf.task_always_eager = False
