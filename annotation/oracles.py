@@ -9,6 +9,9 @@ from __future__ import annotations
 import re
 
 POLITE = ("please", "thank", "glad", "happy to", "sorry", "certainly", "of course", "help")
+# A conversation reaches an oracle rendered as text ("User: …\n\nAssistant: …"), or in HH-RLHF's
+# "Human: … Assistant:" form: a demonstrator answers the last turn's words, never its role label.
+ROLE_PREFIX = re.compile(r"^\s*(user|human|system|assistant)\s*:\s*", re.IGNORECASE)
 
 
 def dense_ranks(scores: list[float]) -> list[int]:
@@ -36,5 +39,8 @@ def prefer_polite(prompt: str, responses: list[str]) -> list[int]:
 
 
 def polite_demonstrator(prompt: str) -> str:
-    topic = prompt.strip().splitlines()[-1][:80] if prompt.strip() else "that"
-    return f"Thank you for asking. I am glad to help with {topic.rstrip('?.!')}. Please tell me more if you need it."
+    lines = [ROLE_PREFIX.sub("", line).strip() for line in prompt.strip().splitlines()]
+    lines = [line for line in lines if line]
+    topic = lines[-1][:80].rstrip("?.! ") if lines else ""
+    return (f"Thank you for asking. I am glad to help with {topic or 'that'}. "
+            "Please tell me more if you need it.")
