@@ -44,7 +44,11 @@ log "migrating the database (${DATABASE_URL:-SQLite at $VAR_DIR/db.sqlite3})"
 "$PY" manage.py collectstatic --noinput -v0
 "$PY" manage.py seed_demo
 
-log "starting the Celery worker (queues: default, training)"
+# The web server shares this machine with training: leave it a core, or a busy web server halves the
+# worker's cores and OpenMP's spinning threads slow training tenfold (TRAINING_THREADS=N overrides).
+CPUS="$(nproc)"
+export TRAINING_THREADS="${TRAINING_THREADS:-$(( CPUS > 1 ? CPUS - 1 : 1 ))}"
+log "starting the Celery worker (queues: default, training; $TRAINING_THREADS torch threads per job)"
 "$VENV/bin/celery" -A rlhf_platform worker -B -s "$VAR_DIR/celerybeat-schedule" -Q default,training -c 1 -l info -n "worker@%h" \
   >"$VAR_DIR/log/worker.log" 2>&1 &
 pids+=($!)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -66,6 +67,29 @@ def init_runtime(device: str = "auto") -> Runtime:
         dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
         owns = True
     return Runtime(rank, world, dev, owns)
+
+
+def usable_cpus(cgroup_cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The CPUs this process may really use: its affinity mask, capped by a cgroup v2 CPU quota (a
+    container limited to 1.5 CPUs gets 1)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        quota, period = cgroup_cpu_max.read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 quota: the affinity mask is the limit
+    return max(cpus, 1)
+
+
+def set_cpu_threads(threads: int = 0) -> int:
+    """Set torch's intra-op threads to ``threads``, or with 0 to the usable CPUs, and return the number.
+
+    Never more threads than usable CPUs: OpenMP threads that wait for a busy core spin, and a stage that
+    shares two cores with one busy neighbour can run ten times slower than with one thread fewer."""
+    threads = threads or usable_cpus()
+    torch.set_num_threads(threads)
+    return threads
 
 
 def seed_all(seed: int) -> None:

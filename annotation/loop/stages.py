@@ -181,5 +181,10 @@ RUNNERS = {JobStage.SFT: run_sft, JobStage.RM: run_rm, JobStage.PPO: run_ppo, Jo
            JobStage.GENERATE: run_generate}
 
 
-def run_stage(job: TrainingJob, out: Path, progress) -> StageOutcome:
+def run_stage(job: TrainingJob, out: Path, progress, *, threads: int = 0) -> StageOutcome:
+    """Run the job's stage with ``threads`` torch CPU threads (0: as many as the CPUs this worker may
+    really use; see ``TRAINING_THREADS``)."""
+    from training.runtime import set_cpu_threads  # torch: worker only
+
+    progress.log(f"torch CPU threads: {set_cpu_threads(threads)}")
     return RUNNERS[job.stage](job, out, progress)

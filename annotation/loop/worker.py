@@ -188,7 +188,7 @@ def run_job(job_id: int) -> str:
     beat = Heartbeat(progress)
     beat.start()
     try:
-        outcome = run_stage(job, out, progress)
+        outcome = run_stage(job, out, progress, threads=settings.TRAINING_THREADS)
     except Exception:
         progress.log("failed")
         progress.flush()

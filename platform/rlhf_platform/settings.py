@@ -127,6 +127,9 @@ ARTIFACT_ROOT = Path(envstr("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
 TRAINING_JOB_STALE_SECONDS = envint("TRAINING_JOB_STALE_SECONDS", 120)
 TRAINING_JOB_SWEEP_SECONDS = envint("TRAINING_JOB_SWEEP_SECONDS", 60)
 TRAINING_JOB_MAX_ATTEMPTS = envint("TRAINING_JOB_MAX_ATTEMPTS", 3)
+# torch CPU threads per training job; 0 = the CPUs the worker may really use (affinity and cgroup quota).
+# scripts/run.sh, whose web server shares the machine, leaves it one core.
+TRAINING_THREADS = envint("TRAINING_THREADS", 0)
 # A sweep that waits longer than its period (the only worker busy training) is dropped, not piled up.
 CELERY_BEAT_SCHEDULE["sweep-dead-jobs"] = {"task": "annotation.tasks.sweep_dead_jobs",
                                            "schedule": float(TRAINING_JOB_SWEEP_SECONDS),

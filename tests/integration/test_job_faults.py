@@ -80,6 +80,7 @@ def test_the_sweep_requeues_a_dead_job_which_resumes_on_the_next_worker(round_jo
     assert round_job.status == "succeeded" and round_job.attempts == 2
     assert "worker on worker-a stopped sending heartbeats; queued again" in round_job.log_tail
     assert "attempt 2 of 3" in round_job.log_tail
+    assert "torch CPU threads: " in round_job.log_tail
 
 
 def test_the_sweep_leaves_live_and_queued_jobs_alone(round_job, sent):
