@@ -152,6 +152,8 @@ class GenerateConfig(StageConfig):
     max_new_tokens: int = 64
     repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or output (CTRL)
     stop: list[str] = field(default_factory=list)  # cut the text at the first of these; finish_reason "stop"
+    stop_at_turn_end: bool = True   # also stop where the prompt format starts another turn: the plain
+                                    # format's role markers ("\nHuman:"), the chat template's turn tokens
     batch_size: int = 16            # sequences decoded together (KV cache)
     seed: int = 0
     truncation: Literal["left", "error"] = "left"

@@ -17,6 +17,7 @@ import inspect
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypedDict
 
@@ -66,6 +67,52 @@ def process_logits(logits: torch.Tensor, seen: torch.Tensor, config: GenerateCon
     return logits
 
 
+# Where the plain format (training.data.render_plain) starts another turn: a response that writes one is
+# inventing the next speaker's words, which labelers would otherwise have to rank.
+PLAIN_TURN_MARKERS = ("\nHuman:", "\nAssistant:", "\nSystem:", "\nUser:")
+
+
+@dataclass(frozen=True)
+class StopRules:
+    """Where a response ends: at a token of ``token_ids`` (EOS first of all), or before the first of
+    ``texts`` in the decoded text."""
+
+    token_ids: frozenset[int]
+    texts: tuple[str, ...]
+
+
+def stop_rules(tokenizer, config: GenerateConfig) -> StopRules:
+    """EOS and the config's ``stop`` strings; with ``stop_at_turn_end``, also where the prompt format would
+    start another turn: the plain format's role markers, or the chat template's turn boundary (its
+    special tokens, such as ChatML's <|im_end|> and <|im_start|>, and the text between two turns)."""
+    ids, texts = {tokenizer.eos_token_id}, list(config.stop)
+    if config.stop_at_turn_end and config.chat_template:
+        turn_ids, separator = template_turn_boundary(tokenizer)
+        ids |= turn_ids
+        texts += [separator] if separator else []
+    elif config.stop_at_turn_end:
+        texts += PLAIN_TURN_MARKERS
+    return StopRules(frozenset(i for i in ids if i is not None), tuple(dict.fromkeys(texts)))
+
+
+def template_turn_boundary(tokenizer) -> tuple[set[int], str]:
+    """The chat template's turn boundary, read off a rendered three-turn conversation: the special tokens
+    it uses, and the text between the assistant's words and the next user's (stripped)."""
+    turns = [{"role": "user", "content": "AAAA"}, {"role": "assistant", "content": "BBBB"},
+             {"role": "user", "content": "CCCC"}]
+    text = tokenizer.apply_chat_template(turns, tokenize=False)
+    special = set(tokenizer.all_special_ids) | set(tokenizer.get_added_vocab().values())
+    ids = {i for i in tokenizer(text, add_special_tokens=False)["input_ids"] if i in special}
+    separator = text[text.index("BBBB") + 4:text.index("CCCC")] if "BBBB" in text and "CCCC" in text else ""
+    return ids, separator.strip()
+
+
+def cut_at_stop(text: str, texts: tuple[str, ...]) -> str | None:
+    """``text`` before the first stop string in it, or None when there is none."""
+    cuts = [text.find(s) for s in texts if s in text]
+    return text[:min(cuts)] if cuts else None
+
+
 def _cache_keyword(model: torch.nn.Module) -> str:
     # transformers 5.x renamed the forward argument past_key_values to cache.
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -86,6 +133,10 @@ def _decode(model, tokenizer, prompts: list[list[int]], seeds: list[int], config
     seen = torch.zeros((batch, vocab), dtype=torch.bool, device=device)
     seen.scatter_(1, input_ids, mask.bool())
     generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
+    rules = stop_rules(tokenizer, config)
+    # A stop string is looked for in the last few tokens' text only (decoding everything at every step
+    # would cost O(n²)); a token is at least one character, so this window holds any new match.
+    window = max((len(t) for t in rules.texts), default=0) + 2
     tokens: list[list[int]] = [[] for _ in range(batch)]
     logprobs: list[list[float]] = [[] for _ in range(batch)]
     finish: list[str | None] = [None] * batch
@@ -112,11 +163,12 @@ def _decode(model, tokenizer, prompts: list[list[int]], seeds: list[int], config
             logprobs[i].append(float(model_logprobs[i, token]))
             if token == tokenizer.eos_token_id:
                 finish[i] = "eos"
-            elif config.stop:
-                text = tokenizer.decode(tokens[i], skip_special_tokens=True)
-                cuts = [text.find(s) for s in config.stop if s in text]
-                if cuts:
-                    finish[i], texts[i] = "stop", text[:min(cuts)]
+            elif token in rules.token_ids:
+                finish[i] = "stop"
+            elif rules.texts and cut_at_stop(tokenizer.decode(tokens[i][-window:], skip_special_tokens=True),
+                                             rules.texts) is not None:
+                finish[i] = "stop"
+                texts[i] = cut_at_stop(tokenizer.decode(tokens[i], skip_special_tokens=True), rules.texts)
         if all(f is not None for f in finish):
             break
         seen[torch.arange(batch, device=device), chosen] = True

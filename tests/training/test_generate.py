@@ -1,6 +1,7 @@
 """Generation: seeds, batching with the KV cache, per-candidate fields, finish reasons, truncation."""
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -203,3 +204,75 @@ def test_the_checkpoint_fingerprint_changes_with_the_model_files_prompts_and_con
     assert fingerprint(cfg, [PPOPrompt("Hello", "p0")]) != stamp
     (model / "model.safetensors").write_bytes(b"retrained weights")
     assert fingerprint(cfg, records) != stamp
+
+
+# --- stop rules: a response ends where the prompt format starts another turn ---
+
+CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@contextlib.contextmanager
+def scripted(model, ids: list[int]):
+    """Make greedy decoding emit exactly ``ids`` (then the last one again), one per forward pass."""
+    original, step = model.lm_head.forward, {"n": 0}
+
+    def forward(hidden):
+        logits = original(hidden)
+        target = ids[min(step["n"], len(ids) - 1)]
+        step["n"] += 1
+        forced = torch.full_like(logits[..., -1:, :], -1e4)
+        forced[..., target] = 1e4
+        return torch.cat([logits[..., :-1, :], forced], dim=-2)
+
+    model.lm_head.forward = forward
+    try:
+        yield
+    finally:
+        model.lm_head.forward = original
+
+
+def test_a_plain_format_response_stops_before_it_invents_the_next_turn(lm, tiny_base):
+    model, tokenizer = lm
+    script = tokenizer("Sure, here it is.\n\nHuman: and now a made-up question", add_special_tokens=False)["input_ids"]
+    with scripted(model, script):
+        stopped = generate(model, tokenizer, ["Hi"], gen_config(tiny_base, k=1, temperature=0, max_new_tokens=30))
+    with scripted(model, script):
+        free = generate(model, tokenizer, ["Hi"], gen_config(tiny_base, k=1, temperature=0, max_new_tokens=30,
+                                                              stop_at_turn_end=False))
+    assert (stopped[0][0]["finish_reason"], stopped[0][0]["text"]) == ("stop", "Sure, here it is.\n")
+    assert "Human:" in free[0][0]["text"] and free[0][0]["finish_reason"] == "length"
+
+
+def test_the_stop_rules_come_from_the_prompt_format(lm, tiny_base):
+    from training.generate import PLAIN_TURN_MARKERS, stop_rules
+
+    _, tokenizer = lm
+    plain = stop_rules(tokenizer, gen_config(tiny_base, stop=["###"]))
+    assert plain.texts == ("###", *PLAIN_TURN_MARKERS) and plain.token_ids == {tokenizer.eos_token_id}
+    assert stop_rules(tokenizer, gen_config(tiny_base, stop_at_turn_end=False)).texts == ()
+
+
+@pytest.fixture
+def chatml_lm(tiny_base):
+    """The tiny model with ChatML's special turn tokens and template, as SmolLM2-Instruct has."""
+    model, tokenizer = load_causal_lm(tiny_base), load_tokenizer(tiny_base)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    tokenizer.chat_template = CHATML
+    model.resize_token_embeddings(len(tokenizer))
+    return model, tokenizer
+
+
+def test_a_chat_template_response_stops_at_the_templates_end_of_turn_token(chatml_lm, tiny_base):
+    from training.generate import stop_rules
+
+    model, tokenizer = chatml_lm
+    start, end = tokenizer.convert_tokens_to_ids(["<|im_start|>", "<|im_end|>"])
+    rules = stop_rules(tokenizer, gen_config(tiny_base, chat_template=True))
+    assert {start, end} <= rules.token_ids and "<|im_end|>" in rules.texts[0]
+    script = tokenizer("Hello there", add_special_tokens=False)["input_ids"] + [end, start] + \
+        tokenizer("user\nmore", add_special_tokens=False)["input_ids"]
+    with scripted(model, script):
+        done = generate(model, tokenizer, [[{"role": "user", "content": "Hi"}]],
+                        gen_config(tiny_base, k=1, temperature=0, max_new_tokens=20, chat_template=True))[0][0]
+    assert (done["finish_reason"], done["text"], done["token_ids"][-1]) == ("stop", "Hello there", end)
