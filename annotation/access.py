@@ -194,4 +194,5 @@ def access_managed(user, queryset: QuerySet, pk: int, what: str):
 
 
 def model_versions_visible_to(user) -> QuerySet:
-    return _in_projects_where(user, ModelVersion, Role.REVIEWER)
+    """Reviewers and admins see their projects' models; every signed-in user sees the registered bases."""
+    return _in_projects_where(user, ModelVersion, Role.REVIEWER) | ModelVersion.objects.registered_bases()

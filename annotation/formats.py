@@ -12,6 +12,8 @@ from training.sources import hh_messages, split_hh_pair
 
 __all__ = ["hh_pair_to_item", "split_hh_pair"]
 
+FORMATS = ("items", "hh-rlhf")  # what an import file may hold: the platform's items, or HH-RLHF pairs
+
 
 def hh_pair_to_item(record: dict[str, Any], *, subset: str) -> dict | None:
     """An import item with the chosen and rejected responses as candidates, or None when unusable

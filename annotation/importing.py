@@ -8,9 +8,7 @@ from pathlib import Path
 from rest_framework.exceptions import ValidationError
 
 from .api.serializers import PromptInSerializer
-from .formats import hh_pair_to_item
-
-FORMATS = ("items", "hh-rlhf")
+from .formats import FORMATS, hh_pair_to_item
 
 
 def _open(path: Path):

@@ -228,6 +228,11 @@ class ModelVersionManager(models.Manager):
         """The project's newest model of ``stage`` (e.g. the SFT model the next round continues from)."""
         return self.filter(project=project, stage=stage).order_by("-id").first()
 
+    def registered_bases(self) -> models.QuerySet:
+        """Base models registered for the whole site (``manage.py register_base``): any project may start
+        from one."""
+        return self.filter(project__isnull=True, stage=ModelVersion.Stage.BASE)
+
 
 class ModelVersion(models.Model):
     class Stage(models.TextChoices):
@@ -236,7 +241,8 @@ class ModelVersion(models.Model):
         RM = "rm", "Reward model"
         PPO = "ppo", "PPO policy"
 
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="model_versions")
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="model_versions",
+                                help_text="None for a base registered for the whole site.")
     stage = models.CharField(max_length=8, choices=Stage.choices)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
     round = models.ForeignKey(Round, null=True, blank=True, on_delete=models.PROTECT, related_name="model_versions")
@@ -246,12 +252,20 @@ class ModelVersion(models.Model):
                                  related_name="model_versions", help_text="The labels it was trained on.")
     config = models.JSONField(default=dict, blank=True)
     metrics = models.JSONField(default=dict, blank=True)
+    provenance = models.JSONField(default=dict, blank=True,
+                                  help_text="Where a base came from: source, version, sha256, licence.")
     created = models.DateTimeField(auto_now_add=True)
 
     objects = ModelVersionManager()
 
     class Meta:
         ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(project__isnull=False) | Q(stage="base"),
+                                   name="only_a_base_belongs_to_no_project"),
+            models.UniqueConstraint(fields=["artifact_path"], condition=Q(project__isnull=True),
+                                    name="one_registered_base_per_path"),
+        ]
 
     def __str__(self) -> str:
         return self.name or f"{self.get_stage_display()} #{self.pk}"

@@ -8,11 +8,13 @@ so every caller reports them the same way.
 """
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import TypedDict
 
 from django.contrib.auth import get_user_model
@@ -27,6 +29,7 @@ from .models import (
     Candidate,
     Demonstration,
     Membership,
+    ModelVersion,
     Project,
     Prompt,
     Ranking,
@@ -75,6 +78,49 @@ class PromptInput(TypedDict, total=False):
 def add_member(*, project: Project, user, role: str = Role.LABELER) -> Membership:
     membership, _ = Membership.objects.update_or_create(project=project, user=user, defaults={"role": role})
     return membership
+
+
+def register_base(*, name: str, path: str | Path) -> ModelVersion:
+    """Register a base model folder for the whole site, with the provenance written beside it
+    (``PROVENANCE.json``, by ``python -m training import-base``). Registering the same folder again
+    updates its name and provenance and returns the same row."""
+    folder = Path(path).resolve()
+    if not (folder / "config.json").is_file():
+        raise ValidationError({"path": [f"{folder} is not a model folder (no config.json)"]})
+    try:
+        provenance = json.loads((folder / "PROVENANCE.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        provenance = {"source": "unknown: no PROVENANCE.json beside the model"}
+    except (OSError, ValueError) as exc:
+        raise ValidationError({"path": [f"PROVENANCE.json is unreadable: {exc}"]}) from None
+    base, _ = ModelVersion.objects.update_or_create(
+        project=None, artifact_path=str(folder),
+        defaults={"stage": ModelVersion.Stage.BASE, "name": name, "provenance": provenance})
+    return base
+
+
+def check_base_for(project: Project | None, base: ModelVersion | None) -> None:
+    """A project starts from a registered base or from one of its own base models."""
+    own = project.pk if project is not None else None
+    if base is not None and (base.stage != ModelVersion.Stage.BASE or base.project_id not in (None, own)):
+        raise ValidationError({"base_model": ["choose a registered base model (GET /api/base-models/)"]})
+
+
+@transaction.atomic
+def create_project(*, name: str, admin=None, base: ModelVersion | None = None, prompts: Sequence[PromptInput] = (),
+                   line_numbers: Sequence[int] | None = None, **settings) -> tuple[Project, BulkResult]:
+    """A project with its settings, a base model to start round 1 from, its admin and its prompts (each
+    with its tasks), all or nothing: a bad setting or prompt line creates nothing. No labels are made."""
+    check_base_for(None, base)
+    project = Project(name=name, base_model=base, **settings)
+    try:
+        project.full_clean()
+    except DjangoValidationError as exc:
+        raise ValidationError(exc.message_dict) from None
+    project.save()
+    if admin is not None:
+        add_member(project=project, user=admin, role=Role.ADMIN)
+    return project, bulk_create_prompts(project=project, items=prompts, line_numbers=line_numbers)
 
 
 # --- Prompts, candidates and tasks ----------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from .. import services
+from ..formats import FORMATS
 from ..models import (
     MAX_K,
     Candidate,
@@ -27,18 +29,40 @@ from ..models import (
 
 class ProjectSerializer(serializers.ModelSerializer):
     my_role = serializers.SerializerMethodField()
+    base_model = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.filter(stage=ModelVersion.Stage.BASE), allow_null=True, required=False,
+        help_text="A registered base model (GET /api/base-models/) that round 1's SFT starts from.")
 
     class Meta:
         model = Project
         fields = [
             "id", "name", "guidelines", "k", "overlap", "lease_seconds", "demonstrations_enabled",
-            "rankings_enabled", "prompt_writing_enabled", "max_new_tokens", "temperature", "top_p", "created",
-            "my_role",
+            "rankings_enabled", "prompt_writing_enabled", "max_new_tokens", "temperature", "top_p", "base_model",
+            "active_policy", "created", "my_role",
         ]
-        read_only_fields = ["created"]
+        read_only_fields = ["created", "active_policy"]
 
     def get_my_role(self, project) -> str | None:
         return getattr(project, "user_role", None)
+
+    def validate_base_model(self, base):
+        services.check_base_for(self.instance, base)
+        return base
+
+
+class ProjectCreateSerializer(ProjectSerializer):
+    """A new project, optionally with a prompt file (multipart), all or nothing."""
+
+    prompts = serializers.FileField(required=False, write_only=True,
+                                    help_text="Prompt file: JSONL (items or hh-rlhf), .gz accepted.")
+    prompts_format = serializers.ChoiceField(choices=FORMATS, default="items", write_only=True)
+
+    class Meta(ProjectSerializer.Meta):
+        fields = ProjectSerializer.Meta.fields + ["prompts", "prompts_format"]
+        # A multipart form omits an unticked checkbox, which DRF reads as False: a switch the form leaves
+        # out keeps the model's default instead.
+        extra_kwargs = {name: {"default": Project._meta.get_field(name).default}
+                        for name in ("demonstrations_enabled", "rankings_enabled", "prompt_writing_enabled")}
 
 
 class MembershipSerializer(serializers.ModelSerializer):
@@ -252,7 +276,7 @@ class ModelVersionSerializer(serializers.ModelSerializer):
     class Meta:
         model = ModelVersion
         fields = ["id", "project", "stage", "parent", "round", "snapshot", "name", "artifact_path", "config",
-                  "metrics", "created"]
+                  "metrics", "provenance", "created"]
 
 
 class StatsSerializer(serializers.Serializer):

@@ -14,6 +14,7 @@ router.register("rankings", views.RankingViewSet, basename="ranking")
 router.register("demonstrations", views.DemonstrationViewSet, basename="demonstration")
 router.register("rounds", views.RoundViewSet, basename="round")
 router.register("model-versions", views.ModelVersionViewSet, basename="modelversion")
+router.register("base-models", views.BaseModelViewSet, basename="basemodel")
 router.register("jobs", views.TrainingJobViewSet, basename="job")
 router.register("snapshots", views.SnapshotViewSet, basename="snapshot")
 

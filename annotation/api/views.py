@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import platform
 import sysconfig
+import tempfile
 import uuid
+from pathlib import Path
 
 from django.db import connection
 from django.http import FileResponse, Http404, JsonResponse
@@ -15,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from .. import access, services, stats
+from ..importing import read_import_file
 from ..loop import rounds
 from ..loop.snapshots import snapshot_file
 from ..models import (
@@ -68,10 +71,27 @@ class ProjectViewSet(viewsets.ModelViewSet):
         min_role = Role.LABELER if self.request.method in ("GET", "HEAD", "OPTIONS") else Role.ADMIN
         return access.access_project_by_id(self.request.user, self.kwargs["pk"], min_role=min_role)
 
+    def get_serializer_class(self):
+        return s.ProjectCreateSerializer if self.action == "create" else s.ProjectSerializer
+
+    @extend_schema(request={"multipart/form-data": s.ProjectCreateSerializer,
+                            "application/json": s.ProjectCreateSerializer},
+                   responses={201: s.ProjectSerializer})
     def create(self, request, *args, **kwargs):
+        """Create a project (site admins), optionally with its base model and a prompt file, all or nothing:
+        a bad setting or a bad line (reported with its number) creates nothing. No labels are made."""
         if not request.user.is_staff:
             raise PermissionDenied("Only site admins create projects.")
-        return super().create(request, *args, **kwargs)
+        body = s.ProjectCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        upload, fmt = data.pop("prompts", None), data.pop("prompts_format")
+        items, lines, left_out = read_uploaded_prompts(upload, fmt) if upload else ([], [], 0)
+        project, result = services.create_project(admin=request.user, base=data.pop("base_model", None),
+                                                  prompts=items, line_numbers=lines, **data)
+        return Response({**s.ProjectSerializer(project).data,
+                         "imported": {"created": len(result.created), "duplicates": len(result.duplicates),
+                                      "left_out": left_out}}, status=201)
 
     def perform_destroy(self, instance):
         if not self.request.user.is_staff:
@@ -144,6 +164,26 @@ class ProjectViewSet(viewsets.ModelViewSet):
         membership = services.add_member(project=project, user=body.validated_data["user"],
                                          role=body.validated_data["role"])
         return Response(s.MembershipSerializer(membership).data, status=201)
+
+
+def read_uploaded_prompts(upload, fmt: str):
+    """An uploaded prompt file read like ``manage.py import_prompts`` reads one (line-numbered errors)."""
+    suffix = ".jsonl.gz" if upload.name.endswith(".gz") else ".jsonl"
+    with tempfile.NamedTemporaryFile(suffix=suffix) as copy:
+        for chunk in upload.chunks():
+            copy.write(chunk)
+        copy.flush()
+        return read_import_file(Path(copy.name), fmt=fmt)
+
+
+class BaseModelViewSet(viewsets.ReadOnlyModelViewSet):
+    """Base models registered for the whole site (``manage.py register_base``), with their provenance:
+    what a project's admin may pick as the project's base model."""
+    queryset = ModelVersion.objects.none()  # for the schema; get_queryset() lists the registered bases
+    serializer_class = s.ModelVersionSerializer
+
+    def get_queryset(self):
+        return ModelVersion.objects.registered_bases().order_by("id")
 
 
 class PromptViewSet(viewsets.ModelViewSet):
