@@ -7,12 +7,14 @@ import uuid
 from functools import wraps
 
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
 from django.views.decorators.http import require_POST
 
 from . import access, services, stats
+from .formats import FORMATS
 from .loop.config import preset
 from .models import Demonstration, ModelVersion, Ranking, Role, Task, TaskKind, TaskSlot, TrainingJob
 from .rendering import render_markdown
@@ -148,11 +150,22 @@ def manage_project(request, project_id: int):
     """Rounds and jobs of a project with live progress, the start-round form, and the model lineage."""
     project = access.access_project_by_id(request.user, project_id, min_role=Role.ADMIN)
     models = list(ModelVersion.objects.filter(project=project).select_related("parent", "round").order_by("id"))
+    bases = ModelVersion.objects.registered_bases() | ModelVersion.objects.filter(project=project, stage="base")
     jobs = TrainingJob.objects.filter(project=project).select_related("round", "result_model").order_by("-id")[:50]
     return render(request, "annotation/manage_project.html", {
         "project": project, "rounds": project.rounds.order_by("-number"), "jobs": jobs, "models": models,
+        "bases": bases.order_by("id"),
         "default_config": json.dumps(preset(), indent=2),
     })
+
+
+@labeler_page
+def new_project(request):
+    """The form for a new project with a base model and a prompt file (site admins); it posts to the API."""
+    if not request.user.is_staff:
+        raise PermissionDenied("Only site admins create projects.")
+    return render(request, "annotation/new_project.html", {"bases": ModelVersion.objects.registered_bases(),
+                                                           "formats": FORMATS})
 
 
 @labeler_page

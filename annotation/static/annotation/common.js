@@ -22,6 +22,17 @@ const RL = (() => {
     return {status: response.status, ok: response.ok, data};
   }
 
+  // A multipart form (a file upload): the browser sets the Content-Type with its boundary.
+  async function upload(url, form) {
+    const response = await fetch(url, {
+      method: "POST", credentials: "same-origin", body: form,
+      headers: {"X-CSRFToken": csrfToken(), "Accept": "application/json"},
+    });
+    let data = null;
+    try { data = await response.json(); } catch (e) { data = null; }
+    return {status: response.status, ok: response.ok, data};
+  }
+
   function errorText(result) {
     if (!result.data) return `Something went wrong (HTTP ${result.status}). Your work is still on the page.`;
     const fields = result.data.fields || {};
@@ -120,5 +131,5 @@ const RL = (() => {
     return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || event.target.isContentEditable;
   }
 
-  return {api, errorText, toast, Timer, loadPanel, setupSkip, openSkip, isTyping};
+  return {api, upload, errorText, toast, Timer, loadPanel, setupSkip, openSkip, isTyping};
 })();

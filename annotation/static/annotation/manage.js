@@ -114,6 +114,11 @@
       const result = await RL.api("POST", `/api/rounds/${button.dataset.roundId}/cancel/`);
       RL.toast(result.ok ? "Round cancelled." : RL.errorText(result), {error: !result.ok});
       if (result.ok) setTimeout(() => window.location.reload(), 800);
+    } else if (button.id === "set-base") {
+      const value = document.getElementById("base-model").value;
+      const result = await RL.api("PATCH", `/api/projects/${document.getElementById("manage").dataset.projectId}/`,
+                                  {base_model: value ? Number(value) : null});
+      RL.toast(result.ok ? "Base model saved: round 1 starts from it." : RL.errorText(result), {error: !result.ok});
     } else if (button.id === "start-round") {
       let config;
       try { config = JSON.parse(document.getElementById("round-config").value || "{}"); }
@@ -125,6 +130,24 @@
       RL.toast(`Round ${result.data.number} started.`);
       setTimeout(() => window.location.reload(), 800);
     }
+  });
+
+  const newProject = document.getElementById("new-project");
+  if (newProject) newProject.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = new FormData(newProject);
+    if (!form.get("prompts") || !form.get("prompts").size) form.delete("prompts");
+    if (!form.get("base_model")) form.delete("base_model");
+    const submit = newProject.querySelector("button[type=submit]");
+    const status = document.getElementById("new-project-status");
+    submit.disabled = true;
+    status.textContent = "Creating the project and importing its prompts…";
+    const result = await RL.upload("/api/projects/", form);
+    submit.disabled = false;
+    if (!result.ok) { status.textContent = ""; RL.toast(RL.errorText(result), {error: true, timeout: 15000}); return; }
+    const imported = result.data.imported;
+    status.textContent = `Created with ${imported.created} prompts (${imported.duplicates} duplicates, ${imported.left_out} left out).`;
+    setTimeout(() => { window.location.href = `/manage/projects/${result.data.id}/`; }, 1200);
   });
 
   const job = document.getElementById("job");
