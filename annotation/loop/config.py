@@ -67,7 +67,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "checkpoint_every": 4,    # three checkpoints a run: a kill loses at most 4 iterations
         },
         "generate": {
-            "prompts": 20,            # next-round ranking tasks, each with the project's k candidates
+            "prompts": "auto",        # next-round ranking tasks: "auto" = enough that their comparisons make
+                                      # at least a quarter of the RM's data (at least 20), or a number
             "models": ["ppo"],        # "ppo", "sft" or both (candidates interleaved, k per task)
             "batch_size": 16,         # sequences decoded together with the KV cache
         },
@@ -116,8 +117,9 @@ def validate_round_config(overrides: dict | None) -> RoundConfig:
         except (TypeError, ValueError) as exc:
             errors[stage] = [str(exc)]
     generate = merged["generate"]
-    if not isinstance(generate.get("prompts"), int) or generate["prompts"] < 1:
-        errors.setdefault("generate", []).append("prompts must be a positive integer")
+    prompts = generate.get("prompts")
+    if prompts != "auto" and (not isinstance(prompts, int) or isinstance(prompts, bool) or prompts < 1):
+        errors.setdefault("generate", []).append('prompts must be "auto" or a positive integer')
     models = generate.get("models")
     if not isinstance(models, list) or not models or not set(models) <= {"ppo", "sft"}:
         errors.setdefault("generate", []).append('models must be a non-empty list drawn from "ppo" and "sft"')

@@ -134,6 +134,21 @@ def verify_snapshot(snapshot: DatasetSnapshot) -> bool:
     return labels_match and content_hash(on_disk) == snapshot.content_hash
 
 
+def comparisons(ranks: list[int]) -> int:
+    """The pairwise comparisons a ranking holds: pairs of responses with different ranks (ties compare
+    nothing)."""
+    return sum(1 for i, a in enumerate(ranks) for b in ranks[i + 1:] if a != b)
+
+
+def count_comparisons(snapshot: DatasetSnapshot) -> int:
+    """The reward model's training comparisons in the snapshot (``rankings.jsonl``)."""
+    path = Path(snapshot.path) / "rankings.jsonl"
+    if not path.exists():
+        return 0
+    with path.open(encoding="utf-8") as lines:
+        return sum(comparisons(json.loads(line)["ranks"]) for line in lines if line.strip())
+
+
 def snapshot_file(snapshot: DatasetSnapshot, name: str) -> Path | None:
     """A file of the snapshot, or None for a name that is not one (no path tricks)."""
     return Path(snapshot.path) / name if name in FILES else None

@@ -19,7 +19,7 @@ from training.data import VERSION, write_jsonl
 
 from ..models import Candidate, JobStage, ModelVersion, Prompt, Round, Task, TaskKind, TrainingJob
 from ..services import create_ranking_tasks
-from .snapshots import prompt_payload
+from .snapshots import count_comparisons, prompt_payload
 
 
 @dataclass
@@ -103,6 +103,25 @@ def run_pretrain(job: TrainingJob, out: Path, progress) -> StageOutcome:
     return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.BASE, out, result, None))
 
 
+# A round's new comparisons should be at least this share of the reward model's data once they are
+# labeled: fewer would barely move the next reward model (a round once added 5%).
+NEW_COMPARISON_SHARE = 0.25
+MIN_NEXT_ROUND_PROMPTS = 20
+
+
+def next_round_size(job: TrainingJob, requested: int | str) -> int:
+    """How many next-round prompts get candidates: ``requested``, or with "auto" enough that the new
+    comparisons (k·(k−1)/2 per task and labeler) are at least a quarter of the reward model's comparisons
+    after the round: new ≥ old · share / (1 − share)."""
+    if requested != "auto":
+        return int(requested)
+    old = count_comparisons(job.snapshot) if job.snapshot else 0
+    project = job.project
+    per_task = project.k * (project.k - 1) // 2 * project.overlap
+    needed = old * NEW_COMPARISON_SHARE / (1 - NEW_COMPARISON_SHARE)
+    return max(MIN_NEXT_ROUND_PROMPTS, -int(-needed // per_task))
+
+
 def next_round_prompts(job: TrainingJob, count: int, seed: int) -> list[Prompt]:
     """Prompts for the next round's ranking tasks: labeler-written prompts that have no ranking task yet
     come first, then a seeded sample of the other train-split prompts without a task in a later round."""
@@ -131,7 +150,7 @@ def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
     if not models:
         raise ValueError(f"{job} has no model to generate with")
     settings = dict(job.config)
-    count, seed = int(settings.pop("prompts", 20)), int(settings.get("seed", 0))
+    count, seed = next_round_size(job, settings.pop("prompts", "auto")), int(settings.get("seed", 0))
     prompts = next_round_prompts(job, count, seed)
     if not prompts:
         raise ValueError("no prompts are left for the next round")
@@ -166,7 +185,8 @@ def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
         proposals.append((prompt, picked))
     target_round = Round.objects.next_after(job.round) if job.round else None
     tasks = create_ranking_tasks(source_job=job, round=target_round, proposals=proposals)
-    return StageOutcome("completed", {"prompts": len(prompts), "tasks": tasks, "models": len(models)})
+    return StageOutcome("completed", {"prompts": len(prompts), "tasks": tasks, "models": len(models),
+                                      "prompts_asked": count})
 
 
 def read_candidates(path: Path) -> dict[str, list[dict]]:

@@ -4,7 +4,9 @@ fails it; cancel always wins; a worker taken for dead can no longer write; a red
 makes nothing new; a job of a superseded round run can neither advance nor be retried."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import IntegrityError, transaction
@@ -204,3 +206,22 @@ def test_the_pages_and_the_api_say_why_a_job_failed(round_job, sent, users, clie
     assert "worker died 3 times" in project_page
     body = client_for("sam").get(f"/api/jobs/{round_job.pk}/").json()
     assert body["failure_reason"].startswith("worker died 3 times") and body["max_attempts"] == 3
+
+
+def test_a_round_adds_enough_new_comparisons_to_matter(round_job, monkeypatch):
+    from annotation.loop import stages
+    from annotation.loop.snapshots import comparisons, count_comparisons
+
+    assert comparisons([1, 2, 2, 3]) == 5 and comparisons([1, 1]) == 0
+    lines = Path(round_job.snapshot.path, "rankings.jsonl").read_text().splitlines()
+    labeled = sum(comparisons(json.loads(line)["ranks"]) for line in lines)
+    assert count_comparisons(round_job.snapshot) == labeled > 0
+    assert stages.next_round_size(round_job, 7) == 7
+    monkeypatch.setattr(stages, "count_comparisons", lambda snapshot: 3000)
+    project = round_job.project
+    assert (project.k, project.overlap) == (2, 1)             # one comparison per new task
+    assert stages.next_round_size(round_job, "auto") == 1000  # 1000 / (3000 + 1000) = 1/4
+    project.k, project.overlap = 4, 2                         # 6 comparisons per task and labeler, twice
+    assert stages.next_round_size(round_job, "auto") == 84    # ⌈1000 / 12⌉
+    monkeypatch.setattr(stages, "count_comparisons", lambda snapshot: 30)
+    assert stages.next_round_size(round_job, "auto") == 20    # never fewer than 20
