@@ -174,6 +174,41 @@ class GenerateConfig(StageConfig):
 
 
 @dataclass
+class EvaluateConfig(StageConfig):
+    """Compare policies on held-out prompts: one sample each per prompt (the same seeds for every policy),
+    scored by the training reward model and, when given, an independent judge that training never saw,
+    with the KL to a reference policy, the response length and the share that end properly."""
+
+    policies: list[str] = field(default_factory=list)  # model directories, in the order reported
+    names: list[str] = field(default_factory=list)     # a label per policy, e.g. ["ppo", "sft"]
+    baseline: str = ""              # the name every other policy is paired against (e.g. "sft")
+    reference: str = ""             # KL(π ‖ reference) in nats per sequence; usually the SFT model
+    reward_model: str = ""          # the RM that training optimised
+    judge: str = ""                 # an independent RM, never used in training (optional)
+    max_prompts: int = 200          # held-out prompts evaluated (the first ones of the file)
+    max_new_tokens: int = 64
+    temperature: float = 1.0        # 1 and top_p 1: samples from π itself, so the KL estimate is unbiased
+    top_p: float = 1.0
+    stop_at_turn_end: bool = True
+    chat_template: bool = False
+    batch_size: int = 16
+    max_length: int = 512           # tokens the reward models read per (prompt, response)
+    seed: int = 0
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.policies, self.names = list(self.policies), list(self.names)
+        self._check(bool(self.policies) and len(self.policies) == len(self.names),
+                    "give one name per policy, and at least one policy")
+        self._check(len(set(self.names)) == len(self.names), "policy names must differ")
+        self._check(not self.baseline or self.baseline in self.names, "baseline must be one of the names")
+        self._check(bool(self.reward_model) or bool(self.judge), "a reward model or a judge is required")
+        self._check(self.max_prompts >= 1 and self.batch_size >= 1 and self.max_new_tokens >= 1,
+                    "max_prompts, batch_size and max_new_tokens must be >= 1")
+        self._check(self.temperature >= 0 and 0 < self.top_p <= 1, "temperature >= 0 and top_p in (0, 1]")
+
+
+@dataclass
 class PPOConfig(StageConfig):
     """PPO against a reward model under a per-token KL penalty to the SFT policy (InstructGPT, after
     Ziegler et al. 2019 and Stiennon et al. 2020). One iteration = one rollout of ``batch_size`` prompts
