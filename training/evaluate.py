@@ -115,10 +115,10 @@ def evaluate_policies(config: EvaluateConfig, prompts: Path, out: Path, *, on_lo
     for judge_name, model_dir in (("rm", config.reward_model), ("judge", config.judge)):
         if not model_dir:
             continue
-        for name, candidates in samples.items():
-            for c, value in zip(candidates, score(model_dir, texts, [c["text"] for c in candidates], config,
-                                                  rt.device), strict=True):
-                c[judge_name] = value
+        every = [c for candidates in samples.values() for c in candidates]  # one load of the RM for all
+        values = score(model_dir, texts * len(samples), [c["text"] for c in every], config, rt.device)
+        for c, value in zip(every, values, strict=True):
+            c[judge_name] = value
         step += 1
         reporter.log(step, steps, {"evaluate/seconds": time.perf_counter() - started})
     for name, candidates in samples.items():
