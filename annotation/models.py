@@ -60,6 +60,9 @@ class Project(models.Model):
                                    related_name="+", help_text="Where round 1's SFT starts.")
     active_policy = models.ForeignKey("ModelVersion", null=True, blank=True, on_delete=models.SET_NULL,
                                       related_name="+", help_text="The policy that generates new candidates.")
+    judge_model = models.ForeignKey(
+        "ModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="+",
+        help_text="An independent reward model, never trained on: it judges each round's policy beside the RM.")
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -212,6 +215,9 @@ class Round(models.Model):
     finished = models.DateTimeField(null=True, blank=True)
     run = models.PositiveIntegerField(
         default=0, help_text="How many times training was started; jobs of an earlier run are superseded.")
+    comparison = models.JSONField(default=dict, blank=True,
+                                  help_text="The new policy against SFT and the previous policy, on held-out prompts.")
+    gate_note = models.TextField(blank=True, help_text="Why the round kept (or replaced) the active policy.")
 
     objects = RoundManager()
 
@@ -575,6 +581,7 @@ class JobStage(models.TextChoices):
     SFT = "sft", "SFT"
     RM = "rm", "Reward model"
     PPO = "ppo", "PPO"
+    EVALUATE = "evaluate", "Evaluate on held-out prompts"
     GENERATE = "generate", "Generate candidates"
 
 

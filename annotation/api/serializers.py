@@ -32,13 +32,16 @@ class ProjectSerializer(serializers.ModelSerializer):
     base_model = serializers.PrimaryKeyRelatedField(
         queryset=ModelVersion.objects.filter(stage=ModelVersion.Stage.BASE), allow_null=True, required=False,
         help_text="A registered base model (GET /api/base-models/) that round 1's SFT starts from.")
+    judge_model = serializers.PrimaryKeyRelatedField(
+        queryset=ModelVersion.objects.filter(stage=ModelVersion.Stage.RM), allow_null=True, required=False,
+        help_text="An independent reward model of this project that scores each round's policy beside the RM.")
 
     class Meta:
         model = Project
         fields = [
             "id", "name", "guidelines", "k", "overlap", "lease_seconds", "demonstrations_enabled",
             "rankings_enabled", "prompt_writing_enabled", "max_new_tokens", "temperature", "top_p", "base_model",
-            "active_policy", "created", "my_role",
+            "judge_model", "active_policy", "created", "my_role",
         ]
         read_only_fields = ["created", "active_policy"]
 
@@ -48,6 +51,12 @@ class ProjectSerializer(serializers.ModelSerializer):
     def validate_base_model(self, base):
         services.check_base_for(self.instance, base)
         return base
+
+    def validate_judge_model(self, judge):
+        own = self.instance.pk if self.instance is not None else None
+        if judge is not None and (judge.stage != ModelVersion.Stage.RM or judge.project_id != own):
+            raise serializers.ValidationError("choose a reward model of this project that no round trained on")
+        return judge
 
 
 class ProjectCreateSerializer(ProjectSerializer):
@@ -230,7 +239,8 @@ class SkipOutSerializer(serializers.ModelSerializer):
 class RoundSerializer(serializers.ModelSerializer):
     class Meta:
         model = Round
-        fields = ["id", "project", "number", "status", "config", "created", "started", "finished"]
+        fields = ["id", "project", "number", "status", "config", "comparison", "gate_note", "run", "created",
+                  "started", "finished"]
 
 
 class StartRoundSerializer(serializers.Serializer):

@@ -16,18 +16,20 @@ from typing import Any, TypedDict
 
 from rest_framework.exceptions import ValidationError
 
-from training.config import GenerateConfig, PPOConfig, RewardConfig, SFTConfig
+from training.config import EvaluateConfig, GenerateConfig, PPOConfig, RewardConfig, SFTConfig
 
-STAGES = ("sft", "rm", "ppo", "generate")
+STAGES = ("sft", "rm", "ppo", "evaluate", "generate")
 
 
 class RoundConfig(TypedDict):
     """What a round stores in ``Round.config``: the preset it came from and each stage's settings."""
 
     preset: str
+    gate: bool
     sft: dict[str, Any]
     rm: dict[str, Any]
     ppo: dict[str, Any]
+    evaluate: dict[str, Any]
     generate: dict[str, Any]
 
 
@@ -66,6 +68,11 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "sample_every": 4,
             "checkpoint_every": 4,    # three checkpoints a run: a kill loses at most 4 iterations
         },
+        "evaluate": {
+            "max_prompts": 100,       # held-out prompts: enough for a standard error near 0.1 of the RM's spread
+            "max_new_tokens": 24,     # as PPO's rollouts, so it judges the text PPO was trained on
+            "batch_size": 16,
+        },
         "generate": {
             "prompts": "auto",        # next-round ranking tasks: "auto" = enough that their comparisons make
                                       # at least a quarter of the RM's data (at least 20), or a number
@@ -75,17 +82,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 DEFAULT_PRESET = "cpu-demo"
+# On by default: a round whose PPO policy scores below its SFT model on held-out prompts keeps the previous
+# active policy (or SFT's) for the next round's candidates, and says why.
+DEFAULT_GATE = True
 
 # Settings of the platform's own, not fields of GenerateConfig.
 GENERATE_PLATFORM_FIELDS = ("prompts", "models")
 # Fields a round fills in itself: placeholders let the dataclass validate the rest.
 _CLASSES = {"sft": (SFTConfig, {"base": "-"}), "rm": (RewardConfig, {"base": "-"}),
-            "ppo": (PPOConfig, {"policy": "-"}), "generate": (GenerateConfig, {"model": "-"})}
+            "ppo": (PPOConfig, {"policy": "-"}),
+            "evaluate": (EvaluateConfig, {"policies": ["-"], "names": ["-"], "reward_model": "-"}),
+            "generate": (GenerateConfig, {"model": "-"})}
 
 
 def preset(name: str = DEFAULT_PRESET) -> RoundConfig:
     """A copy of the named preset as a full round config."""
-    return {"preset": name, **copy.deepcopy(PRESETS[name])}
+    return {"preset": name, "gate": DEFAULT_GATE, **copy.deepcopy(PRESETS[name])}
 
 
 def validate_round_config(overrides: dict | None) -> RoundConfig:
@@ -98,13 +110,18 @@ def validate_round_config(overrides: dict | None) -> RoundConfig:
         raise ValidationError({"config": ["must be an object of stage → settings"]})
     overrides = dict(overrides)
     name = overrides.pop("preset", DEFAULT_PRESET)
+    gate = overrides.pop("gate", DEFAULT_GATE)
     if name not in PRESETS:
         raise ValidationError({"config": {"preset": [f"unknown preset {name!r}; use {', '.join(PRESETS)}"]}})
     errors: dict[str, list[str]] = {}
     unknown = sorted(set(overrides) - set(STAGES))
     if unknown:
-        errors["non_field_errors"] = [f"unknown stage(s): {', '.join(unknown)}; use preset, {', '.join(STAGES)}"]
+        errors["non_field_errors"] = [f"unknown stage(s): {', '.join(unknown)}; use preset, gate, "
+                                      f"{', '.join(STAGES)}"]
     merged = preset(name)
+    if not isinstance(gate, bool):
+        errors["gate"] = ["must be true or false"]
+    merged["gate"] = gate
     for stage, (cls, placeholders) in _CLASSES.items():
         given = overrides.get(stage, {})
         if not isinstance(given, dict):

@@ -97,14 +97,45 @@ def _advance(job: TrainingJob, round: Round) -> None:
         sft = job.input_models.get(stage=ModelVersion.Stage.SFT)
         create_job(stage=JobStage.PPO, config=stage_config["ppo"], inputs=[sft, produced], **base)
     elif job.stage == JobStage.PPO:
-        Project.objects.filter(pk=job.project_id).update(active_policy=produced)
-        sft = job.input_models.get(stage=ModelVersion.Stage.SFT)
+        sft, rm = job.input_models.get(stage=ModelVersion.Stage.SFT), job.input_models.get(stage=ModelVersion.Stage.RM)
+        previous = job.project.active_policy
+        roles = {"ppo": produced.pk, "sft": sft.pk, "rm": rm.pk, "previous": previous.pk if previous else None}
+        create_job(stage=JobStage.EVALUATE, config={**stage_config["evaluate"], "models": roles},
+                   inputs=[m for m in (produced, sft, rm, previous) if m is not None], **base)
+    elif job.stage == JobStage.EVALUATE:
+        roles = {name: ModelVersion.objects.filter(pk=pk).first() for name, pk in job.config["models"].items()}
+        adopt, note = gate_decision(job.metrics, gate=stage_config.get("gate", True), previous=roles["previous"])
+        policy = roles["ppo"] if adopt else (roles["previous"] or roles["sft"])
+        if adopt:
+            Project.objects.filter(pk=job.project_id).update(active_policy=policy)
+        comparison = {k.removeprefix("summary/"): v for k, v in job.metrics.items() if k.startswith("summary/")}
+        Round.objects.filter(pk=round.pk).update(comparison=comparison, gate_note=note)
         generate = dict(stage_config["generate"])
-        chosen = {"ppo": produced, "sft": sft}
-        inputs = [chosen[name] for name in generate.pop("models")]
+        chosen = {"ppo": policy, "sft": roles["sft"]}
+        inputs = list(dict.fromkeys(chosen[name] for name in generate.pop("models")))
         create_job(stage=JobStage.GENERATE, config=generate, inputs=inputs, **base)
     elif job.stage == JobStage.GENERATE:
         Round.objects.filter(pk=round.pk).update(status=Round.Status.FINISHED, finished=timezone.now())
+
+
+def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None) -> tuple[bool, str]:
+    """Whether the round's PPO policy becomes the active policy, and why, from the evaluate job's metrics:
+    it does unless it scored below SFT on the held-out prompts (by the judge where there is one, else by
+    the training RM) and the gate is on."""
+    judge = "summary/ppo_vs_sft/judge_diff" in metrics
+    prefix, by = ("summary/ppo_vs_sft/judge", "the judge") if judge else ("summary/ppo_vs_sft/rm", "the training RM")
+    if f"{prefix}_diff" not in metrics:
+        return True, "No held-out prompts to compare on: the new policy is active unchecked."
+    diff, stderr, win = metrics[f"{prefix}_diff"], metrics[f"{prefix}_diff_stderr"], metrics[f"{prefix}_win_rate"]
+    n = int(metrics.get("summary/prompts", 0))
+    text = (f"PPO against SFT on {n} held-out prompts, by {by}: {diff:+.3f} ± {stderr:.3f} (win rate "
+            f"{win:.0%}).")
+    if diff >= 0:
+        return True, f"{text} The new policy is active."
+    if not gate:
+        return True, f"{text} It lost to SFT, but the gate is off: the new policy is active anyway."
+    kept = f"the previous policy ({previous})" if previous else "the SFT model"
+    return False, f"{text} It lost to SFT, so the round keeps {kept} for the next round's candidates."
 
 
 @transaction.atomic

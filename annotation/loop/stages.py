@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import GenerateConfig, PPOConfig, PretrainConfig, RewardConfig, SFTConfig
+from training.config import EvaluateConfig, GenerateConfig, PPOConfig, PretrainConfig, RewardConfig, SFTConfig
 from training.data import VERSION, write_jsonl
 
 from ..models import Candidate, JobStage, ModelVersion, Prompt, Round, Task, TaskKind, TrainingJob
@@ -101,6 +101,28 @@ def run_pretrain(job: TrainingJob, out: Path, progress) -> StageOutcome:
     config = PretrainConfig.from_dict(job.config)
     result = pretrain(config, corpus, out, on_log=progress.on_log, should_stop=progress.should_stop)
     return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.BASE, out, result, None))
+
+
+def run_evaluate(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    """The round's PPO policy against its SFT model and the previous active policy on the snapshot's
+    held-out (test-split) prompts: training-RM and judge scores, KL to SFT, length, end-of-sequence rate."""
+    from training.evaluate import evaluate_policies  # torch: worker only
+
+    settings = dict(job.config)
+    roles = settings.pop("models")
+    prompts = _snapshot_file(job, "ppo_eval_prompts.jsonl", optional=True)
+    if prompts is None:
+        return StageOutcome("completed", {"prompts": 0})
+    models = {m.pk: m for m in job.input_models.all()}
+    names = [name for name in ("ppo", "sft", "previous") if roles.get(name) in models]
+    judge = job.project.judge_model
+    config = EvaluateConfig.from_dict({
+        "max_new_tokens": job.project.max_new_tokens, **settings,
+        "policies": [models[roles[name]].artifact_path for name in names], "names": names, "baseline": "sft",
+        "reference": models[roles["sft"]].artifact_path, "reward_model": models[roles["rm"]].artifact_path,
+        "judge": judge.artifact_path if judge else ""})
+    result = evaluate_policies(config, prompts, out, on_log=progress.on_log, should_stop=progress.should_stop)
+    return StageOutcome(result.status, result.summary)
 
 
 # A round's new comparisons should be at least this share of the reward model's data once they are
@@ -198,7 +220,7 @@ def read_candidates(path: Path) -> dict[str, list[dict]]:
 
 
 RUNNERS = {JobStage.SFT: run_sft, JobStage.RM: run_rm, JobStage.PPO: run_ppo, JobStage.PRETRAIN: run_pretrain,
-           JobStage.GENERATE: run_generate}
+           JobStage.EVALUATE: run_evaluate, JobStage.GENERATE: run_generate}
 
 
 def run_stage(job: TrainingJob, out: Path, progress, *, threads: int = 0) -> StageOutcome:

@@ -15,8 +15,12 @@ TINY_ROUND = {
     "rm": {"max_steps": 4, "batch_size": 2, "max_length": 96, "log_every": 1},
     "ppo": {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6,
             "checkpoint_every": 1, "sample_every": 1},
+    "evaluate": {"max_prompts": 4, "max_new_tokens": 6, "batch_size": 8},
     "generate": {"prompts": 4, "models": ["ppo", "sft"], "max_new_tokens": 6, "batch_size": 8},
+    "gate": False,  # a tiny PPO policy may lose to SFT by chance: the gate has tests of its own
 }
+# Prompts whose content hash puts them in the test split: the held-out prompts a round evaluates on.
+HELD_OUT = ["Held-out question number 52?", "Held-out question number 62?"]
 
 RESPONSES = ["Thank you, I am glad to help: the answer is {i}.", "No.", "Maybe {i}, maybe not.",
              "Please see: {i} {i} {i}."]
@@ -24,7 +28,8 @@ RESPONSES = ["Thank you, I am glad to help: the answer is {i}.", "No.", "Maybe {
 
 @pytest.fixture
 def loop_project(tiny_base, transactional_db, settings, tmp_path):  # noqa: F811
-    """A k=2 project with a base model, 12 prompts with 2 candidates each, and 2 labelers."""
+    """A k=2 project with a base model, 12 prompts with 2 candidates each, 2 held-out prompts, and 2
+    labelers."""
     settings.ARTIFACT_ROOT = tmp_path / "artifacts"
     project = make_project("loop", k=2, overlap=1, max_new_tokens=6)
     base = ModelVersion.objects.create(project=project, stage="base", artifact_path=str(tiny_base), name="tiny base")
@@ -32,7 +37,7 @@ def loop_project(tiny_base, transactional_db, settings, tmp_path):  # noqa: F811
     project.save()
     items = [{"text": f"Tell me one fact about topic {i}.",
               "candidates": [RESPONSES[i % 4].format(i=i), RESPONSES[(i + 1) % 4].format(i=i)]} for i in range(12)]
-    services.bulk_create_prompts(project=project, items=items)
+    services.bulk_create_prompts(project=project, items=items + [{"text": text} for text in HELD_OUT])
     labelers = [make_user(f"sim{i}") for i in range(2)]
     for user in labelers:
         services.add_member(project=project, user=user, role=Role.LABELER)

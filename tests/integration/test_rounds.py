@@ -68,7 +68,8 @@ def test_a_round_runs_sft_rm_ppo_and_generates_the_next_rounds_tasks(loop_projec
     round1.refresh_from_db()
     jobs = {job.stage: job for job in TrainingJob.objects.filter(round=round1)}
     assert {stage: job.status for stage, job in jobs.items()} == {
-        "sft": "succeeded", "rm": "succeeded", "ppo": "succeeded", "generate": "succeeded"}, \
+        "sft": "succeeded", "rm": "succeeded", "ppo": "succeeded", "evaluate": "succeeded",
+        "generate": "succeeded"}, \
         {stage: job.error[-600:] for stage, job in jobs.items()}
     assert round1.status == Round.Status.FINISHED
     sft, rm, ppo = (jobs[s].result_model for s in ("sft", "rm", "ppo"))
@@ -77,10 +78,16 @@ def test_a_round_runs_sft_rm_ppo_and_generates_the_next_rounds_tasks(loop_projec
     assert all(m.snapshot_id == jobs["sft"].snapshot_id for m in (sft, rm, ppo))
     loop_project.refresh_from_db()
     assert loop_project.active_policy == ppo
+    # The round ends with a comparison on the held-out prompts: PPO against SFT, with KL and length.
+    assert jobs["evaluate"].status == "succeeded" and set(jobs["evaluate"].input_models.all()) == {ppo, sft, rm}
+    assert round1.comparison["prompts"] == 2 and "ppo_vs_sft/rm_diff" in round1.comparison
+    assert {"ppo/kl", "ppo/length", "ppo/eos_rate", "sft/rm"} <= set(round1.comparison)
+    assert abs(round1.comparison["sft/kl"]) < 1e-3 and "PPO against SFT on 2 held-out prompts" in round1.gate_note
     # Every artifact and metric is recorded.
     for job in jobs.values():
         assert job.step == job.total > 0 and job.metrics and job.history and job.output_dir
-    assert "train/loss" in jobs["sft"].history[-1] and "ppo/kl" in jobs["ppo"].history[-1]
+    assert any("train/loss" in h for h in jobs["sft"].history) and "eval/loss" in jobs["sft"].history[-1]
+    assert "ppo/kl" in jobs["ppo"].history[-1]
     assert any("accuracy" in k for k in jobs["rm"].metrics)
     # Round 2's ranking tasks hold candidates from round 1's PPO (and SFT, mixed) models.
     round2 = Round.objects.get(project=loop_project, number=2)

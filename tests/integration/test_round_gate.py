@@ -1,0 +1,59 @@
+"""The round gate: a PPO policy that loses to its SFT model on held-out prompts does not become the
+active policy, the next round's candidates come from the policy kept, and the round says why."""
+from __future__ import annotations
+
+import pytest
+
+from annotation.loop import rounds, stages
+from annotation.loop.rounds import gate_decision
+from annotation.models import ModelVersion, Round, Task, TrainingJob
+from tests.integration.conftest import TINY_ROUND, label_everything
+
+pytestmark = [pytest.mark.slow]
+
+LOSING = {"summary/prompts": 100, "summary/ppo_vs_sft/rm_diff": -0.18, "summary/ppo_vs_sft/rm_diff_stderr": 0.02,
+          "summary/ppo_vs_sft/rm_win_rate": 0.13}
+
+
+def test_the_gate_keeps_the_previous_policy_when_ppo_loses_to_sft():
+    previous = ModelVersion(name="round 1 PPO")
+    adopt, note = gate_decision(LOSING, gate=True, previous=previous)
+    assert not adopt and note == ("PPO against SFT on 100 held-out prompts, by the training RM: -0.180 ± 0.020 "
+                                  "(win rate 13%). It lost to SFT, so the round keeps the previous policy "
+                                  "(round 1 PPO) for the next round's candidates.")
+    assert "keeps the SFT model" in gate_decision(LOSING, gate=True, previous=None)[1]
+    adopt, note = gate_decision(LOSING, gate=False, previous=None)
+    assert adopt and "the gate is off" in note
+    adopt, note = gate_decision({**LOSING, "summary/ppo_vs_sft/rm_diff": 0.3}, gate=True, previous=None)
+    assert adopt and note.endswith("The new policy is active.")
+    assert gate_decision({}, gate=True, previous=None)[0] is True
+
+
+def test_the_judge_decides_when_there_is_one():
+    judged = {**LOSING, "summary/ppo_vs_sft/judge_diff": 0.1, "summary/ppo_vs_sft/judge_diff_stderr": 0.05,
+              "summary/ppo_vs_sft/judge_win_rate": 0.6}
+    adopt, note = gate_decision(judged, gate=True, previous=None)
+    assert adopt and "by the judge: +0.100" in note
+
+
+def test_a_round_whose_policy_loses_keeps_sft_for_the_next_candidates(loop_project, transactional_db, eager,
+                                                                     monkeypatch, client_for, users):
+    def losing_evaluation(job, out, progress):  # as if PPO had learned to please its RM and nothing else
+        return stages.StageOutcome("completed", {k.removeprefix("summary/"): v for k, v in LOSING.items()})
+
+    monkeypatch.setitem(stages.RUNNERS, "evaluate", losing_evaluation)
+    label_everything(loop_project)
+    round1 = rounds.start_round(project=loop_project, config={**TINY_ROUND, "gate": True})
+    round1.refresh_from_db()
+    loop_project.refresh_from_db()
+    ppo = TrainingJob.objects.get(round=round1, stage="ppo").result_model
+    sft = TrainingJob.objects.get(round=round1, stage="sft").result_model
+    assert round1.status == "finished" and loop_project.active_policy is None
+    assert "It lost to SFT, so the round keeps the SFT model" in round1.gate_note
+    assert round1.comparison["ppo_vs_sft/rm_diff"] == -0.18
+    generate = TrainingJob.objects.get(round=round1, stage="generate")
+    assert list(generate.input_models.all()) == [sft]          # "ppo" and "sft" both resolve to SFT
+    next_tasks = Task.objects.filter(round=Round.objects.get(project=loop_project, number=2), kind="ranking")
+    assert next_tasks.exists() and all({c.model_version for c in t.candidates.all()} == {sft} for t in next_tasks)
+    assert ppo not in {c.model_version for t in next_tasks for c in t.candidates.all()}
+    assert client_for("sam").get(f"/api/rounds/{round1.pk}/").json()["gate_note"] == round1.gate_note
