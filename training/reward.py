@@ -199,9 +199,13 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
     totals = dict(zip(names, rt.all_sum([stats[n] for n in names]), strict=True))
     mean = totals.get("r_sum", 0.0) / max(totals.get("responses", 0.0), 1)
     variance = totals.get("r_sq", 0.0) / max(totals.get("responses", 0.0), 1) - mean ** 2
+    pairs = totals.get("pairs", 0.0)
+    accuracy = totals.get("correct", 0.0) / max(pairs, 1)
     metrics = {
         "eval/loss": totals.get("loss", 0.0) / max(totals.get("groups", 0.0), 1),
-        "eval/accuracy": totals.get("correct", 0.0) / max(totals.get("pairs", 0.0), 1),
+        "eval/accuracy": accuracy,
+        # Binomial standard error over the pairs (pairs of one ranking are not independent: a lower bound).
+        "eval/accuracy_stderr": (accuracy * (1 - accuracy) / max(pairs, 1)) ** 0.5,
         "eval/margin": totals.get("margin", 0.0) / max(totals.get("pairs", 0.0), 1),
         "eval/reward_mean": mean, "eval/reward_std": max(variance, 0.0) ** 0.5,
         "eval/pairs": totals.get("pairs", 0.0),

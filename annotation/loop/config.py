@@ -76,6 +76,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "generate": {
             "prompts": "auto",        # next-round ranking tasks: "auto" = enough that their comparisons make
                                       # at least a quarter of the RM's data (at least 20), or a number
+            "held_out_prompts": "auto",  # test-split prompts that also get candidates, so the RM's held-out
+                                         # set grows with the policy's samples: "auto" = up to 200
+                                         # held-out comparisons and at least a tenth of the round's prompts
             "models": ["ppo"],        # "ppo", "sft" or both (candidates interleaved, k per task)
             "batch_size": 16,         # sequences decoded together with the KV cache
         },
@@ -87,7 +90,7 @@ DEFAULT_PRESET = "cpu-demo"
 DEFAULT_GATE = True
 
 # Settings of the platform's own, not fields of GenerateConfig.
-GENERATE_PLATFORM_FIELDS = ("prompts", "models")
+GENERATE_PLATFORM_FIELDS = ("prompts", "held_out_prompts", "models")
 # Fields a round fills in itself: placeholders let the dataclass validate the rest.
 _CLASSES = {"sft": (SFTConfig, {"base": "-"}), "rm": (RewardConfig, {"base": "-"}),
             "ppo": (PPOConfig, {"policy": "-"}),
@@ -137,6 +140,9 @@ def validate_round_config(overrides: dict | None) -> RoundConfig:
     prompts = generate.get("prompts")
     if prompts != "auto" and (not isinstance(prompts, int) or isinstance(prompts, bool) or prompts < 1):
         errors.setdefault("generate", []).append('prompts must be "auto" or a positive integer')
+    held_out = generate.get("held_out_prompts", 0)
+    if held_out != "auto" and (not isinstance(held_out, int) or isinstance(held_out, bool) or held_out < 0):
+        errors.setdefault("generate", []).append('held_out_prompts must be "auto" or an integer >= 0')
     models = generate.get("models")
     if not isinstance(models, list) or not models or not set(models) <= {"ppo", "sft"}:
         errors.setdefault("generate", []).append('models must be a non-empty list drawn from "ppo" and "sft"')

@@ -140,9 +140,10 @@ def comparisons(ranks: list[int]) -> int:
     return sum(1 for i, a in enumerate(ranks) for b in ranks[i + 1:] if a != b)
 
 
-def count_comparisons(snapshot: DatasetSnapshot) -> int:
-    """The reward model's training comparisons in the snapshot (``rankings.jsonl``)."""
-    path = Path(snapshot.path) / "rankings.jsonl"
+def count_comparisons(snapshot: DatasetSnapshot, name: str = "rankings.jsonl") -> int:
+    """The comparisons in one of the snapshot's ranking files: the reward model's training data
+    (``rankings.jsonl``) or its held-out set (``rankings_eval.jsonl``)."""
+    path = Path(snapshot.path) / name
     if not path.exists():
         return 0
     with path.open(encoding="utf-8") as lines:

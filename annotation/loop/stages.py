@@ -129,28 +129,48 @@ def run_evaluate(job: TrainingJob, out: Path, progress) -> StageOutcome:
 # labeled: fewer would barely move the next reward model (a round once added 5%).
 NEW_COMPARISON_SHARE = 0.25
 MIN_NEXT_ROUND_PROMPTS = 20
+# The RM's held-out comparisons should number at least this many (33 fixed pairs once swung its accuracy
+# from 0.49 to 0.64), and every round adds held-out prompts with the new policy's candidates, at least
+# this share of its prompts, so that RM accuracy is measured on the policy's own samples.
+HELD_OUT_COMPARISONS = 200
+HELD_OUT_SHARE = 0.1
+
+
+def comparisons_per_task(project) -> int:
+    """Comparisons one ranking task yields once its overlap of labelers ranked it (without ties)."""
+    return project.k * (project.k - 1) // 2 * project.overlap
 
 
 def next_round_size(job: TrainingJob, requested: int | str) -> int:
     """How many next-round prompts get candidates: ``requested``, or with "auto" enough that the new
-    comparisons (k·(k−1)/2 per task and labeler) are at least a quarter of the reward model's comparisons
-    after the round: new ≥ old · share / (1 − share)."""
+    comparisons are at least a quarter of the reward model's comparisons after the round:
+    new ≥ old · share / (1 − share)."""
     if requested != "auto":
         return int(requested)
     old = count_comparisons(job.snapshot) if job.snapshot else 0
-    project = job.project
-    per_task = project.k * (project.k - 1) // 2 * project.overlap
     needed = old * NEW_COMPARISON_SHARE / (1 - NEW_COMPARISON_SHARE)
-    return max(MIN_NEXT_ROUND_PROMPTS, -int(-needed // per_task))
+    return max(MIN_NEXT_ROUND_PROMPTS, -int(-needed // comparisons_per_task(job.project)))
 
 
-def next_round_prompts(job: TrainingJob, count: int, seed: int) -> list[Prompt]:
-    """Prompts for the next round's ranking tasks: labeler-written prompts that have no ranking task yet
-    come first, then a seeded sample of the other train-split prompts without a task in a later round."""
+def held_out_size(job: TrainingJob, requested: int | str, count: int) -> int:
+    """How many held-out (test-split) prompts also get candidates: ``requested``, or with "auto" enough to
+    bring the RM's held-out comparisons to 200, and at least a tenth of the round's ``count``."""
+    if requested != "auto":
+        return int(requested)
+    have = count_comparisons(job.snapshot, "rankings_eval.jsonl") if job.snapshot else 0
+    missing = max(HELD_OUT_COMPARISONS - have, 0)
+    return max(-(-missing // comparisons_per_task(job.project)), -int(-count * HELD_OUT_SHARE // 1))
+
+
+def next_round_prompts(job: TrainingJob, count: int, seed: int, *, split: str = "train") -> list[Prompt]:
+    """Prompts of ``split`` for the next round's ranking tasks: for the train split, labeler-written
+    prompts that have no ranking task yet come first; then a seeded sample of the split's other prompts
+    without a task in a later round."""
     project = job.project
-    fresh = list(Prompt.objects.filter(project=project, source=Prompt.Source.LABELER)
-                 .exclude(tasks__kind=TaskKind.RANKING).order_by("id")[:count])
-    rest = list(Prompt.objects.filter(project=project, split="train")
+    fresh = [] if split != "train" else list(
+        Prompt.objects.filter(project=project, source=Prompt.Source.LABELER)
+        .exclude(tasks__kind=TaskKind.RANKING).order_by("id")[:count])
+    rest = list(Prompt.objects.filter(project=project, split=split)
                 .exclude(pk__in=[p.pk for p in fresh])
                 .exclude(tasks__kind=TaskKind.RANKING, tasks__round__number__gt=job.round.number if job.round else 0)
                 .order_by("id"))
@@ -173,7 +193,9 @@ def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
         raise ValueError(f"{job} has no model to generate with")
     settings = dict(job.config)
     count, seed = next_round_size(job, settings.pop("prompts", "auto")), int(settings.get("seed", 0))
-    prompts = next_round_prompts(job, count, seed)
+    held_out = next_round_prompts(job, held_out_size(job, settings.pop("held_out_prompts", 0), count), seed,
+                                  split="test")
+    prompts = next_round_prompts(job, count, seed) + held_out
     if not prompts:
         raise ValueError("no prompts are left for the next round")
     out.mkdir(parents=True, exist_ok=True)
@@ -208,7 +230,7 @@ def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
     target_round = Round.objects.next_after(job.round) if job.round else None
     tasks = create_ranking_tasks(source_job=job, round=target_round, proposals=proposals)
     return StageOutcome("completed", {"prompts": len(prompts), "tasks": tasks, "models": len(models),
-                                      "prompts_asked": count})
+                                      "prompts_asked": count, "held_out_prompts": len(held_out)})
 
 
 def read_candidates(path: Path) -> dict[str, list[dict]]:

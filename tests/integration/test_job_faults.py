@@ -225,3 +225,13 @@ def test_a_round_adds_enough_new_comparisons_to_matter(round_job, monkeypatch):
     assert stages.next_round_size(round_job, "auto") == 84    # ⌈1000 / 12⌉
     monkeypatch.setattr(stages, "count_comparisons", lambda snapshot: 30)
     assert stages.next_round_size(round_job, "auto") == 20    # never fewer than 20
+
+
+def test_held_out_prompts_get_candidates_until_the_rm_has_200_held_out_comparisons(round_job, monkeypatch):
+    from annotation.loop import stages
+
+    assert stages.held_out_size(round_job, 3, 40) == 3
+    monkeypatch.setattr(stages, "count_comparisons", lambda snapshot, name="rankings.jsonl": 0)
+    assert stages.held_out_size(round_job, "auto", 40) == 200    # k = 2: one comparison per task
+    monkeypatch.setattr(stages, "count_comparisons", lambda snapshot, name="rankings.jsonl": 500)
+    assert stages.held_out_size(round_job, "auto", 40) == 4      # enough already: a tenth of the round's prompts

@@ -11,7 +11,7 @@ from rlhf_platform.celery import app
 from annotation.loop import rounds
 from annotation.loop.worker import claim_job, run_job
 from annotation.models import Candidate, ModelVersion, Round, Task, TrainingJob
-from tests.integration.conftest import TINY_ROUND, label_everything
+from tests.integration.conftest import HELD_OUT, TINY_ROUND, label_everything
 
 pytestmark = [pytest.mark.slow]
 
@@ -92,7 +92,10 @@ def test_a_round_runs_sft_rm_ppo_and_generates_the_next_rounds_tasks(loop_projec
     # Round 2's ranking tasks hold candidates from round 1's PPO (and SFT, mixed) models.
     round2 = Round.objects.get(project=loop_project, number=2)
     tasks = Task.objects.filter(round=round2, kind="ranking")
-    assert tasks.count() == TINY_ROUND["generate"]["prompts"]
+    # The held-out prompts get the new policy's candidates too: the RM's held-out set grows with the loop.
+    assert tasks.count() == TINY_ROUND["generate"]["prompts"] + len(HELD_OUT)
+    assert sorted(t.prompt.text for t in tasks if t.prompt.split == "test") == HELD_OUT
+    assert TrainingJob.objects.get(round=round1, stage="generate").metrics["summary/held_out_prompts"] == 2
     for task in tasks:
         origins = {c.model_version for c in task.candidates.all()}
         assert origins == {ppo, sft}

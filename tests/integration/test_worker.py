@@ -17,7 +17,7 @@ from django.db import connection
 
 from annotation.loop import rounds
 from annotation.models import ModelVersion, Round, Task, TrainingJob
-from tests.integration.conftest import TINY_ROUND
+from tests.integration.conftest import HELD_OUT, TINY_ROUND
 
 pytestmark = [pytest.mark.slow, pytest.mark.services]
 ROOT = Path(__file__).resolve().parents[2]
@@ -113,7 +113,7 @@ def test_two_full_rounds_with_simulated_labelers_and_a_real_worker(loop_project,
 
     round2 = Round.objects.get(project=loop_project, number=2)
     new_tasks = Task.objects.filter(round=round2, kind="ranking")
-    assert new_tasks.count() == TINY_ROUND["generate"]["prompts"]
+    assert new_tasks.count() == TINY_ROUND["generate"]["prompts"] + len(HELD_OUT)
     assert all(ppo1 in {c.model_version for c in t.candidates.all()} for t in new_tasks)
     simulate(loop_project, live_server.url)              # the labelers rank round 1's model outputs
     assert all(t.rankings.count() == 1 for t in new_tasks)

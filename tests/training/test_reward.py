@@ -81,6 +81,8 @@ def test_held_out_metrics_are_reported_per_k(tiny_base, ranking_file, tmp_path):
     assert {"eval/accuracy", "eval/accuracy_k2", "eval/accuracy_k5", "eval/margin", "eval/reward_mean",
             "eval/reward_std"} <= set(evals[0])
     assert "train/loss" in logs[0] and "train/accuracy" in logs[0]
+    p, n = evals[0]["eval/accuracy"], evals[0]["eval/pairs"]
+    assert n > 0 and evals[0]["eval/accuracy_stderr"] == pytest.approx((p * (1 - p) / n) ** 0.5)
 
 
 def test_lora_reward_model_trains_adapters_and_the_head(tiny_base, ranking_file, tmp_path):
