@@ -11,13 +11,18 @@ One iteration:
    Advantages are whitened over valid tokens before the policy loss.
 4. **Optimisation.** ``ppo_epochs`` passes over the rollout in minibatches: the clipped surrogate (ε),
    the clipped value loss (ε_v), an optional entropy bonus and optional PPO-ptx (γ_ptx × LM loss on
-   SFT/pretraining batches), with gradient clipping. β is fixed or follows the adaptive controller.
+   SFT/pretraining batches), with gradient clipping. β is fixed or follows the adaptive controller
+   (``training.kl``), which under DDP moves on the mean KL over all ranks.
+
+Every model stays in eval mode for the whole run (see ``_without_dropout``), and the checkpoint holds the
+position of the PPO-ptx stream, so a resumed run equals an uninterrupted one.
 
 The math is small pure functions at the top of this file, each tested against hand-computed values.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -31,6 +36,7 @@ from training.config import GenerateConfig, PPOConfig
 from training.data import PPOPrompt, read_ppo_prompts, read_sft, render_plain, write_jsonl
 from training.encoding import encode_pair, encode_prompt, fit_prompt
 from training.generate import process_logits
+from training.kl import KLController, update_from_all_ranks
 from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.runtime import init_runtime, seed_all, unwrap, wrap
@@ -77,7 +83,8 @@ def kl_penalized_rewards(logprobs: torch.Tensor, ref_logprobs: torch.Tensor, sco
     last = (mask.sum(dim=1).long() - 1).clamp(min=0)
     rows = torch.arange(rewards.size(0), device=rewards.device)
     has_tokens = mask.sum(dim=1) > 0
-    rewards[rows, last] += torch.where(has_tokens, scores.to(rewards.dtype), torch.zeros_like(scores, dtype=rewards.dtype))
+    scores = scores.to(rewards.dtype)
+    rewards[rows, last] += torch.where(has_tokens, scores, torch.zeros_like(scores))
     return rewards
 
 
@@ -129,19 +136,6 @@ def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of softmax(logits), [..., V] → [...]."""
     logp = logits.log_softmax(dim=-1)
     return -(logp.exp() * logp).sum(dim=-1)
-
-
-class KLController:
-    """β for the KL penalty: fixed, or Ziegler et al.'s adaptive proportional controller
-    β ← β (1 + clip(KL/target − 1, −0.2, 0.2) · n / horizon) after each rollout of n sequences."""
-
-    def __init__(self, init: float, adaptive: bool = False, target: float = 6.0, horizon: int = 10000):
-        self.value, self.adaptive, self.target, self.horizon = init, adaptive, target, horizon
-
-    def update(self, kl: float, n_sequences: int) -> None:
-        if self.adaptive:
-            error = max(-0.2, min(0.2, kl / self.target - 1.0))
-            self.value *= 1.0 + error * n_sequences / self.horizon
 
 
 # --- models ---------------------------------------------------------------------------------------
@@ -290,6 +284,8 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
 
 @dataclass
 class Models:
+    """Every model is in eval mode for the whole run (``_without_dropout``); nothing switches one back."""
+
     actor: torch.nn.Module              # possibly DDP-wrapped
     critic: torch.nn.Module             # possibly DDP-wrapped
     ref: torch.nn.Module | None         # None with a LoRA actor: the adapter is disabled instead
@@ -302,6 +298,19 @@ class Models:
             return sequence_logprobs(self.ref, rollout_ids, attn, positions, n_prompt, temperature)[0]
         with actor.disable_adapter():
             return sequence_logprobs(actor, rollout_ids, attn, positions, n_prompt, temperature)[0]
+
+
+def _without_dropout(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode, to stay so for the whole PPO run: no dropout in rollouts or updates.
+
+    The importance ratio ρ = π/π_old divides the update's probabilities by the rollout's, so both forwards
+    must be the same function, or ρ ≠ 1 before the policy has moved (and the critic's values drift from
+    the ones its clipped loss compares with). Eval mode rather than setting each ``nn.Dropout``'s p to 0
+    (TRL's way): every transformers and peft layer gates its randomness on ``self.training``, including
+    functional dropout whose rate is copied from the config at init (Llama's ``attention_dropout``),
+    which no ``nn.Dropout`` holds. Eval mode does not stop gradients or DDP's all-reduce.
+    """
+    return model.eval()
 
 
 def _load_models(config: PPOConfig, reward_fn: RewardFn | None, rt) -> Models:
@@ -322,6 +331,8 @@ def _load_models(config: PPOConfig, reward_fn: RewardFn | None, rt) -> Models:
         critic = ValueModel.from_policy(config.policy, rt.device)
     else:
         raise ValueError("PPO needs a reward: set reward_model, or pass reward_fn")
+    # After add_lora: peft creates its LoRA dropout layers in train mode.
+    actor, critic = _without_dropout(actor), _without_dropout(critic)
     return Models(wrap(actor, rt), wrap(critic, rt), ref, reward_model, tokenizer)
 
 
@@ -329,8 +340,6 @@ def _load_models(config: PPOConfig, reward_fn: RewardFn | None, rt) -> Models:
 def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig, kl_coef: float,
                  generator: torch.Generator, reward_fn: RewardFn | None, timings: dict[str, float]) -> Rollout:
     actor, critic = unwrap(models.actor), unwrap(models.critic)
-    actor.eval()
-    critic.eval()
     tokenizer = models.tokenizer
     started = time.perf_counter()
     prompt_ids = [fit_prompt(encode_prompt(tokenizer, p.prompt, chat_template=config.chat_template),
@@ -360,24 +369,51 @@ def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig, kl
                    advantages, returns, eos, rendered, texts)
 
 
-def _ptx_batches(config: PPOConfig, path: Path | None, tokenizer, seed: int):
-    """An endless stream of SFT/pretraining batches for PPO-ptx (None when it is off)."""
+def ptx_batch_rows(n_rows: int, batch_size: int, seed: int, index: int) -> list[int]:
+    """The rows of batch ``index`` (0-based) of the endless PPO-ptx stream: each pass over the ``n_rows``
+    rows is a shuffle seeded by (seed, pass), cut into full batches of ``batch_size`` (a short remainder is
+    skipped). A pure function, so the number of batches drawn is all a checkpoint needs to continue the
+    stream. Needs ``n_rows >= batch_size``."""
+    per_pass = n_rows // batch_size
+    epoch, position = divmod(index, per_pass)
+    order = _shuffled(n_rows, seed * 1_000_003 + epoch)
+    return list(order[position * batch_size:(position + 1) * batch_size])
+
+
+@functools.lru_cache(maxsize=1)  # consecutive batches come from the same pass
+def _shuffled(n: int, seed: int) -> tuple[int, ...]:
+    order = list(range(n))
+    random.Random(seed).shuffle(order)
+    return tuple(order)
+
+
+@dataclass
+class PtxStream:
+    """PPO-ptx's SFT/pretraining batches, endlessly; ``position`` (batches drawn) is its whole state."""
+
+    rows: list[tuple[list[int], int]]   # encode_pair's (ids, number of prompt tokens)
+    batch_size: int
+    pad_id: int
+    seed: int
+    position: int = 0
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        from training.sft import collate_lm
+
+        index = ptx_batch_rows(len(self.rows), self.batch_size, self.seed, self.position)
+        self.position += 1
+        return collate_lm([self.rows[i] for i in index], self.pad_id)
+
+
+def _ptx_stream(config: PPOConfig, path: Path | None, tokenizer, seed: int) -> PtxStream | None:
+    """The PPO-ptx stream over the SFT file ``path`` (None when PPO-ptx is off)."""
     if not path or config.ptx_coef <= 0:
         return None
-    from training.sft import collate_lm
-
     rows = [encode_pair(tokenizer, ex.prompt, ex.response, max_length=config.max_prompt_length + config.max_new_tokens,
                         truncation="left", chat_template=config.chat_template) for ex in read_sft(path)]
-    rng = random.Random(seed)
-
-    def stream():
-        while True:
-            order = list(range(len(rows)))
-            rng.shuffle(order)
-            for start in range(0, len(order) - config.ptx_batch_size + 1, config.ptx_batch_size):
-                yield collate_lm([rows[i] for i in order[start:start + config.ptx_batch_size]], tokenizer.pad_token_id)
-
-    return stream()
+    if len(rows) < config.ptx_batch_size:
+        raise ValueError(f"{path} has {len(rows)} examples, fewer than ptx_batch_size={config.ptx_batch_size}")
+    return PtxStream(rows, config.ptx_batch_size, tokenizer.pad_token_id, seed)
 
 
 def _optimizer(model, lr, config):
@@ -385,12 +421,10 @@ def _optimizer(model, lr, config):
     return torch.optim.AdamW(params, lr=lr, betas=config.adam_betas, weight_decay=0.0)
 
 
-def ppo_update(models: Models, rollout: Rollout, config: PPOConfig, optimizers, ptx, ema, rt, should_stop
-               ) -> tuple[dict[str, float], bool]:
+def ppo_update(models: Models, rollout: Rollout, config: PPOConfig, optimizers, ptx: PtxStream | None, ema, rt,
+               should_stop) -> tuple[dict[str, float], bool]:
     """``ppo_epochs`` passes over the rollout in minibatches. Returns (mean metrics, stopped early)."""
     actor, critic = models.actor, models.critic
-    actor.train()
-    critic.train()
     advantages = masked_whiten(rollout.advantages, rollout.mask) if config.whiten_advantages else rollout.advantages
     sums: dict[str, float] = {}
     steps = 0
@@ -407,10 +441,12 @@ def ppo_update(models: Models, rollout: Rollout, config: PPOConfig, optimizers, 
                                                        config.cliprange)
             entropy_mean = masked_mean(entropy, mb.mask)
             actor_loss = pg_loss - config.entropy_coef * entropy_mean
+            ratio = torch.exp(logprobs.detach() - mb.logprobs)[mb.mask.bool()]
             metrics = {"ppo/policy_loss": pg_loss.item(), "ppo/clipfrac": clipfrac.item(),
-                       "ppo/approx_kl": approx_kl.item(), "ppo/entropy": entropy_mean.item()}
+                       "ppo/approx_kl": approx_kl.item(), "ppo/entropy": entropy_mean.item(),
+                       "ppo/ratio_min": ratio.min().item(), "ppo/ratio_max": ratio.max().item()}
             if ptx is not None:
-                batch = {k: v.to(rt.device) for k, v in next(ptx).items()}
+                batch = {k: v.to(rt.device) for k, v in ptx.next_batch().items()}
                 from training.sft import masked_lm_loss
 
                 lm_logits = actor(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
@@ -476,17 +512,20 @@ def rollout_metrics(rollout: Rollout, kl_coef: float) -> dict[str, float]:
     }
 
 
-def _save_checkpoint(path: Path, models: Models, optimizers, kl: KLController, iteration: int, ema) -> None:
+def _save_checkpoint(path: Path, models: Models, optimizers, kl: KLController, iteration: int, ema,
+                     ptx: PtxStream | None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save({"iteration": iteration, "actor": unwrap(models.actor).state_dict(),
                 "critic": unwrap(models.critic).state_dict(), "actor_opt": optimizers[0].state_dict(),
                 "critic_opt": optimizers[1].state_dict(), "beta": kl.value, "torch_rng": torch.get_rng_state(),
-                "python_rng": random.getstate(), "ema": ema.shadow if ema else None}, tmp)
+                "python_rng": random.getstate(), "ema": ema.shadow if ema else None,
+                "ptx_position": ptx.position if ptx else 0}, tmp)
     tmp.replace(path)
 
 
-def _load_checkpoint(path: Path, models: Models, optimizers, kl: KLController, ema, device) -> int:
+def _load_checkpoint(path: Path, models: Models, optimizers, kl: KLController, ema, ptx: PtxStream | None,
+                     device) -> int:
     # Our own file, written by _save_checkpoint: full unpickling is safe.
     state = torch.load(path, map_location=device, weights_only=False)
     unwrap(models.actor).load_state_dict(state["actor"])
@@ -498,6 +537,8 @@ def _load_checkpoint(path: Path, models: Models, optimizers, kl: KLController, e
     random.setstate(state["python_rng"])
     if ema is not None and state["ema"] is not None:
         ema.shadow = state["ema"]
+    if ptx is not None:
+        ptx.position = state.get("ptx_position", 0)  # older checkpoints did not save it: start over
     return state["iteration"]
 
 
@@ -521,11 +562,11 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
                   _optimizer(models.critic, config.critic_learning_rate, config))
     kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
     ema = EMA(unwrap(models.actor), config.ema_decay) if config.ema_decay > 0 else None
-    ptx = _ptx_batches(config, ptx_data, models.tokenizer, config.seed)
+    ptx = _ptx_stream(config, ptx_data, models.tokenizer, config.seed)
     checkpoint = out / CHECKPOINT
     start = 0
     if config.resume and checkpoint.exists():
-        start = _load_checkpoint(checkpoint, models, optimizers, kl, ema, rt.device)
+        start = _load_checkpoint(checkpoint, models, optimizers, kl, ema, ptx, rt.device)
     reporter = Reporter(out, "ppo", config, on_log, main=rt.is_main, append=start > 0)
     samples = []
     timings = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
@@ -546,19 +587,19 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
         timings["training"] += time.perf_counter() - started
         last = {**rollout_metrics(rollout, kl.value), **update,
                 **{f"time/{k}": timings[k] - before[k] for k in timings}}
-        kl.update(last["ppo/kl"], config.batch_size * rt.world_size)
+        update_from_all_ranks(kl, last["ppo/kl"], config.batch_size, rt.all_sum)
         reporter.log(iteration, config.iterations, last)
         if rt.is_main and (iteration % config.sample_every == 0 or iteration == 1):
-            samples += [{"iteration": iteration, "prompt": p, "response": r, "score": round(float(s), 4)}
-                        for p, r, s in list(zip(rollout.prompts, rollout.responses, rollout.raw_scores))[:4]]
+            shown = zip(rollout.prompts[:4], rollout.responses[:4], rollout.raw_scores[:4].tolist(), strict=True)
+            samples += [{"iteration": iteration, "prompt": p, "response": r, "score": round(s, 4)} for p, r, s in shown]
         if stopped:
             status = "stopped"
             break
         if iteration % config.checkpoint_every == 0 and rt.is_main:
-            _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema)
+            _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema, ptx)
     if rt.is_main:
         if status == "stopped":
-            _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema)
+            _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema, ptx)
         write_jsonl(out / SAMPLES_FILE, samples) if samples else None
         actor = unwrap(models.actor)
         if ema is not None:

@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 
+from training.kl import KLController, update_from_all_ranks
 from training.ppo import (
-    KLController,
     entropy_from_logits,
     gae,
     kl_penalized_rewards,
     masked_whiten,
     policy_loss,
+    ptx_batch_rows,
     value_loss,
 )
 
@@ -87,7 +88,8 @@ def test_clipped_policy_loss_matches_hand_computation():
 
 
 def test_clipped_value_loss_matches_hand_computation():
-    values, old, returns = torch.tensor([[1.0, 2.0, 50.0]]), torch.tensor([[0.5, 2.0, 0.0]]), torch.tensor([[2.0, 1.0, 0.0]])
+    values, old = torch.tensor([[1.0, 2.0, 50.0]]), torch.tensor([[0.5, 2.0, 0.0]])
+    returns = torch.tensor([[2.0, 1.0, 0.0]])
     loss, clipfrac = value_loss(values, old, returns, torch.tensor([[1, 1, 0]]), cliprange_value=0.2)
     # V_clip = 0.5 + 0.2 = 0.7: max((1−2)², (0.7−2)²) = 1.69 ; max(1, 1) = 1 → ½·(1.69 + 1)/2
     assert loss.item() == pytest.approx(0.5 * (1.69 + 1.0) / 2)
@@ -108,3 +110,30 @@ def test_adaptive_kl_controller_moves_beta_towards_the_target():
     low = KLController(0.1, adaptive=True, target=6.0, horizon=1000)
     low.update(kl=4.5, n_sequences=100)    # error −0.25 → clipped to −0.2
     assert low.value == pytest.approx(0.1 * (1 - 0.2 * 100 / 1000))
+
+
+def test_under_ddp_beta_moves_on_the_mean_kl_over_all_ranks_sequences():
+    # This rank saw 4 sequences with mean KL 5.0; the other rank 4 with mean KL 8.0 (an all-reduce adds its
+    # [KL × n, n]): the mean over the 8 sequences is 6.5, an error of 6.5/6 − 1 = 1/12.
+    def all_sum(values: list[float]) -> list[float]:
+        return [mine + other for mine, other in zip(values, [8.0 * 4, 4.0], strict=True)]
+
+    controller = KLController(0.1, adaptive=True, target=6.0, horizon=1000)
+    assert update_from_all_ranks(controller, kl=5.0, n_sequences=4, all_sum=all_sum) == pytest.approx(6.5)
+    assert controller.value == pytest.approx(0.1 * (1 + (1 / 12) * 8 / 1000))
+
+
+def test_in_one_process_beta_moves_on_its_own_kl():
+    controller = KLController(0.1, adaptive=True, target=6.0, horizon=1000)
+    update_from_all_ranks(controller, kl=12.0, n_sequences=16, all_sum=lambda values: values)
+    assert controller.value == pytest.approx(0.1 * (1 + 0.2 * 16 / 1000))
+
+
+def test_the_ptx_stream_covers_each_pass_once_and_reshuffles_the_next():
+    # 8 rows in batches of 3: two full batches per pass, the 2 rows left over are skipped.
+    first_pass = ptx_batch_rows(8, 3, seed=1, index=0) + ptx_batch_rows(8, 3, seed=1, index=1)
+    second_pass = ptx_batch_rows(8, 3, seed=1, index=2) + ptx_batch_rows(8, 3, seed=1, index=3)
+    assert len(set(first_pass)) == 6 and len(set(second_pass)) == 6 and set(first_pass) <= set(range(8))
+    assert first_pass != second_pass
+    # A pure function of its arguments: asking again (as a resumed run does) gives the same batch.
+    assert ptx_batch_rows(8, 3, seed=1, index=0) == first_pass[:3]

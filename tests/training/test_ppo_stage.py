@@ -3,6 +3,7 @@ stage contract (outputs, cancellation, resume, LoRA, reward model, PPO-ptx)."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,8 @@ def count_target(prompts: list[str], responses: list[str]) -> list[float]:
 @pytest.fixture
 def prompt_file(tmp_path) -> Path:
     topics = ["the mat", "a bird", "the rain", "some bread", "a song", "the sea", "a tree", "the snow"]
-    return write_jsonl(tmp_path / "prompts.jsonl",
-                       [{"version": 1, "prompt": f"Tell me about {t}.", "id": str(i)} for i, t in enumerate(topics * 4)])
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"version": 1, "prompt": f"Tell me about {t}.", "id": str(i)}
+                                                    for i, t in enumerate(topics * 4)])
 
 
 def config(tiny_base, **overrides) -> PPOConfig:
@@ -108,7 +109,54 @@ def test_resume_gives_the_same_policy_as_an_uninterrupted_run(tiny_base, prompt_
     assert resumed.steps == 4 and len(metrics(split)) == 4
     a, b = weights(straight), weights(split)
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
-    assert not torch.allclose(a["transformer.h.0.attn.c_attn.weight"], weights(tiny_base)["transformer.h.0.attn.c_attn.weight"])
+    name = "transformer.h.0.attn.c_attn.weight"
+    assert not torch.allclose(a[name], weights(tiny_base)[name])
+
+
+def test_resume_with_ppo_ptx_continues_the_ptx_stream_where_it_stopped(tiny_base, prompt_file, sft_file, tmp_path):
+    # 8 SFT rows in batches of 3: 2 batches per pass, 4 drawn per iteration, so the stream's passes and the
+    # iterations do not line up and a restarted stream would feed different rows.
+    ptx = dict(ptx_coef=0.5, ptx_batch_size=3)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train_ppo(config(tiny_base, iterations=4, **ptx), prompt_file, straight, reward_fn=count_target,
+              ptx_data=sft_file)
+    train_ppo(config(tiny_base, iterations=2, **ptx), prompt_file, split, reward_fn=count_target, ptx_data=sft_file)
+    resumed = train_ppo(config(tiny_base, iterations=4, **ptx), prompt_file, split, reward_fn=count_target,
+                        ptx_data=sft_file)
+    assert resumed.steps == 4
+    for x, y in zip(metrics(straight), metrics(split), strict=True):
+        assert x["step"] == y["step"]
+        for name in x:
+            if name.startswith("ppo/"):
+                assert y[name] == pytest.approx(x[name], rel=1e-6, abs=1e-6), (x["step"], name)
+    a, b = weights(straight), weights(split)
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+@pytest.fixture
+def dropout_base(tiny_base, tmp_path) -> Path:
+    """The tiny base with 30% dropout on embeddings, attention and residuals."""
+    out = tmp_path / "dropout-base"
+    shutil.copytree(tiny_base, out)
+    model_config = json.loads((out / "config.json").read_text())
+    model_config.update(embd_pdrop=0.3, attn_pdrop=0.3, resid_pdrop=0.3)
+    (out / "config.json").write_text(json.dumps(model_config))
+    return out
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_dropout_is_off_so_the_first_minibatch_has_an_importance_ratio_of_one(dropout_base, prompt_file, tmp_path,
+                                                                            lora):
+    # One iteration, one epoch, one minibatch: its ratio π/π_old is taken before any optimizer step, so the
+    # policy is the one that sampled the rollout and ρ must be 1 on every token.
+    overrides = dict(lora=True, lora_r=4, lora_dropout=0.3) if lora else {}
+    out = tmp_path / "ppo"
+    train_ppo(config(dropout_base, iterations=1, ppo_epochs=1, minibatch_size=8, **overrides), prompt_file, out,
+              reward_fn=count_target)
+    row = metrics(out)[0]
+    assert row["ppo/approx_kl"] < 1e-10 and row["ppo/clipfrac"] == 0
+    assert row["ppo/ratio_min"] == pytest.approx(1, abs=1e-5)
+    assert row["ppo/ratio_max"] == pytest.approx(1, abs=1e-5)
 
 
 def test_a_lora_actor_uses_the_disabled_adapter_as_its_reference(tiny_base, prompt_file, tmp_path):
@@ -137,6 +185,12 @@ def test_ppo_ptx_mixes_in_the_language_model_loss(tiny_base, prompt_file, sft_fi
     train_ppo(config(tiny_base, ptx_coef=0.5, ptx_batch_size=2), prompt_file, out, reward_fn=count_target,
               ptx_data=sft_file)
     assert metrics(out)[-1]["ppo/ptx_loss"] > 0
+
+
+def test_ppo_ptx_with_fewer_examples_than_one_batch_is_a_clear_error(tiny_base, prompt_file, sft_file, tmp_path):
+    with pytest.raises(ValueError, match="fewer than ptx_batch_size"):
+        train_ppo(config(tiny_base, ptx_coef=0.5, ptx_batch_size=9), prompt_file, tmp_path / "ppo",
+                  reward_fn=count_target, ptx_data=sft_file)
 
 
 def test_a_missing_reward_is_a_clear_error(tiny_base, prompt_file, tmp_path):
