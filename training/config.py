@@ -233,6 +233,8 @@ class PPOConfig(StageConfig):
     max_prompt_length: int = 256    # longer prompts are cut from the left, or rejected (truncation="error")
     truncation: Literal["left", "error"] = "left"
     chat_template: bool = False
+    stop: list[str] = field(default_factory=list)  # as GenerateConfig: rollouts end as candidates do
+    stop_at_turn_end: bool = True
     # Rewards.
     kl_coef: float = 0.05           # β in r_t = −β (log π − log π_ref); the initial β when adaptive
     adaptive_kl: bool = False       # Ziegler et al.'s proportional controller towards kl_target
@@ -269,6 +271,7 @@ class PPOConfig(StageConfig):
         self._check(self.learning_rate > 0 and self.critic_learning_rate > 0, "learning rates must be > 0")
         self._check(self.max_new_tokens >= 1 and self.max_prompt_length >= 1, "lengths must be >= 1")
         self._check(self.temperature > 0, "temperature must be > 0 (PPO samples)")
+        self.stop = list(self.stop)
         self._check(0 < self.top_p <= 1 and self.top_k >= 0, "top_p must be in (0, 1] and top_k >= 0")
         self._check(self.truncation in TRUNCATION, f"truncation must be one of {TRUNCATION}")
         self._check(self.kl_coef >= 0 and self.kl_target > 0 and self.kl_horizon > 0, "bad KL settings")

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from training.config import GenerateConfig, PPOConfig
 from training.data import PPOPrompt, read_ppo_prompts, read_sft, render_plain, write_jsonl
 from training.encoding import encode_pair, encode_prompt, fit_prompt
-from training.generate import process_logits
+from training.generate import cut_at_stop, process_logits, stop_rules
 from training.kl import KLController, update_from_all_ranks
 from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
@@ -215,7 +215,7 @@ class Rollout:
     rewards: torch.Tensor
     advantages: torch.Tensor
     returns: torch.Tensor
-    eos: torch.Tensor             # [B] bool: the response ended with EOS
+    eos: torch.Tensor             # [B] bool: the response ended (EOS or a stop rule), not cut at max length
     prompts: list[str]
     responses: list[str]
 
@@ -228,22 +228,45 @@ class Rollout:
                        responses=[self.responses[i] for i in idx], **picked)
 
 
+def rollout_generate_config(config: PPOConfig) -> GenerateConfig:
+    """The candidate generator's settings that PPO's rollouts share: sampling, length, stop rules, format."""
+    return GenerateConfig(model="-", temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                          max_new_tokens=config.max_new_tokens, stop=config.stop,
+                          stop_at_turn_end=config.stop_at_turn_end, chat_template=config.chat_template)
+
+
+def kept_tokens(tokenizer, tokens: list[int], texts: tuple[str, ...]) -> int:
+    """How many of ``tokens`` a response keeps when a stop string appeared in their text: the longest
+    prefix whose text holds no stop string and is the start of the text cut before it (the stop string's
+    tokens go, as they go from a candidate's text)."""
+    cut = cut_at_stop(tokenizer.decode(tokens, skip_special_tokens=True), texts) or ""
+    for keep in range(len(tokens) - 1, -1, -1):
+        text = tokenizer.decode(tokens[:keep], skip_special_tokens=True)
+        if cut.startswith(text) and cut_at_stop(text, texts) is None:
+            return keep
+    return 0
+
+
 @torch.no_grad()
-def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOConfig, generator: torch.Generator
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Tensor, torch.Tensor]:
-    """Sample with the KV cache. Returns (input_ids, attention_mask, position_ids, P, response mask,
-    sampling log-probs under logits / temperature)."""
+def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOConfig,
+                     generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Sample with the KV cache, ending each response as the candidate generator does (EOS, the format's
+    turn tokens, a stop string: ``training.generate.stop_rules``). Returns (input_ids, attention_mask,
+    position_ids, P, response mask, sampling log-probs under logits / temperature, ended): ``ended`` is
+    true for a response that ended by a rule rather than at ``max_new_tokens``."""
     device = next(actor.parameters()).device
     batch, width = len(prompt_ids), max(map(len, prompt_ids))
-    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id
     ids = torch.full((batch, width), pad, dtype=torch.long, device=device)
     attn = torch.zeros((batch, width), dtype=torch.long, device=device)
     for i, row in enumerate(prompt_ids):
         ids[i, width - len(row):] = torch.tensor(row, device=device)
         attn[i, width - len(row):] = 1
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    sampling = GenerateConfig(model="-", temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                              max_new_tokens=config.max_new_tokens)
+    sampling = rollout_generate_config(config)
+    rules = stop_rules(tokenizer, sampling)
+    stop_ids = torch.tensor(sorted(rules.token_ids), dtype=torch.long, device=device)
+    window = max((len(t) for t in rules.texts), default=0) + 2
     seen = torch.zeros((batch, 1), dtype=torch.bool, device=device)  # no repetition penalty in PPO
     from training.generate import _cache_keyword
 
@@ -251,6 +274,7 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     step_positions = positions
     tokens, logprobs, alive = [], [], torch.ones(batch, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
+    ended = torch.zeros(batch, dtype=torch.bool, device=device)
     mask_so_far = attn
     for _ in range(config.max_new_tokens):
         out = actor(input_ids=current, attention_mask=mask_so_far, position_ids=step_positions, use_cache=True,
@@ -264,7 +288,16 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
         tokens.append(chosen)
         logprobs.append(torch.gather(scaled.log_softmax(-1), 1, chosen[:, None]).squeeze(-1))
         lengths += alive.long()
-        alive = alive & (chosen != eos)
+        stopped = alive & torch.isin(chosen, stop_ids)
+        if rules.texts:
+            so_far = torch.stack(tokens, dim=1)
+            for i in alive.nonzero().flatten().tolist():
+                row = so_far[i, :int(lengths[i])].tolist()
+                tail = tokenizer.decode(row[-window:], skip_special_tokens=True)
+                if not stopped[i] and cut_at_stop(tail, rules.texts) is not None:
+                    stopped[i], lengths[i] = True, kept_tokens(tokenizer, row, rules.texts)
+        ended |= stopped
+        alive = alive & ~stopped
         if not alive.any():
             break
         current = chosen[:, None]
@@ -273,11 +306,12 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     response = torch.stack(tokens, dim=1)
     steps = response.size(1)
     mask = (torch.arange(steps, device=device)[None, :] < lengths[:, None]).long()
+    response = torch.where(mask.bool(), response, torch.full_like(response, pad))
     full_ids = torch.cat([ids, response], dim=1)
     full_attn = torch.cat([attn, mask], dim=1)
     full_positions = torch.cat([positions, positions[:, -1:] + 1 + torch.arange(steps, device=device)[None, :]], 1)
     sample_logprobs = torch.stack(logprobs, dim=1) * mask
-    return full_ids, full_attn, full_positions, width, mask, sample_logprobs
+    return full_ids, full_attn, full_positions, width, mask, sample_logprobs, ended
 
 
 # --- the stage -------------------------------------------------------------------------------------
@@ -345,12 +379,12 @@ def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig, kl
     prompt_ids = [fit_prompt(encode_prompt(tokenizer, p.prompt, chat_template=config.chat_template),
                              config.max_prompt_length, config.truncation, what=f"prompt {p.id or i}")
                   for i, p in enumerate(prompts)]
-    ids, attn, positions, n_prompt, mask, logprobs = sample_responses(actor, tokenizer, prompt_ids, config, generator)
+    ids, attn, positions, n_prompt, mask, logprobs, eos = sample_responses(actor, tokenizer, prompt_ids, config,
+                                                                           generator)
     timings["generation"] += time.perf_counter() - started
 
     started = time.perf_counter()
     lengths = mask.sum(dim=1)
-    eos = (ids[torch.arange(len(ids)), n_prompt + (lengths - 1).clamp(min=0)] == tokenizer.eos_token_id) & (lengths > 0)
     texts = [tokenizer.decode(ids[i, n_prompt:n_prompt + int(lengths[i])], skip_special_tokens=True)
              for i in range(len(ids))]
     rendered = [render_plain(p.prompt) for p in prompts]
@@ -647,7 +681,7 @@ def kl_to_reference(policy: str | Path, reference: str | Path, prompts: list[PPO
         for start in range(0, len(prompts), batch_size):
             ids = [fit_prompt(encode_prompt(tokenizer, p.prompt), config.max_prompt_length, "left")
                    for p in prompts[start:start + batch_size]]
-            full, attn, pos, n_prompt, mask, logprobs = sample_responses(actor, tokenizer, ids, config, generator)
+            full, attn, pos, n_prompt, mask, logprobs, _ = sample_responses(actor, tokenizer, ids, config, generator)
             ref_lp = sequence_logprobs(ref, full, attn, pos, n_prompt, 1.0)[0]
             total += float(((logprobs - ref_lp) * mask).sum())
             count += len(ids)

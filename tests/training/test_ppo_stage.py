@@ -216,3 +216,45 @@ def test_the_cli_runs_ppo_with_any_reward_callable(tiny_base, prompt_file, tmp_p
                  "--reward-fn", "tests.training.test_ppo_stage:count_target", "--iterations", "2",
                  "--batch-size", "4", "--minibatch-size", "2", "--max-new-tokens", "4", "--device", "cpu"])
     assert code == 0 and len(metrics(out)) == 2 and (out / "model.safetensors").exists()
+
+
+# --- rollouts end exactly as candidates do --------------------------------------------------------------
+
+def test_a_rollout_stops_where_a_candidate_would_before_an_invented_turn(tiny_base):
+    from tests.training.test_generate import scripted
+    from training.config import GenerateConfig
+    from training.generate import generate
+    from training.models import load_causal_lm, load_tokenizer
+    from training.ppo import sample_responses
+
+    model, tokenizer = load_causal_lm(tiny_base).eval(), load_tokenizer(tiny_base)
+    script = tokenizer("Sure, here it is.\n\nHuman: and now a made-up question", add_special_tokens=False)["input_ids"]
+    prompt = tokenizer("Hi", add_special_tokens=False)["input_ids"]
+    ppo_config = PPOConfig(policy=str(tiny_base), max_new_tokens=30, batch_size=2, minibatch_size=1)
+    with scripted(model, script):
+        ids, _, _, n_prompt, mask, logprobs, ended = sample_responses(model, tokenizer, [prompt, prompt], ppo_config,
+                                                                      torch.Generator().manual_seed(0))
+    with scripted(model, script):
+        candidate = generate(model, tokenizer, ["Hi"], GenerateConfig(model="-", k=1, temperature=0,
+                                                                        max_new_tokens=30))[0][0]
+    kept = int(mask[0].sum())
+    response = tokenizer.decode(ids[0, n_prompt:n_prompt + kept], skip_special_tokens=True)
+    # The same words as the candidate; only whitespace that shares a token with the marker may differ.
+    assert candidate["text"].startswith(response) and candidate["text"][len(response):].strip() == ""
+    assert response.startswith("Sure, here it is.")
+    assert "Human" not in response and bool(ended[0]) and kept < 30
+    assert float(logprobs[0, kept:].abs().sum()) == 0.0 and int(ids[0, n_prompt + kept]) == tokenizer.pad_token_id
+
+
+def test_a_rollout_without_stop_rules_runs_to_max_new_tokens(tiny_base):
+    from tests.training.test_generate import scripted
+    from training.models import load_causal_lm, load_tokenizer
+    from training.ppo import sample_responses
+
+    model, tokenizer = load_causal_lm(tiny_base).eval(), load_tokenizer(tiny_base)
+    script = tokenizer("Sure.\n\nHuman: more", add_special_tokens=False)["input_ids"]
+    config = PPOConfig(policy=str(tiny_base), max_new_tokens=12, batch_size=1, minibatch_size=1,
+                       stop_at_turn_end=False)
+    with scripted(model, script):
+        *_, mask, _, ended = sample_responses(model, tokenizer, [[5, 6]], config, torch.Generator().manual_seed(0))
+    assert int(mask[0].sum()) == 12 and not bool(ended[0])
