@@ -52,7 +52,12 @@ class Project(models.Model):
     rankings_enabled = models.BooleanField(default=True)
     prompt_writing_enabled = models.BooleanField(default=False)
     # Default sampling settings for generating candidates.
+    # Candidates, PPO's rollouts and each round's evaluation share these (so the RM scores in training the
+    # kind of text it learned from): the length, and the prompt format.
     max_new_tokens = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1), MaxValueValidator(4096)])
+    chat_template = models.BooleanField(
+        default=False, help_text="Render prompts with the base model's chat template (instruct models), "
+                                 "else the plain Human:/Assistant: format. Every stage uses the same.")
     temperature = models.FloatField(default=1.0, validators=[MinValueValidator(0.0), MaxValueValidator(5.0)])
     top_p = models.FloatField(default=0.95, validators=[MinValueValidator(0.01), MaxValueValidator(1.0)])
     members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="Membership", related_name="projects")

@@ -44,8 +44,8 @@ app.loader.import_default_modules()  # registers annotation.tasks, as a worker's
 app.conf.task_always_eager = True
 rounds.start_round(project=hh, config={{
     "sft": {{"max_steps": 20, "log_every": 1}}, "rm": {{"max_steps": 20, "log_every": 1}},
-    "ppo": {{"iterations": 6, "batch_size": 4, "minibatch_size": 2, "max_new_tokens": 12, "max_prompt_length": 96}},
-    "generate": {{"prompts": 4, "models": ["ppo", "sft"], "max_new_tokens": 16}}}})
+    "ppo": {{"iterations": 6, "batch_size": 4, "minibatch_size": 2, "max_prompt_length": 96}},
+    "generate": {{"prompts": 4, "models": ["ppo", "sft"]}}}})
 """
 
 

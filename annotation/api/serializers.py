@@ -40,7 +40,8 @@ class ProjectSerializer(serializers.ModelSerializer):
         model = Project
         fields = [
             "id", "name", "guidelines", "k", "overlap", "lease_seconds", "demonstrations_enabled",
-            "rankings_enabled", "prompt_writing_enabled", "max_new_tokens", "temperature", "top_p", "base_model",
+            "rankings_enabled", "prompt_writing_enabled", "max_new_tokens", "chat_template", "temperature", "top_p",
+            "base_model",
             "judge_model", "active_policy", "created", "my_role",
         ]
         read_only_fields = ["created", "active_policy"]
@@ -71,7 +72,8 @@ class ProjectCreateSerializer(ProjectSerializer):
         # A multipart form omits an unticked checkbox, which DRF reads as False: a switch the form leaves
         # out keeps the model's default instead.
         extra_kwargs = {name: {"default": Project._meta.get_field(name).default}
-                        for name in ("demonstrations_enabled", "rankings_enabled", "prompt_writing_enabled")}
+                        for name in ("demonstrations_enabled", "rankings_enabled", "prompt_writing_enabled",
+                                     "chat_template")}
 
 
 class MembershipSerializer(serializers.ModelSerializer):

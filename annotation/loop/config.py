@@ -60,7 +60,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "batch_size": 8,          # rollouts per iteration
             "minibatch_size": 4,
             "ppo_epochs": 2,
-            "max_new_tokens": 24,
             "max_prompt_length": 128,
             "learning_rate": 2e-5,    # InstructGPT's order of magnitude for the policy
             "critic_learning_rate": 5e-5,
@@ -70,7 +69,6 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         },
         "evaluate": {
             "max_prompts": 100,       # held-out prompts: enough for a standard error near 0.1 of the RM's spread
-            "max_new_tokens": 24,     # as PPO's rollouts, so it judges the text PPO was trained on
             "batch_size": 16,
         },
         "generate": {
@@ -89,6 +87,9 @@ DEFAULT_PRESET = "cpu-demo"
 # active policy (or SFT's) for the next round's candidates, and says why.
 DEFAULT_GATE = True
 
+# The project's own settings (Project.max_new_tokens, Project.chat_template): every stage of a round uses
+# them, so that PPO rolls out, and the evaluation samples, exactly as candidates are generated.
+PROJECT_SETTINGS = ("max_new_tokens", "chat_template")
 # Settings of the platform's own, not fields of GenerateConfig.
 GENERATE_PLATFORM_FIELDS = ("prompts", "held_out_prompts", "models")
 # Fields a round fills in itself: placeholders let the dataclass validate the rest.
@@ -130,12 +131,16 @@ def validate_round_config(overrides: dict | None) -> RoundConfig:
         if not isinstance(given, dict):
             errors[stage] = ["must be an object of settings"]
             continue
+        for name in sorted(set(given) & set(PROJECT_SETTINGS)):
+            errors.setdefault(stage, []).append(
+                f"{name} is the project's setting (candidates, PPO rollouts and evaluation share it): "
+                "change it on the project")
         merged[stage].update(given)
         fields = {k: v for k, v in merged[stage].items() if not (stage == "generate" and k in GENERATE_PLATFORM_FIELDS)}
         try:
             cls.from_dict({**fields, **placeholders})
         except (TypeError, ValueError) as exc:
-            errors[stage] = [str(exc)]
+            errors.setdefault(stage, []).append(str(exc))
     generate = merged["generate"]
     prompts = generate.get("prompts")
     if prompts != "auto" and (not isinstance(prompts, int) or isinstance(prompts, bool) or prompts < 1):

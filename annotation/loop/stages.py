@@ -47,6 +47,17 @@ def _snapshot_file(job: TrainingJob, name: str, *, optional: bool = False) -> Pa
     return path
 
 
+def project_format(job: TrainingJob) -> dict:
+    """The prompt format every stage of the project uses (a stage's own config may override it only in a
+    standalone job: a round's config validation refuses it)."""
+    return {"chat_template": job.project.chat_template}
+
+
+def project_rollouts(job: TrainingJob) -> dict:
+    """What candidates, PPO's rollouts and the evaluation share: the format and the response length."""
+    return {**project_format(job), "max_new_tokens": job.project.max_new_tokens}
+
+
 def _register(job: TrainingJob, stage: str, out: Path, result, parent: ModelVersion | None) -> ModelVersion | None:
     if result.status != "completed":
         return None
@@ -63,7 +74,7 @@ def run_sft(job: TrainingJob, out: Path, progress) -> StageOutcome:
 
     base = _input(job, ModelVersion.Stage.SFT) if job.input_models.filter(stage="sft").exists() else \
         _input(job, ModelVersion.Stage.BASE)
-    config = SFTConfig.from_dict({**job.config, "base": base.artifact_path})
+    config = SFTConfig.from_dict({**project_format(job), **job.config, "base": base.artifact_path})
     result = train_sft(config, _snapshot_file(job, "sft.jsonl"), out,
                        eval_data=_snapshot_file(job, "sft_eval.jsonl", optional=True),
                        on_log=progress.on_log, should_stop=progress.should_stop)
@@ -74,7 +85,7 @@ def run_rm(job: TrainingJob, out: Path, progress) -> StageOutcome:
     from training.reward import train_reward_model  # torch: worker only
 
     sft = _input(job, ModelVersion.Stage.SFT)
-    config = RewardConfig.from_dict({**job.config, "base": sft.artifact_path})
+    config = RewardConfig.from_dict({**project_format(job), **job.config, "base": sft.artifact_path})
     result = train_reward_model(config, _snapshot_file(job, "rankings.jsonl"), out,
                                 eval_data=_snapshot_file(job, "rankings_eval.jsonl", optional=True),
                                 demonstrations=_snapshot_file(job, "sft.jsonl", optional=True),
@@ -86,7 +97,8 @@ def run_ppo(job: TrainingJob, out: Path, progress) -> StageOutcome:
     from training.ppo import train_ppo  # torch: worker only
 
     sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
-    config = PPOConfig.from_dict({**job.config, "policy": sft.artifact_path, "reward_model": rm.artifact_path})
+    config = PPOConfig.from_dict({**project_rollouts(job), **job.config, "policy": sft.artifact_path,
+                                  "reward_model": rm.artifact_path})
     result = train_ppo(config, _snapshot_file(job, "ppo_prompts.jsonl"), out,
                        ptx_data=_snapshot_file(job, "sft.jsonl", optional=True),
                        on_log=progress.on_log, should_stop=progress.should_stop)
@@ -117,7 +129,7 @@ def run_evaluate(job: TrainingJob, out: Path, progress) -> StageOutcome:
     names = [name for name in ("ppo", "sft", "previous") if roles.get(name) in models]
     judge = job.project.judge_model
     config = EvaluateConfig.from_dict({
-        "max_new_tokens": job.project.max_new_tokens, **settings,
+        **project_rollouts(job), **settings,
         "policies": [models[roles[name]].artifact_path for name in names], "names": names, "baseline": "sft",
         "reference": models[roles["sft"]].artifact_path, "reward_model": models[roles["rm"]].artifact_path,
         "judge": judge.artifact_path if judge else ""})
@@ -205,7 +217,7 @@ def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
     per_model: list[tuple[ModelVersion, dict, dict[str, list[dict]]]] = []
     for i, model in enumerate(models):
         config = GenerateConfig.from_dict({"temperature": project.temperature, "top_p": project.top_p,
-                                           "max_new_tokens": project.max_new_tokens, **settings,
+                                           **project_rollouts(job), **settings,
                                            "model": model.artifact_path, "k": share, "seed": seed + i})
         result = generate_candidates(config, prompt_file, out / f"model-{model.pk}",
                                      on_log=progress.on_log, should_stop=progress.should_stop)

@@ -13,10 +13,10 @@ from tests.training.conftest import tiny_base  # noqa: F401  (a session fixture:
 TINY_ROUND = {
     "sft": {"max_steps": 4, "batch_size": 4, "max_length": 96, "log_every": 1, "checkpoint_every": 2},
     "rm": {"max_steps": 4, "batch_size": 2, "max_length": 96, "log_every": 1},
-    "ppo": {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1, "max_new_tokens": 6,
+    "ppo": {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1,
             "checkpoint_every": 1, "sample_every": 1},
-    "evaluate": {"max_prompts": 4, "max_new_tokens": 6, "batch_size": 8},
-    "generate": {"prompts": 4, "models": ["ppo", "sft"], "max_new_tokens": 6, "batch_size": 8},
+    "evaluate": {"max_prompts": 4, "batch_size": 8},
+    "generate": {"prompts": 4, "models": ["ppo", "sft"], "batch_size": 8},
     "gate": False,  # a tiny PPO policy may lose to SFT by chance: the gate has tests of its own
 }
 # Prompts whose content hash puts them in the test split: the held-out prompts a round evaluates on.

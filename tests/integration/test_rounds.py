@@ -2,7 +2,9 @@
 lineage, cancellation and retry of a failed stage. The real-worker tests are in test_worker.py."""
 from __future__ import annotations
 
+import json
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.utils import timezone
@@ -78,6 +80,10 @@ def test_a_round_runs_sft_rm_ppo_and_generates_the_next_rounds_tasks(loop_projec
     assert all(m.snapshot_id == jobs["sft"].snapshot_id for m in (sft, rm, ppo))
     loop_project.refresh_from_db()
     assert loop_project.active_policy == ppo
+    # PPO rolled out, and the evaluation sampled, with the candidates' length and format (the project's).
+    for stage in ("ppo", "evaluate"):
+        saved = json.loads(Path(jobs[stage].output_dir, "stage_config.json").read_text())["config"]
+        assert (saved["max_new_tokens"], saved["chat_template"]) == (6, False), stage
     # The round ends with a comparison on the held-out prompts: PPO against SFT, with KL and length.
     assert jobs["evaluate"].status == "succeeded" and set(jobs["evaluate"].input_models.all()) == {ppo, sft, rm}
     assert round1.comparison["prompts"] == 2 and "ppo_vs_sft/rm_diff" in round1.comparison
@@ -149,4 +155,8 @@ def test_a_round_config_is_validated_with_clear_errors(loop_project, client_for,
     errors = response.json()["fields"]["config"]
     assert "learning_rate" in errors["sft"][0] and "minibatch_size" in errors["ppo"][0]
     assert "dpo" in errors["non_field_errors"][0]
+    response = client_for("adam").post(f"/api/projects/{loop_project.pk}/start-round/",
+                                       {"config": {"ppo": {"max_new_tokens": 99}, "sft": {"chat_template": True}}})
+    errors = response.json()["fields"]["config"]
+    assert "the project's setting" in errors["ppo"][0] and "the project's setting" in errors["sft"][0]
     assert not Round.objects.filter(project=loop_project, status="training").exists()

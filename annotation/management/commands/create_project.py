@@ -23,8 +23,12 @@ class Command(BaseCommand):
         parser.add_argument("--k", type=int, default=4, help="responses per ranking task (2-9)")
         parser.add_argument("--overlap", type=int, default=1, help="labelers per task")
         parser.add_argument("--admin", help="username of the project's admin")
+        parser.add_argument("--chat-template", action="store_true",
+                            help="render prompts with the base's chat template (instruct models such as SmolLM2)")
+        parser.add_argument("--max-new-tokens", type=int, default=64, help="response length (every stage)")
 
-    def handle(self, *args, name, base, prompts, format, k, overlap, admin, **options):
+    def handle(self, *args, name, base, prompts, format, k, overlap, admin, chat_template, max_new_tokens,
+               **options):
         bases = ModelVersion.objects.registered_bases()
         chosen = None
         if base:
@@ -40,7 +44,8 @@ class Command(BaseCommand):
         try:
             items, lines, left_out = read_import_file(prompts, fmt=format) if prompts else ([], [], 0)
             project, result = services.create_project(name=name, admin=user, base=chosen, prompts=items,
-                                                      line_numbers=lines, k=k, overlap=overlap)
+                                                      line_numbers=lines, k=k, overlap=overlap,
+                                                      chat_template=chat_template, max_new_tokens=max_new_tokens)
         except APIException as exc:
             raise CommandError("nothing was created:\n" + "\n".join(format_errors(exc.detail))) from None
         self.stdout.write(f"created project #{project.pk} {project.name!r} with {len(result.created)} prompts "
