@@ -55,6 +55,9 @@ class Project(models.Model):
     # Candidates, PPO's rollouts and each round's evaluation share these (so the RM scores in training the
     # kind of text it learned from): the length, and the prompt format.
     max_new_tokens = models.PositiveIntegerField(default=64, validators=[MinValueValidator(1), MaxValueValidator(4096)])
+    round_preset = models.CharField(
+        max_length=32, default="cpu",
+        help_text="The round preset a round starts from unless its config names another (annotation.loop.config).")
     chat_template = models.BooleanField(
         default=False, help_text="Render prompts with the base model's chat template (instruct models), "
                                  "else the plain Human:/Assistant: format. Every stage uses the same.")

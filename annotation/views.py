@@ -15,7 +15,7 @@ from django.views.decorators.http import require_POST
 
 from . import access, services, stats
 from .formats import FORMATS
-from .loop.config import preset
+from .loop.config import PRESETS, preset
 from .models import Demonstration, ModelVersion, Ranking, Role, Task, TaskKind, TaskSlot, TrainingJob
 from .rendering import render_markdown
 
@@ -155,7 +155,8 @@ def manage_project(request, project_id: int):
     return render(request, "annotation/manage_project.html", {
         "project": project, "rounds": project.rounds.order_by("-number"), "jobs": jobs, "models": models,
         "bases": bases.order_by("id"),
-        "default_config": json.dumps(preset(), indent=2),
+        "default_config": json.dumps(preset(project.round_preset), indent=2),
+        "presets": {name: preset(name) for name in PRESETS},
     })
 
 

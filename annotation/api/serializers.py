@@ -6,6 +6,7 @@ from rest_framework import serializers
 
 from .. import services
 from ..formats import FORMATS
+from ..loop.config import PRESETS
 from ..models import (
     MAX_K,
     Candidate,
@@ -41,7 +42,7 @@ class ProjectSerializer(serializers.ModelSerializer):
         fields = [
             "id", "name", "guidelines", "k", "overlap", "lease_seconds", "demonstrations_enabled",
             "rankings_enabled", "prompt_writing_enabled", "max_new_tokens", "chat_template", "temperature", "top_p",
-            "base_model",
+            "round_preset", "base_model",
             "judge_model", "active_policy", "created", "my_role",
         ]
         read_only_fields = ["created", "active_policy"]
@@ -52,6 +53,11 @@ class ProjectSerializer(serializers.ModelSerializer):
     def validate_base_model(self, base):
         services.check_base_for(self.instance, base)
         return base
+
+    def validate_round_preset(self, name: str) -> str:
+        if name not in PRESETS:
+            raise serializers.ValidationError(f"unknown preset {name!r}; use one of {', '.join(PRESETS)}")
+        return name
 
     def validate_judge_model(self, judge):
         own = self.instance.pk if self.instance is not None else None

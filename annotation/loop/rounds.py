@@ -49,7 +49,7 @@ def start_round(*, project: Project, config: dict | None = None) -> Round:
     Locks the project row, so two admins starting a round at once start one. Starting a round that
     failed or was cancelled begins a new run of it: jobs of the earlier run can no longer be retried."""
     Project.objects.select_for_update().get(pk=project.pk)
-    merged = validate_round_config(config)
+    merged = validate_round_config(config, default_preset=project.round_preset)
     round = Round.objects.current_for(project)
     if round.status == Round.Status.TRAINING:
         raise Conflict(f"Round {round.number} is already training.")

@@ -11,6 +11,7 @@ from tests.training.conftest import tiny_base  # noqa: F401  (a session fixture:
 
 # Stage settings small enough for a CI machine: each stage takes seconds.
 TINY_ROUND = {
+    "preset": "tiny",
     "sft": {"max_steps": 4, "batch_size": 4, "max_length": 96, "log_every": 1, "checkpoint_every": 2},
     "rm": {"max_steps": 4, "batch_size": 2, "max_length": 96, "log_every": 1},
     "ppo": {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1,

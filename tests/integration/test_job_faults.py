@@ -37,7 +37,7 @@ def round_job(loop_project, transactional_db, settings):
     settings.TRAINING_JOB_STALE_SECONDS = 30
     label_everything(loop_project)
     round_ = Round.objects.create(project=loop_project, number=1, status=Round.Status.TRAINING, run=1,
-                                  config={"preset": "cpu-demo", **TINY_ROUND})
+                                  config=TINY_ROUND)
     job = TrainingJob.objects.create(project=loop_project, round=round_, round_run=1, stage="sft",
                                      config=TINY_ROUND["sft"], snapshot=create_snapshot(project=loop_project))
     job.input_models.set([loop_project.base_model])

@@ -19,7 +19,7 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--project", required=True, help="project name or id")
         parser.add_argument("--config", help="JSON overrides per stage, or @file.json")
-        parser.add_argument("--preset", choices=sorted(PRESETS), help="round preset (default: cpu-demo)")
+        parser.add_argument("--preset", choices=sorted(PRESETS), help="round preset (default: the project's)")
 
     def handle(self, *args, project: str, config: str | None, preset: str | None = None, **options):
         target = Project.objects.filter(pk=int(project)).first() if project.isdigit() else None

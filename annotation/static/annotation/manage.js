@@ -132,6 +132,12 @@
     }
   });
 
+  const presetSelect = document.getElementById("round-preset");
+  if (presetSelect) presetSelect.addEventListener("change", () => {
+    const presets = JSON.parse(document.getElementById("round-presets").textContent);
+    document.getElementById("round-config").value = JSON.stringify(presets[presetSelect.value], null, 2);
+  });
+
   const newProject = document.getElementById("new-project");
   if (newProject) newProject.addEventListener("submit", async (event) => {
     event.preventDefault();
