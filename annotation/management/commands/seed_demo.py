@@ -4,7 +4,7 @@ import secrets
 from pathlib import Path
 
 from django.contrib.auth import get_user_model
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 
 from annotation import services
@@ -41,16 +41,28 @@ class Command(BaseCommand):
     help = ("Create the demo projects, a demo admin and two demo labelers (credentials printed once, at "
             "creation), seeded with real HH-RLHF prompts and response pairs shipped in the repo.")
 
+    def add_arguments(self, parser):
+        parser.add_argument("--base", help="a registered base model (manage.py register_base) for the demo "
+                                           "project, such as SmolLM2-135M-Instruct; default: the offline tiny base")
+
     @transaction.atomic
-    def handle(self, *args, **options):
+    def handle(self, *args, base: str | None = None, **options):
         User = get_user_model()
         if Project.objects.filter(name=DEMO_PROJECT).exists():
             self.stdout.write(f"Demo project {DEMO_PROJECT!r} already exists; its users' passwords were printed when "
                               "it was created (reset one with: manage.py changepassword demo-labeler-1).")
             return
+        registered = None
+        if base:
+            registered = ModelVersion.objects.registered_bases().filter(name=base).first()
+            if registered is None:
+                raise CommandError(f"no registered base {base!r}: run manage.py register_base first")
+        # A real instruct base reads prompts in its chat template and trains with the "cpu" preset; the
+        # tiny base knows no template and has a preset of its own.
         project = Project.objects.create(
             name=DEMO_PROJECT, guidelines=GUIDELINES, k=2, overlap=2, lease_seconds=900,
             demonstrations_enabled=True, rankings_enabled=True, prompt_writing_enabled=True,
+            chat_template=registered is not None, round_preset="cpu" if registered else "tiny",
         )
         credentials = []
         for username, role, staff in USERS:
@@ -66,12 +78,12 @@ class Command(BaseCommand):
             f"Created {DEMO_PROJECT!r} with {len(result.created)} prompts, each with a demonstration task and a "
             "2-response ranking task."))
         self.import_hh_labels(project, result.created[:IMPORTED_LABELS])
-        base = ModelVersion.objects.create(project=project, stage=ModelVersion.Stage.BASE, name="offline tiny base",
-                                           artifact_path=str(BASE_MODEL))
-        Project.objects.filter(pk=project.pk).update(base_model=base)
+        chosen = registered or ModelVersion.objects.create(
+            project=project, stage=ModelVersion.Stage.BASE, name="offline tiny base", artifact_path=str(BASE_MODEL))
+        Project.objects.filter(pk=project.pk).update(base_model=chosen)
         self.stdout.write(f"Imported Anthropic's preference and chosen response for {IMPORTED_LABELS} prompts as "
-                          f"labels (user 'hh-rlhf-import'); base model: {BASE_MODEL}. Start a round at "
-                          f"/manage/projects/{project.pk}/.")
+                          f"labels (user 'hh-rlhf-import'); base model: {chosen.name} ({chosen.artifact_path}). "
+                          f"Start a round at /manage/projects/{project.pk}/.")
         oasst = Project.objects.create(name=OASST_PROJECT, guidelines=GUIDELINES, k=4, overlap=2,
                                        demonstrations_enabled=False, prompt_writing_enabled=False)
         for membership in project.memberships.filter(user__username__in=[name for name, _, _ in USERS]):
