@@ -259,6 +259,12 @@ class PPOConfig(StageConfig):
     lora_dropout: float = 0.0
     # Bookkeeping.
     sample_every: int = 10          # iterations between sample-response tables (samples.jsonl)
+    # Held-out evaluation (with train_ppo's eval_data): the training RM's score, the judge's, KL to the
+    # reference, length and EOS rate on the same prompts and seeds, before training, every eval_every
+    # iterations and at the end: a rising training reward alone shows nothing.
+    eval_every: int = 0             # 0: before training and at the end only
+    eval_prompts: int = 32          # the first ones of eval_data
+    judge: str = ""                 # an independent training.reward model dir, never trained on (optional)
     checkpoint_every: int = 10      # iterations between resumable checkpoints
     resume: bool = True
     device: str = "auto"
@@ -272,6 +278,7 @@ class PPOConfig(StageConfig):
         self._check(self.max_new_tokens >= 1 and self.max_prompt_length >= 1, "lengths must be >= 1")
         self._check(self.temperature > 0, "temperature must be > 0 (PPO samples)")
         self.stop = list(self.stop)
+        self._check(self.eval_every >= 0 and self.eval_prompts >= 1, "eval_every >= 0 and eval_prompts >= 1")
         self._check(0 < self.top_p <= 1 and self.top_k >= 0, "top_p must be in (0, 1] and top_k >= 0")
         self._check(self.truncation in TRUNCATION, f"truncation must be one of {TRUNCATION}")
         self._check(self.kl_coef >= 0 and self.kl_target > 0 and self.kl_horizon > 0, "bad KL settings")

@@ -529,6 +529,39 @@ class EMA:
                 param.copy_(self.shadow[name])
 
 
+@torch.no_grad()
+def held_out_metrics(models: Models, records: list[PPOPrompt], config: PPOConfig, judge, reward_fn: RewardFn | None,
+                     rt) -> dict[str, float]:
+    """The policy on held-out prompts, sampled exactly as in training but always with the same seeds, so
+    that the numbers of two iterations compare: the training RM's (or reward_fn's) score, the judge's,
+    KL to the reference in nats per sequence, length and EOS rate."""
+    generator = torch.Generator(device=rt.device).manual_seed(config.seed * 7 + 12_345)
+    timings = {"generation": 0.0, "scoring": 0.0}
+    scores, judged, kls, lengths, eos = [], [], [], [], []
+    for start in range(0, len(records), config.batch_size):
+        rollout = make_rollout(models, records[start:start + config.batch_size], config, 0.0, generator, reward_fn,
+                               timings)
+        last = n_prompt_last_index(rollout)
+        scores += rollout.raw_scores.tolist()
+        kls += ((rollout.logprobs - rollout.ref_logprobs) * rollout.mask).sum(dim=1).tolist()
+        lengths += rollout.mask.sum(dim=1).tolist()
+        eos += rollout.eos.float().tolist()
+        if judge is not None:
+            judged += reward_model_scores(judge, rollout.input_ids, rollout.attention_mask, rollout.position_ids,
+                                          last).tolist()
+    n = len(scores)
+    metrics = {"eval/score": sum(scores) / n, "eval/kl": sum(kls) / n, "eval/length": sum(lengths) / n,
+               "eval/eos_rate": sum(eos) / n}
+    if judged:
+        metrics["eval/judge"] = sum(judged) / n
+    return metrics
+
+
+def n_prompt_last_index(rollout: Rollout) -> torch.Tensor:
+    """Each row's last response token (where a reward model reads its score)."""
+    return rollout.n_prompt + (rollout.mask.sum(dim=1) - 1).clamp(min=0)
+
+
 def rollout_metrics(rollout: Rollout, kl_coef: float) -> dict[str, float]:
     kl_per_seq = ((rollout.logprobs - rollout.ref_logprobs) * rollout.mask).sum(dim=1)
     lengths = rollout.mask.sum(dim=1).float()
@@ -577,10 +610,12 @@ def _load_checkpoint(path: Path, models: Models, optimizers, kl: KLController, e
 
 
 def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardFn | None = None,
-              ptx_data: Path | None = None, on_log: OnLog = no_log, should_stop: ShouldStop = never_stop
-              ) -> StageResult:
+              ptx_data: Path | None = None, eval_data: Path | None = None, on_log: OnLog = no_log,
+              should_stop: ShouldStop = never_stop) -> StageResult:
     """Optimise ``config.policy`` against ``config.reward_model`` (or any ``reward_fn``) on the PPO-prompt
     file ``prompts``; the policy is saved to ``out`` with metrics.jsonl, samples.jsonl and summary.json.
+    With ``eval_data`` (held-out prompts), ``eval/*`` metrics are logged before training (the SFT policy),
+    every ``eval_every`` iterations and at the end (``held_out_metrics``).
 
     Resumes from ``out/checkpoints/last.pt`` (with the same result as an uninterrupted run for a fixed
     seed); stops within one optimizer step when ``should_stop()`` is true.
@@ -602,6 +637,20 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
     if config.resume and checkpoint.exists():
         start = _load_checkpoint(checkpoint, models, optimizers, kl, ema, ptx, rt.device)
     reporter = Reporter(out, "ppo", config, on_log, main=rt.is_main, append=start > 0)
+    held_out = read_ppo_prompts(eval_data)[:config.eval_prompts] if eval_data else []
+    judge = None
+    if held_out and config.judge:
+        from training.reward import RewardModel
+
+        judge = RewardModel.from_pretrained(config.judge, rt.device).eval().requires_grad_(False)
+
+    def evaluate(step: int) -> dict[str, float]:
+        started = time.perf_counter()
+        metrics = held_out_metrics(models, held_out, config, judge, reward_fn, rt)
+        reporter.log(step, config.iterations, {**metrics, "time/eval": time.perf_counter() - started})
+        return metrics
+
+    held = evaluate(0) if held_out and start == 0 else {}
     samples = []
     timings = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
     status, iteration, last = "completed", start, {}
@@ -629,6 +678,8 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
         if stopped:
             status = "stopped"
             break
+        if held_out and (iteration == config.iterations or (config.eval_every and iteration % config.eval_every == 0)):
+            held = evaluate(iteration)
         if iteration % config.checkpoint_every == 0 and rt.is_main:
             _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema, ptx)
     if rt.is_main:
@@ -643,7 +694,7 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
     rt.barrier()
     total = sum(timings.values()) or 1.0
     summary = {"iterations": iteration, "final_kl_coef": kl.value, "parameters": count_parameters(unwrap(models.actor)),
-               **{k: v for k, v in last.items()},
+               **{k: v for k, v in last.items()}, **held,
                **{f"time_share/{k}": round(v / total, 3) for k, v in timings.items()}}
     result = reporter.finish(status, iteration, summary, model=unwrap(models.actor))
     rt.close()

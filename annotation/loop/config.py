@@ -66,6 +66,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "critic_learning_rate": 5e-5,
             "kl_coef": 0.05,          # keeps the policy near SFT while the RM is this weak
             "sample_every": 4,
+            "eval_every": 4,          # held-out score, KL, length and EOS rate charted as it trains
+            "eval_prompts": 16,
             "checkpoint_every": 4,    # three checkpoints a run: a kill loses at most 4 iterations
         },
         "evaluate": {
@@ -118,6 +120,8 @@ PRESETS["cpu"] = {
         "critic_learning_rate": 1e-5,  # the critic is a full copy of the RM: small steps
         "kl_coef": 0.05,
         "sample_every": 2,
+        "eval_every": 3,          # held-out evaluation before, halfway and at the end (~30 s each)
+        "eval_prompts": 16,
         "checkpoint_every": 2,
     },
     "evaluate": {
@@ -134,7 +138,7 @@ PRESETS["gpu"] = {
            "eval_every": 200, "checkpoint_every": 200, "log_every": 10},
     "ppo": {"iterations": 200, "batch_size": 64, "minibatch_size": 16, "ppo_epochs": 4, "learning_rate": 1e-6,
             "critic_learning_rate": 9e-6, "kl_coef": 0.02, "max_prompt_length": 512, "checkpoint_every": 20,
-            "sample_every": 20},
+            "sample_every": 20, "eval_every": 20, "eval_prompts": 256},
     "evaluate": {"max_prompts": 500, "batch_size": 64},
     "generate": {"prompts": "auto", "held_out_prompts": "auto", "models": ["ppo"], "batch_size": 64},
 }

@@ -97,10 +97,12 @@ def run_ppo(job: TrainingJob, out: Path, progress) -> StageOutcome:
     from training.ppo import train_ppo  # torch: worker only
 
     sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
+    judge = job.project.judge_model
     config = PPOConfig.from_dict({**project_rollouts(job), **job.config, "policy": sft.artifact_path,
-                                  "reward_model": rm.artifact_path})
+                                  "reward_model": rm.artifact_path, "judge": judge.artifact_path if judge else ""})
     result = train_ppo(config, _snapshot_file(job, "ppo_prompts.jsonl"), out,
                        ptx_data=_snapshot_file(job, "sft.jsonl", optional=True),
+                       eval_data=_snapshot_file(job, "ppo_eval_prompts.jsonl", optional=True),
                        on_log=progress.on_log, should_stop=progress.should_stop)
     return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.PPO, out, result, sft))
 

@@ -93,7 +93,11 @@ def test_a_round_runs_sft_rm_ppo_and_generates_the_next_rounds_tasks(loop_projec
     for job in jobs.values():
         assert job.step == job.total > 0 and job.metrics and job.history and job.output_dir
     assert any("train/loss" in h for h in jobs["sft"].history) and "eval/loss" in jobs["sft"].history[-1]
-    assert "ppo/kl" in jobs["ppo"].history[-1]
+    assert any("ppo/kl" in h for h in jobs["ppo"].history)
+    # PPO evaluated on the held-out prompts before training and at its end: the job page charts it.
+    held_out = [h for h in jobs["ppo"].history if "eval/score" in h]
+    assert [h["step"] for h in held_out] == [0, 3] and abs(held_out[0]["eval/kl"]) < 1e-4
+    assert {"eval/length", "eval/eos_rate"} <= set(held_out[-1])
     assert any("accuracy" in k for k in jobs["rm"].metrics)
     # Round 2's ranking tasks hold candidates from round 1's PPO (and SFT, mixed) models.
     round2 = Round.objects.get(project=loop_project, number=2)

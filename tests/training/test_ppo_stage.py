@@ -258,3 +258,35 @@ def test_a_rollout_without_stop_rules_runs_to_max_new_tokens(tiny_base):
     with scripted(model, script):
         *_, mask, _, ended = sample_responses(model, tokenizer, [[5, 6]], config, torch.Generator().manual_seed(0))
     assert int(mask[0].sum()) == 12 and not bool(ended[0])
+
+
+# --- held-out evaluation while training ------------------------------------------------------------------
+
+def test_ppo_evaluates_on_held_out_prompts_before_during_and_after_training(tiny_base, prompt_file, tmp_path):
+    from training.reward import RewardModel
+
+    rm_dir, judge_dir = tmp_path / "rm", tmp_path / "judge"
+    for seed, folder in ((0, rm_dir), (1, judge_dir)):
+        torch.manual_seed(seed)
+        RewardModel.from_pretrained(tiny_base).save_pretrained(folder)
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", [{"version": 1, "prompt": f"Describe colour {i}."}
+                                                         for i in range(5)])
+    out = tmp_path / "ppo"
+    result = train_ppo(config(tiny_base, iterations=4, eval_every=2, eval_prompts=4, reward_model=str(rm_dir),
+                              judge=str(judge_dir)), prompt_file, out, eval_data=held_out)
+    evals = [r for r in metrics(out) if "eval/score" in r]
+    assert [r["step"] for r in evals] == [0, 2, 4]
+    assert abs(evals[0]["eval/kl"]) < 1e-4                      # before training: the policy is the reference
+    assert all({"eval/judge", "eval/length", "eval/eos_rate"} <= set(r) for r in evals)
+    assert evals[0]["eval/judge"] != evals[0]["eval/score"]     # two reward models, two opinions
+    assert result.summary["eval/score"] == evals[-1]["eval/score"] and evals[-1]["eval/kl"] != evals[0]["eval/kl"]
+
+
+def test_the_held_out_evaluation_leaves_training_unchanged(tiny_base, prompt_file, tmp_path):
+    held_out = write_jsonl(tmp_path / "held_out.jsonl", [{"version": 1, "prompt": "Describe the moon."}])
+    plain = train_ppo(config(tiny_base, iterations=2), prompt_file, tmp_path / "a", reward_fn=count_target)
+    evaluated = train_ppo(config(tiny_base, iterations=2, eval_every=1), prompt_file, tmp_path / "b",
+                          reward_fn=count_target, eval_data=held_out)
+    trained = [r for r in metrics(tmp_path / "b") if "ppo/kl" in r]
+    assert [r["ppo/kl"] for r in trained] == [r["ppo/kl"] for r in metrics(tmp_path / "a")]
+    assert plain.summary["ppo/kl"] == evaluated.summary["ppo/kl"]

@@ -7,6 +7,10 @@
     ["RM accuracy", name => name.includes("accuracy")],
     ["Reward", name => ["ppo/score", "ppo/reward"].includes(name)],
     ["KL", name => ["ppo/kl", "ppo/kl_penalty"].includes(name)],
+    ["Held-out score (training RM, judge)", name => ["eval/score", "eval/judge"].includes(name)],
+    ["Held-out KL to SFT (nats per sequence)", name => name === "eval/kl"],
+    ["Held-out length (tokens)", name => name === "eval/length"],
+    ["Held-out EOS rate", name => name === "eval/eos_rate"],
   ];
   const COLORS = ["#0b5cad", "#b42318", "#1a7f37", "#7a4cc2", "#b54708", "#0e7490"];
   const charts = new Map();
