@@ -154,7 +154,7 @@ def shoot(page) -> None:
     page.wait_for_url("**/")
     page.goto(page.locator("tr", has_text="HH-RLHF").locator("a[href*='/manage/']").get_attribute("href"))
     save("12-training-rounds-and-jobs", full_page=True)
-    page.click("#jobs a:has-text('#') >> nth=1")  # the PPO job (newest first: generate, PPO, RM, SFT)
+    page.locator("#jobs tr", has_text="PPO").locator("a").first.click()  # the PPO job
     page.wait_for_selector("#charts canvas")
     page.wait_for_timeout(800)
     save("13-training-job-charts", full_page=True)
