@@ -132,12 +132,16 @@ class RewardConfig(TrainConfig):
     chat_template: bool = False
     group_by_length: bool = True
     normalize: bool = True          # shift the bias so demonstrations score mean 0 (InstructGPT)
+    train_layers: int = 0           # > 0: train only the top n transformer layers (all their weights) and
+                                    # the head; the frozen layers below run once per sequence, cached
     batch_size: int = 4
     learning_rate: float = 2e-5
 
     def __post_init__(self) -> None:
         super().__post_init__()
         self._check(bool(self.base), "base (model path or hub id) is required")
+        self._check(self.train_layers >= 0, "train_layers must be >= 0 (0 = every layer)")
+        self._check(not (self.train_layers and self.lora), "train_layers and lora are exclusive")
 
 
 @dataclass

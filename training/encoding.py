@@ -57,3 +57,16 @@ def encode_pair(tokenizer, prompt: Prompt, response: str, *, max_length: int, tr
     response_ids = response_ids[:max_length - keep_prompt]
     prompt_ids = fit_prompt(prompt_ids, max_length - len(response_ids), truncation)
     return prompt_ids + response_ids, len(prompt_ids)
+
+
+def encode_group(tokenizer, prompt: Prompt, responses: list[str], *, max_length: int, truncation: str = "left",
+                 chat_template: bool = False) -> tuple[list[list[int]], int]:
+    """(ids of prompt + each response, number of prompt tokens): ``encode_pair``'s rule for one prompt
+    and k responses, with the prompt cut once, for the longest response, so that every response of a
+    ranking sees the same prompt tokens (and the reward model compares like with like)."""
+    prompt_ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)
+    keep_prompt = min(len(prompt_ids), max_length // 2)
+    responses_ids = [encode_response(tokenizer, prompt, r, chat_template=chat_template)[:max_length - keep_prompt]
+                     for r in responses]
+    prompt_ids = fit_prompt(prompt_ids, max_length - max(map(len, responses_ids)), truncation)
+    return [prompt_ids + ids for ids in responses_ids], len(prompt_ids)

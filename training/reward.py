@@ -5,10 +5,17 @@ the mean of −log σ(r_better − r_worse) over the C(k,2) pairs, skipping ties
 batch element. The scalar head reads the backbone's last hidden state at the last token of each
 sequence: the response's final token (its EOS in the plain format), so it has seen the whole response.
 After training, the head's bias is shifted so that demonstrations score mean 0.
+
+With ``train_layers`` = n only the top n transformer layers and the head learn. The frozen layers below
+then compute the same hidden states at every epoch, so they run once per sequence (no gradient) and
+their output is cached in memory; each step runs only the top n layers on the cached states. The maths
+is that of training the same parameters on the full model; only the repeated frozen work is gone.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -18,7 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from training.config import RewardConfig
 from training.data import RankingExample, read_rankings, read_sft, split_by_hash
-from training.encoding import encode_pair
+from training.encoding import encode_group, encode_pair
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
 from training.models import add_lora, count_parameters, load_tokenizer, servable
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
@@ -89,11 +96,63 @@ class RewardModel(torch.nn.Module):
         torch.nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
         torch.nn.init.zeros_(self.head.bias)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B,) rewards for right-padded sequences, read at each sequence's last real token."""
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        self.split = 0  # layers below this index are frozen (see train_top)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                features: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) rewards for right-padded sequences, read at each sequence's last real token. With
+        ``features`` (the frozen layers' output, from ``features``) only the layers above ``split`` run."""
+        if features is None:
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
+                                   use_cache=False).last_hidden_state
+        else:
+            with self._only(self.backbone.layers[self.split:], self.backbone.norm):
+                hidden = self.backbone(inputs_embeds=features, attention_mask=attention_mask,
+                                       use_cache=False).last_hidden_state
         last = attention_mask.sum(dim=1) - 1
         return self.head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1)
+
+    def train_top(self, n: int) -> None:
+        """Freeze the embeddings and every layer but the top ``n``; check that running the frozen part
+        and the rest separately gives the full model's rewards (a backbone whose forward treats
+        ``inputs_embeds`` as more than the first layer's input, such as GPT-2 adding positions, fails)."""
+        layers = getattr(self.backbone, "layers", None)
+        if not isinstance(layers, torch.nn.ModuleList) or not hasattr(self.backbone, "norm"):
+            raise ValueError(f"train_layers needs a Llama-style backbone (layers + norm); "
+                             f"{type(self.backbone).__name__} has none")
+        if not 0 < n <= len(layers):
+            raise ValueError(f"train_layers must be in 1..{len(layers)} for this model, got {n}")
+        self.split = len(layers) - n
+        for name, param in self.backbone.named_parameters():
+            top = name.startswith("layers.") and int(name.split(".")[1]) >= self.split
+            param.requires_grad_(top or name.startswith("norm."))
+        ids = torch.arange(3, 11, device=self.head.weight.device).unsqueeze(0)
+        mask = torch.ones_like(ids)
+        with torch.no_grad():
+            full, split = self(ids, mask), self(ids, mask, self.features(ids, mask))
+        if not torch.allclose(full, split, atol=1e-4, rtol=1e-4):
+            raise ValueError(f"train_layers is not supported for {type(self.backbone).__name__}: running its "
+                             f"layers in two parts changes the output ({float(full[0]):.5f} vs {float(split[0]):.5f})")
+
+    @torch.no_grad()
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, with_cache: bool = False,
+                 cache=None, position_ids: torch.Tensor | None = None):
+        """The frozen layers' output (B, T, hidden): the input of layer ``split``. ``with_cache``: also
+        return their key/value cache, and continue ``cache`` when given (``attention_mask`` then covers
+        the cached tokens too)."""
+        with self._only(self.backbone.layers[:self.split], torch.nn.Identity()):
+            out = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                use_cache=with_cache, **({"cache": cache} if cache is not None else {}))
+        return (out.last_hidden_state, out.cache) if with_cache else out.last_hidden_state
+
+    @contextlib.contextmanager
+    def _only(self, layers: torch.nn.ModuleList, norm: torch.nn.Module):
+        saved = self.backbone.layers, self.backbone.norm
+        self.backbone.layers, self.backbone.norm = layers, norm
+        try:
+            yield
+        finally:
+            self.backbone.layers, self.backbone.norm = saved
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: torch.device | str = "cpu") -> RewardModel:
@@ -124,20 +183,29 @@ Encoded = tuple[list[list[int]], list[int], float]  # (k token sequences, ranks,
 
 
 def encode_ranking(tokenizer, example: RankingExample, config: RewardConfig) -> Encoded:
-    seqs = [encode_pair(tokenizer, example.prompt, r, max_length=config.max_length, truncation=config.truncation,
-                        chat_template=config.chat_template)[0] for r in example.responses]
+    seqs, _ = encode_group(tokenizer, example.prompt, example.responses, max_length=config.max_length,
+                           truncation=config.truncation, chat_template=config.chat_template)
     return seqs, list(example.ranks), example.weight
 
 
-def collate_rankings(groups: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+def collate_rankings(groups: list[Encoded], pad_id: int,
+                     features: list[list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
     """Every response of every group as one right-padded row; ``slots[b, i]`` is the row of group b's
-    i-th response (−1 pads), ``ranks`` (0 pads) and ``weights`` are per group."""
+    i-th response (−1 pads), ``ranks`` (0 pads) and ``weights`` are per group. ``features`` (cached
+    frozen-layer states, one (length, hidden) tensor per response) are padded alike."""
     rows = [seq for seqs, _, _ in groups for seq in seqs]
     width, k_max = max(map(len, rows)), max(len(seqs) for seqs, _, _ in groups)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, seq in enumerate(rows):
         input_ids[i, :len(seq)], mask[i, :len(seq)] = torch.tensor(seq), 1
+    extra = {}
+    if features is not None:
+        flat = [f for group in features for f in group]
+        padded = torch.zeros((len(rows), width, flat[0].shape[-1]), dtype=flat[0].dtype)
+        for i, f in enumerate(flat):
+            padded[i, :len(f)] = f
+        extra["features"] = padded
     slots = torch.full((len(groups), k_max), -1, dtype=torch.long)
     ranks = torch.zeros((len(groups), k_max), dtype=torch.long)
     row = 0
@@ -146,11 +214,67 @@ def collate_rankings(groups: list[Encoded], pad_id: int) -> dict[str, torch.Tens
         ranks[b, :len(seqs)] = torch.tensor(group_ranks)
         row += len(seqs)
     weights = torch.tensor([w for _, _, w in groups], dtype=torch.float32)
-    return {"input_ids": input_ids, "attention_mask": mask, "slots": slots, "ranks": ranks, "weights": weights}
+    return {"input_ids": input_ids, "attention_mask": mask, "slots": slots, "ranks": ranks, "weights": weights,
+            **extra}
+
+
+@torch.no_grad()
+def cache_features(model: RewardModel, groups: list[Encoded], pad_id: int, on_progress=None,
+                   memo: dict | None = None) -> list[list[torch.Tensor]]:
+    """The frozen layers' states for every response of every group (CPU tensors, one per response).
+
+    The k responses of a ranking share their prompt, and in a causal model the shared tokens' states do
+    not depend on what follows: the common prefix runs once and the k continuations run as one batch on
+    its key/value cache. ``memo`` (token tuple → states) shares the work across runs with the same base
+    and ``train_layers`` (learning curves, sweeps).
+    """
+    model.eval()
+    device = model.head.weight.device
+    memo = memo if memo is not None else {}
+    out: list[list[torch.Tensor | None]] = [[memo.get(tuple(seq)) for seq in group] for group, _, _ in groups]
+    todo = [g for g, row in enumerate(out) if any(f is None for f in row)]
+    total = sum(len(groups[g][0]) for g in todo)
+    done = 0
+    for g in todo:
+        seqs = groups[g][0]
+        states = _prefix_shared_features(model, seqs, pad_id, device)
+        for i, (seq, state) in enumerate(zip(seqs, states, strict=True)):
+            out[g][i] = memo[tuple(seq)] = state
+        done += len(seqs)
+        if on_progress is not None:
+            on_progress(done, total)
+    return out
+
+
+def _prefix_shared_features(model: RewardModel, seqs: list[list[int]], pad_id: int,
+                            device: torch.device) -> list[torch.Tensor]:
+    shared = min(_common_prefix(seqs), min(map(len, seqs)) - 1)  # every continuation keeps >= 1 token
+    if len(seqs) == 1 or shared < 8:
+        batch = collate_rankings([(seqs, [1] * len(seqs), 1.0)], pad_id)
+        states = model.features(batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
+        return [states[i, :len(seq)].clone() for i, seq in enumerate(seqs)]
+    prefix = torch.tensor([seqs[0][:shared]], device=device)
+    head, cache = model.features(prefix, torch.ones_like(prefix), with_cache=True)
+    cache.batch_repeat_interleave(len(seqs))
+    tails = collate_rankings([([seq[shared:] for seq in seqs], [1] * len(seqs), 1.0)], pad_id)
+    mask = torch.cat([torch.ones((len(seqs), shared), dtype=torch.long), tails["attention_mask"]], dim=1)
+    positions = torch.arange(shared, shared + tails["input_ids"].shape[1]).unsqueeze(0)
+    rest, _ = model.features(tails["input_ids"].to(device), mask.to(device), with_cache=True, cache=cache,
+                             position_ids=positions.to(device))
+    head, rest = head[0].cpu(), rest.cpu()
+    return [torch.cat([head, rest[i, :len(seq) - shared]]).clone() for i, seq in enumerate(seqs)]
+
+
+def _common_prefix(seqs: list[list[int]]) -> int:
+    n = min(map(len, seqs))
+    for i in range(n):
+        if any(seq[i] != seqs[0][i] for seq in seqs[1:]):
+            return i
+    return n
 
 
 def group_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    flat = model(batch["input_ids"], batch["attention_mask"])
+    flat = model(batch["input_ids"], batch["attention_mask"], batch.get("features"))
     slots = batch["slots"]
     return torch.where(slots >= 0, flat[slots.clamp(min=0)], torch.zeros((), dtype=flat.dtype, device=flat.device))
 
@@ -164,11 +288,12 @@ def rm_step(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[tor
 
 @torch.no_grad()
 def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int, batch_size: int,
-                      rt: Runtime) -> dict[str, float]:
+                      rt: Runtime, features: list[list[torch.Tensor]] | None = None) -> dict[str, float]:
     """Held-out ranking loss, pairwise accuracy (overall and per k), mean margin, reward mean and std."""
     model = unwrap(model)
     model.eval()
     mine = groups[rt.rank::rt.world_size]
+    my_features = features[rt.rank::rt.world_size] if features is not None else None
     # Every rank sums the same names (per-k included) so that all_sum lines up.
     stats: dict[str, float] = {name: 0.0 for name in ("loss", "groups", "r_sum", "r_sq", "responses", "margin")}
     for k in {len(seqs) for seqs, _, _ in groups}:
@@ -179,7 +304,9 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
         stats[name] = stats.get(name, 0.0) + value
 
     for start in range(0, len(mine), batch_size):
-        batch = {k: v.to(rt.device) for k, v in collate_rankings(mine[start:start + batch_size], pad_id).items()}
+        cached = my_features[start:start + batch_size] if my_features is not None else None
+        batch = {k: v.to(rt.device) for k, v in collate_rankings(mine[start:start + batch_size], pad_id,
+                                                                 cached).items()}
         rewards = group_rewards(model, batch)
         n = len(batch["weights"])
         add("loss", batched_ranking_loss(rewards, batch["ranks"], batch["weights"]).item() * n)
@@ -240,12 +367,13 @@ def score_pairs(model: RewardModel, tokenizer, pairs: list[tuple], *, max_length
 
 def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data: Path | None = None,
                        demonstrations: Path | None = None, on_log: OnLog = no_log,
-                       should_stop: ShouldStop = never_stop) -> StageResult:
+                       should_stop: ShouldStop = never_stop, feature_memo: dict | None = None) -> StageResult:
     """Train a reward model on the ranking examples in ``data`` from ``config.base`` (an SFT model).
 
     The best model by held-out ranking loss is saved in ``out``; then its bias is set so that the
     demonstrations (SFT examples in ``demonstrations``, or else the best-ranked training responses)
-    score mean 0, and the held-out metrics are measured again on the saved model.
+    score mean 0, and the held-out metrics are measured again on the saved model. ``feature_memo``: see
+    ``cache_features``.
     """
     out = Path(out)
     rt = init_runtime(config.device)
@@ -264,14 +392,26 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     model.chat_template = config.chat_template
     if config.lora:
         model.backbone = add_lora(model.backbone, config, task_type="FEATURE_EXTRACTION")
+    if config.train_layers:
+        model.train_top(config.train_layers)
     optimizer = make_optimizer(model, config)
     reporter = Reporter(out, "rm", config, on_log, main=rt.is_main,
                         append=config.resume and (out / CHECKPOINT).exists())
     pad = tokenizer.pad_token_id
-    evaluate = (lambda m: evaluate_rankings(m, held_groups, pad, config.batch_size * 2, rt)) if held_groups else None
+    train_features = held_features = None
+    cache_seconds = 0.0
+    if config.train_layers:
+        started = time.perf_counter()
+        progress = _cache_progress(reporter)
+        train_features = cache_features(model, train_groups, pad, progress, feature_memo)
+        cache_seconds = time.perf_counter() - started
+        held_features = cache_features(model, held_groups, pad, progress, feature_memo)
+    evaluate = (lambda m: evaluate_rankings(m, held_groups, pad, config.batch_size * 2, rt, held_features)
+                ) if held_groups else None
     loop = Loop(
         model=wrap(model, rt), optimizer=optimizer, lengths=[max(map(len, s)) * len(s) for s, _, _ in train_groups],
-        collate=lambda ids: collate_rankings([train_groups[i] for i in ids], pad),
+        collate=lambda ids: collate_rankings([train_groups[i] for i in ids], pad,
+                                             [train_features[i] for i in ids] if train_features else None),
         loss=rm_step, evaluate=evaluate,
         save_model=lambda m: m.save_pretrained(out, tokenizer),
         group_by_length=config.group_by_length,
@@ -280,35 +420,75 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
 
     summary = {"train_examples": len(train_groups), "eval_examples": len(held_groups),
                "train_k": _k_counts(train), "parameters": count_parameters(model),
+               "trainable_parameters": count_parameters(model, trainable_only=True),
                "tokens": result.tokens, "train_seconds": round(result.train_seconds, 3),
-               "comparisons_per_s": _comparisons_per_s(train, result, config, rt),
+               "cache_seconds": round(cache_seconds, 3),
+               "comparisons_per_s": _comparisons_per_s(train, result, config, rt, cache_seconds),
                "best_step": result.best_step, "best_eval_loss": result.best_eval_loss,
                **result.last_train}
     if result.status == "completed" and rt.is_main:
         final = RewardModel.from_pretrained(out, rt.device)
+        if config.train_layers:
+            final.train_top(config.train_layers)
         if config.normalize:
-            demos = ([(e.prompt, e.response) for e in read_sft(demonstrations)] if demonstrations is not None
-                     else [(e.prompt, e.best_response()) for e in train])
-            rewards = score_pairs(final, tokenizer, demos, max_length=config.max_length,
-                                  batch_size=config.batch_size * 4)
+            if demonstrations is None and train_features is not None:
+                best = [(g, e.ranks.index(min(e.ranks))) for g, e in enumerate(train)]
+                rewards = score_cached(final, [train_groups[g][0][i] for g, i in best],
+                                       [train_features[g][i] for g, i in best], pad, config.batch_size * 4)
+                count = len(best)
+            else:
+                demos = ([(e.prompt, e.response) for e in read_sft(demonstrations)] if demonstrations is not None
+                         else [(e.prompt, e.best_response()) for e in train])
+                rewards = score_pairs(final, tokenizer, demos, max_length=config.max_length,
+                                      batch_size=config.batch_size * 4)
+                count = len(demos)
             shift = sum(rewards) / len(rewards)
             with torch.no_grad():
                 final.head.bias -= shift
             final.save_pretrained(out, tokenizer)
-            summary.update({"demonstrations": len(demos), "bias_shift": shift})
+            summary.update({"demonstrations": count, "bias_shift": shift})
         if held_groups:
             solo = Runtime(0, 1, rt.device)
-            summary.update(evaluate_rankings(final, held_groups, pad, config.batch_size * 2, solo))
+            summary.update(evaluate_rankings(final, held_groups, pad, config.batch_size * 2, solo, held_features))
     rt.barrier()
     rt.close()
     return reporter.finish(result.status, result.steps, summary, model=unwrap(loop.model))
 
 
-def _comparisons_per_s(train: list[RankingExample], result, config: RewardConfig, rt: Runtime) -> float:
-    """Non-tied pairs trained on per second (the mean pairs per example times the examples seen)."""
+def _cache_progress(reporter: Reporter):
+    """Logs the frozen-layer cache's progress (step 0) about every tenth of the way."""
+    last = [-1]
+
+    def progress(done: int, total: int) -> None:
+        tenth = done * 10 // total
+        if tenth != last[0]:
+            last[0] = tenth
+            reporter.log(0, 0, {"cache/sequences": done, "cache/total": total})
+    return progress
+
+
+@torch.no_grad()
+def score_cached(model: RewardModel, seqs: list[list[int]], features: list[torch.Tensor], pad_id: int,
+                 batch_size: int) -> list[float]:
+    """Rewards of token sequences whose frozen-layer states are cached, in order."""
+    model.eval()
+    device = model.head.weight.device
+    out: list[float] = []
+    for start in range(0, len(seqs), batch_size):
+        chunk = list(range(start, min(start + batch_size, len(seqs))))
+        batch = collate_rankings([([seqs[i] for i in chunk], [1] * len(chunk), 1.0)], pad_id,
+                                 [[features[i] for i in chunk]])
+        out += model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "features"))).tolist()
+    return out
+
+
+def _comparisons_per_s(train: list[RankingExample], result, config: RewardConfig, rt: Runtime,
+                       cache_seconds: float = 0.0) -> float:
+    """Non-tied pairs trained on per second (the mean pairs per example times the examples seen), the
+    time spent caching the training data's frozen-layer states included."""
     mean_pairs = sum(sum(1 for i in e.ranks for j in e.ranks if i < j) for e in train) / max(len(train), 1)
     seen = result.steps * config.batch_size * config.grad_accum * rt.world_size
-    return mean_pairs * seen / max(result.train_seconds, 1e-9)
+    return mean_pairs * seen / max(result.train_seconds + cache_seconds, 1e-9)
 
 
 def _k_counts(examples: list[RankingExample]) -> dict[str, int]:

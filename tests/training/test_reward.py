@@ -112,3 +112,112 @@ def test_reward_training_stops_within_one_step_and_resumes(tiny_base, ranking_fi
     finished = train_reward_model(config(tiny_base, max_steps=6), ranking_file, tmp_path / "rm")
     assert finished.status == "completed" and finished.steps == 6
     assert (tmp_path / "rm" / "reward_head.safetensors").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tiny_base, tmp_path_factory):
+    """A 3-layer Llama (rotary positions, RMSNorm) with the tiny base's tokenizer."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = load_tokenizer(tiny_base)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=tokenizer.eos_token_id))
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def test_training_the_top_layers_on_cached_states_gives_the_full_models_rewards_and_gradients(tiny_llama):
+    from training.data import RankingExample
+
+    tokenizer = load_tokenizer(tiny_llama)
+    cfg = config(tiny_llama)
+    groups = [encode_ranking(tokenizer, RankingExample("Will you help?", ["yes, gladly", "no."], [1, 2]), cfg),
+              encode_ranking(tokenizer, RankingExample("A longer question " * 3, ["ok", "not now", "never"],
+                                                       [2, 1, 3]), cfg)]
+    full, cached = RewardModel.from_pretrained(tiny_llama), RewardModel.from_pretrained(tiny_llama)
+    cached.head.load_state_dict(full.head.state_dict())  # a new head is drawn at random
+    cached.train_top(1)
+    from training.reward import cache_features, rm_step
+
+    features = cache_features(cached, groups, tokenizer.pad_token_id)
+    assert [len(f) for f in features[1]] == [len(s) for s in groups[1][0]]  # unpadded, per response
+    batch_full = collate_rankings(groups, tokenizer.pad_token_id)
+    batch_cached = collate_rankings(groups, tokenizer.pad_token_id, features)
+    loss_full, _, _ = rm_step(full.train(), batch_full)
+    loss_cached, _, _ = rm_step(cached.train(), batch_cached)
+    assert loss_cached.item() == pytest.approx(loss_full.item(), abs=1e-5)
+    loss_full.backward()
+    loss_cached.backward()
+    top = dict(full.named_parameters())
+    trained = {n for n, p in cached.named_parameters() if p.requires_grad}
+    assert trained == {n for n in top if n.startswith(("backbone.layers.2.", "backbone.norm.", "head."))}
+    for name, param in cached.named_parameters():
+        if name in trained:
+            torch.testing.assert_close(param.grad, top[name].grad, atol=1e-5, rtol=1e-4)
+        else:
+            assert param.grad is None
+
+
+def test_train_layers_trains_only_the_top_and_reaches_full_accuracy(tiny_llama, ranking_file, tmp_path):
+    before = RewardModel.from_pretrained(tiny_llama).state_dict()
+    result = train_reward_model(config(tiny_llama, train_layers=1, max_steps=30, batch_size=8), ranking_file,
+                                tmp_path / "rm", eval_data=ranking_file)
+    assert result.summary["eval/accuracy"] == 1.0
+    assert result.summary["cache_seconds"] > 0 and result.summary["comparisons_per_s"] > 0
+    assert result.summary["trainable_parameters"] < result.summary["parameters"]
+    after = RewardModel.from_pretrained(tmp_path / "rm").state_dict()
+    for name in ("backbone.embed_tokens.weight", "backbone.layers.0.mlp.up_proj.weight",
+                 "backbone.layers.1.self_attn.q_proj.weight"):
+        assert torch.equal(before[name], after[name]), name
+    top = "backbone.layers.2.mlp.up_proj.weight"
+    assert not torch.equal(before[top], after[top])
+    # The saved model is a whole reward model: loaded fresh, it scores as the summary says.
+    rows = [json.loads(line) for line in ranking_file.read_text().splitlines()]
+    model, tokenizer = RewardModel.from_pretrained(tmp_path / "rm"), load_tokenizer(tmp_path / "rm")
+    best = score_pairs(model, tokenizer, [(r["prompt"], r["responses"][0]) for r in rows])
+    worst = score_pairs(model, tokenizer, [(r["prompt"], r["responses"][-1]) for r in rows])
+    assert all(b > w for b, w in zip(best, worst, strict=True))
+    # Bias normalised on the cached best responses: they score mean 0.
+    assert sum(best) / len(best) == pytest.approx(0.0, abs=1e-3)
+
+
+def test_train_layers_on_a_backbone_that_cannot_be_split_is_a_clear_error(tiny_base, ranking_file, tmp_path):
+    with pytest.raises(ValueError, match="Llama-style backbone"):
+        train_reward_model(config(tiny_base, train_layers=1), ranking_file, tmp_path / "rm")
+
+
+def test_train_layers_and_lora_are_exclusive(tiny_base):
+    from training.config import ConfigError
+
+    with pytest.raises(ConfigError, match="exclusive"):
+        config(tiny_base, train_layers=2, lora=True)
+
+
+def test_the_responses_of_a_ranking_share_one_prompt_cut_and_its_states_are_computed_once(tiny_llama):
+    from training.data import RankingExample
+    from training.reward import cache_features
+
+    tokenizer = load_tokenizer(tiny_llama)
+    example = RankingExample("Please explain how a reward model ranks answers. " * 4,
+                             ["yes", "a much longer answer that takes many more tokens than the first " * 2], [1, 2])
+    (short, long), _, _ = encode_ranking(tokenizer, example, config(tiny_llama, max_length=48))
+    from training.encoding import encode_group
+
+    _, n_prompt = encode_group(tokenizer, example.prompt, example.responses, max_length=48)
+    assert len(long) == 48 and n_prompt == 24  # the long response is cut to leave the prompt half
+    assert short[:n_prompt] == long[:n_prompt]  # the prompt is cut once, for the longest response
+    model = RewardModel.from_pretrained(tiny_llama)
+    model.train_top(1)
+    calls = []
+    original = model.features
+    model.features = lambda ids, *a, **kw: calls.append(ids.shape) or original(ids, *a, **kw)
+    (shared_short, shared_long), = cache_features(model, [([short, long], [1, 2], 1.0)], tokenizer.pad_token_id)
+    assert calls[0] == (1, n_prompt)  # the prompt ran once, then both continuations on its cache
+    for seq, state in ((short, shared_short), (long, shared_long)):
+        ids = torch.tensor([seq])
+        torch.testing.assert_close(state, original(ids, torch.ones_like(ids))[0], atol=1e-5, rtol=1e-4)
