@@ -227,6 +227,8 @@ class PPOConfig(StageConfig):
     ppo_epochs: int = 4
     learning_rate: float = 1e-5     # actor
     critic_learning_rate: float = 5e-5
+    critic_train_layers: int = 0    # > 0: the critic trains only its top n layers and head (the rest frozen:
+                                    # no backward through them), 0 = all
     adam_betas: tuple[float, float] = (0.9, 0.95)
     max_grad_norm: float = 1.0      # 0 disables clipping
     # Rollout (sampling); log-probs for training use logits / temperature.
@@ -279,6 +281,7 @@ class PPOConfig(StageConfig):
         self._check(self.iterations >= 1 and self.ppo_epochs >= 1, "iterations and ppo_epochs must be >= 1")
         self._check(1 <= self.minibatch_size <= self.batch_size, "minibatch_size must be in [1, batch_size]")
         self._check(self.learning_rate > 0 and self.critic_learning_rate > 0, "learning rates must be > 0")
+        self._check(self.critic_train_layers >= 0, "critic_train_layers must be >= 0 (0 = every layer)")
         self._check(self.max_new_tokens >= 1 and self.max_prompt_length >= 1, "lengths must be >= 1")
         self._check(self.temperature > 0, "temperature must be > 0 (PPO samples)")
         self.stop = list(self.stop)

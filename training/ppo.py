@@ -37,7 +37,14 @@ from training.data import PPOPrompt, read_ppo_prompts, read_sft, render_plain, w
 from training.encoding import encode_pair, encode_prompt, fit_prompt
 from training.generate import cut_at_stop, process_logits, stop_rules
 from training.kl import KLController, update_from_all_ranks
-from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
+from training.models import (
+    add_lora,
+    count_parameters,
+    load_causal_lm,
+    load_tokenizer,
+    save_pretrained,
+    train_top_layers,
+)
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.runtime import init_runtime, seed_all, unwrap, wrap
 
@@ -365,6 +372,8 @@ def _load_models(config: PPOConfig, reward_fn: RewardFn | None, rt) -> Models:
         critic = ValueModel.from_policy(config.policy, rt.device)
     else:
         raise ValueError("PPO needs a reward: set reward_model, or pass reward_fn")
+    if config.critic_train_layers:
+        train_top_layers(critic.backbone, config.critic_train_layers)
     # After add_lora: peft creates its LoRA dropout layers in train mode.
     actor, critic = _without_dropout(actor), _without_dropout(critic)
     return Models(wrap(actor, rt), wrap(critic, rt), ref, reward_model, tokenizer)

@@ -27,7 +27,7 @@ from training.config import RewardConfig
 from training.data import RankingExample, read_rankings, read_sft, split_by_hash
 from training.encoding import encode_group, encode_pair
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
-from training.models import add_lora, count_parameters, load_tokenizer, servable
+from training.models import add_lora, count_parameters, load_tokenizer, servable, train_top_layers
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.runtime import Runtime, init_runtime, seed_all, unwrap, wrap
 
@@ -120,12 +120,7 @@ class RewardModel(torch.nn.Module):
         if not isinstance(layers, torch.nn.ModuleList) or not hasattr(self.backbone, "norm"):
             raise ValueError(f"train_layers needs a Llama-style backbone (layers + norm); "
                              f"{type(self.backbone).__name__} has none")
-        if not 0 < n <= len(layers):
-            raise ValueError(f"train_layers must be in 1..{len(layers)} for this model, got {n}")
-        self.split = len(layers) - n
-        for name, param in self.backbone.named_parameters():
-            top = name.startswith("layers.") and int(name.split(".")[1]) >= self.split
-            param.requires_grad_(top or name.startswith("norm."))
+        self.split = train_top_layers(self.backbone, n)
         ids = torch.arange(3, 11, device=self.head.weight.device).unsqueeze(0)
         mask = torch.ones_like(ids)
         with torch.no_grad():

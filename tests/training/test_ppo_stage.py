@@ -180,6 +180,31 @@ def test_a_reward_model_scores_rollouts_and_initialises_the_critic(tiny_base, pr
     assert metrics(out)[0]["ppo/score"] != 0
 
 
+def test_a_critic_training_only_its_top_layer_keeps_the_rest_as_the_reward_model_has_it(tiny_base, prompt_file,
+                                                                                         tmp_path):
+    from training import ppo
+    from training.reward import RewardModel
+    from training.runtime import init_runtime, unwrap
+
+    rm_dir = tmp_path / "rm"
+    torch.manual_seed(0)
+    RewardModel.from_pretrained(tiny_base).save_pretrained(rm_dir)
+    cfg = config(tiny_base, reward_model=str(rm_dir), critic_train_layers=1)
+    models = ppo._load_models(cfg, None, init_runtime("cpu"))
+    critic = unwrap(models.critic)
+    trained = {n for n, p in critic.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in critic.named_parameters() if n.startswith(("backbone.h.1.", "backbone.ln_f.",
+                                                                               "head."))}
+    before = {n: p.detach().clone() for n, p in critic.named_parameters()}
+    optimizer = ppo._optimizer(critic, 1e-2, cfg)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    critic(ids, torch.ones_like(ids), torch.arange(4)[None]).pow(2).mean().backward()
+    optimizer.step()
+    for name, param in critic.named_parameters():
+        assert torch.equal(param, before[name]) == (name not in trained), name
+    assert train_ppo(cfg, prompt_file, tmp_path / "ppo").status == "completed"
+
+
 def test_ppo_ptx_mixes_in_the_language_model_loss(tiny_base, prompt_file, sft_file, tmp_path):
     out = tmp_path / "ppo"
     train_ppo(config(tiny_base, ptx_coef=0.5, ptx_batch_size=2), prompt_file, out, reward_fn=count_target,
