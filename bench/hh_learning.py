@@ -4,6 +4,7 @@
     .venv-bench/bin/python bench/hh_learning.py compare --pairs 600   # ours vs TRL RewardTrainer, same budget
     .venv-bench/bin/python bench/hh_learning.py curve                 # learning curve; the last point is the RM
     .venv-bench/bin/python bench/hh_learning.py judge                 # the independent judge (other half)
+    .venv/bin/python bench/hh_learning.py rl                          # PPO on the RM, judged by the judge
 
 The split (both HH test files, by the sha256 record hash of the prompt; fixed forever):
 - held out: ``training.data.is_held_out(prompt, 0.15)``: evaluation only, per subset;
@@ -206,20 +207,85 @@ def compare(args) -> None:
     write(args.work / f"compare-{args.pairs}.json", results)
 
 
+def load_memo(args, half: str) -> tuple[dict, Path]:
+    """Frozen-layer states by token sequence, kept on disk between runs of ``curve``/``judge`` (and
+    experiments) with the same base, ``--layers`` and ``--max-length``. ``compare`` never uses it: its
+    timing includes the caching."""
+    path = args.work / f"memo-{half}-L{args.layers}-M{args.max_length}.pt"
+    return (torch.load(path) if path.exists() else {}), path
+
+
 def curve(args, half: str = "rm") -> None:
     examples = data.read_rankings(args.work / f"{half}.jsonl")
     sizes = [n for n in args.sizes if n < len(examples)] + [len(examples)]
-    memo: dict = {}
+    memo, memo_path = load_memo(args, half)
     held = HeldOut(args, memo)
-    results: dict = {"half": half, "layers": args.layers, "epochs": args.epochs, "seed": args.seed,
-                     "max_length": args.max_length, "lr": args.lr, "heldout": held.heuristics(), "points": []}
+    cached = len(memo)
+    results: dict = {"half": half, "layers": args.layers, "batch_size": args.batch_size, "epochs": args.epochs,
+                     "seed": args.seed, "max_length": args.max_length, "lr": args.lr, "heldout": held.heuristics(),
+                     "points": []}
     for n in sizes:
         print(f"== {half}: {n} pairs", flush=True)
-        out = args.work / (f"{half}-{n}" if n < len(examples) else half)
+        name = f"{half}-{n}" if n < len(examples) else half
+        out = args.work / (f"{name}-{args.tag}" if args.tag else name)
         model, run = train_ours(args, subset_of(examples, n, args.seed), out, memo)
+        if len(memo) > cached:
+            torch.save(memo, memo_path)
+            cached = len(memo)
         results["points"].append({"pairs": n, **run, "heldout": held.accuracy(model)})
         print(json.dumps(results["points"][-1]["heldout"]), flush=True)
-        write(args.work / f"curve-{half}.json", results)
+        write(args.work / (f"curve-{half}-{args.tag}.json" if args.tag else f"curve-{half}.json"), results)
+
+
+def unique_prompts(examples: list, seed: int) -> list:
+    seen, prompts = set(), []
+    for e in examples:
+        key = json.dumps(e.prompt, sort_keys=True)
+        if key not in seen:
+            seen.add(key)
+            prompts.append(data.PPOPrompt(e.prompt, e.id))
+    random.Random(seed).shuffle(prompts)  # helpful and harmless mixed, so the first n hold both
+    return prompts
+
+
+def rl(args) -> None:
+    """PPO on half A's prompts against the half-A reward model (``curve``'s last point), from the
+    instruct base, which is the SFT policy here (SmolLM2-135M-Instruct is its makers' SFT model); then
+    base and PPO policy sampled on held-out prompts with the same seeds, scored by the training RM and by
+    the judge (half B, never used in training), with KL to the base, length and EOS rate."""
+    from training.config import EvaluateConfig, PPOConfig
+    from training.evaluate import evaluate_policies
+    from training.ppo import train_ppo
+
+    prompts = {"train": unique_prompts(data.read_rankings(args.work / "rm.jsonl"), args.seed),
+               "heldout": unique_prompts(data.read_rankings(args.work / "heldout.jsonl"), args.seed)}
+    for side, records in prompts.items():
+        data.write_jsonl(args.work / f"prompts.{side}.jsonl", map(data.to_record, records))
+    rm, judge, out = args.work / "rm", args.work / "judge", args.work / "ppo"
+    ppo = PPOConfig(policy=str(args.base), reward_model=str(rm), chat_template=True, seed=args.seed,
+                    iterations=args.iterations, batch_size=16, minibatch_size=8, ppo_epochs=2,
+                    lora=True, lora_r=16, lora_alpha=32, learning_rate=args.ppo_lr,
+                    critic_learning_rate=5e-5, critic_train_layers=args.layers, kl_coef=args.kl_coef,
+                    max_new_tokens=64, max_prompt_length=args.max_length - 64, temperature=1.0,
+                    eval_every=10, eval_prompts=32, judge=str(judge), checkpoint_every=5, device="cpu")
+
+    def log(step, total, metrics):
+        shown = {k.split("/")[-1]: round(v, 3) for k, v in metrics.items()
+                 if k in ("ppo/score", "ppo/kl", "ppo/response_length", "eval/score", "eval/judge", "eval/kl")}
+        print(f"  ppo {step}/{total} {shown}", flush=True)
+
+    started = time.perf_counter()
+    result = train_ppo(ppo, args.work / "prompts.train.jsonl", out, eval_data=args.work / "prompts.heldout.jsonl",
+                       on_log=log)
+    ppo_seconds = time.perf_counter() - started
+    evaluation = evaluate_policies(
+        EvaluateConfig(policies=[str(args.base), str(out)], names=["sft", "ppo"], baseline="sft",
+                       reference=str(args.base), reward_model=str(rm), judge=str(judge), max_prompts=args.eval_prompts,
+                       max_new_tokens=64, chat_template=True, batch_size=16, max_length=args.max_length,
+                       seed=args.seed + 1, device="cpu"),
+        args.work / "prompts.heldout.jsonl", args.work / "rl-eval")
+    write(args.work / "rl.json", {"ppo": ppo.to_dict(), "ppo_seconds": round(ppo_seconds, 1),
+                                  "ppo_summary": result.summary, "heldout": evaluation.summary})
 
 
 def write(path: Path, results: dict) -> None:
@@ -229,7 +295,7 @@ def write(path: Path, results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["split", "compare", "curve", "judge"])
+    parser.add_argument("command", choices=["split", "compare", "curve", "judge", "rl"])
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--base", type=Path, default=BASE)
     parser.add_argument("--layers", type=int, default=4, help="top transformer layers trained (of 30)")
@@ -241,6 +307,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=600, help="compare: the shared training budget")
     parser.add_argument("--repeats", type=int, default=1, help="compare: alternating runs of each trainer")
     parser.add_argument("--sizes", type=int, nargs="*", default=[250, 500, 1000])
+    parser.add_argument("--iterations", type=int, default=30, help="rl: PPO iterations of 16 prompts")
+    parser.add_argument("--ppo-lr", type=float, default=2e-4, help="rl: the LoRA actor's learning rate")
+    parser.add_argument("--kl-coef", type=float, default=0.05, help="rl: β of the per-token KL penalty")
+    parser.add_argument("--eval-prompts", type=int, default=200, help="rl: held-out prompts in the final comparison")
+    parser.add_argument("--tag", default="", help="curve/judge: an experiment's name (its own outputs)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the usable CPUs)")
     args = parser.parse_args()
     from training.runtime import set_cpu_threads, usable_cpus
@@ -250,6 +321,8 @@ def main() -> None:
         split(args)
     elif args.command == "compare":
         compare(args)
+    elif args.command == "rl":
+        rl(args)
     else:
         curve(args, "rm" if args.command == "curve" else "judge")
 
