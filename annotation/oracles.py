@@ -38,6 +38,28 @@ def prefer_polite(prompt: str, responses: list[str]) -> list[int]:
     return dense_ranks([score(r) for r in responses])
 
 
+# What the closed-loop benchmark's simulated labelers prefer (bench/closed_loop.sh): something a 135M model
+# can learn in two rounds. SmolLM2-135M-Instruct runs past the 64-token budget on about half of the
+# prompts, so its answers often stop mid-sentence: the labelers want an answer that finishes, in a
+# reasonable number of words.
+FINISHED = re.compile(r"[.!?][\"')\]]*$")
+CONCISE_WORDS = (12, 40)
+
+
+def concise_complete_score(prompt: str, response: str) -> float:
+    """1 for an answer whose last sentence is finished (it ends with . ! or ?, maybe before a closing
+    quote or bracket), minus 0.05 per word outside 12–40 words. An empty answer scores −0.6."""
+    text = response.strip()
+    words = len(text.split())
+    low, high = CONCISE_WORDS
+    return (1.0 if FINISHED.search(text) else 0.0) - 0.05 * (max(0, low - words) + max(0, words - high))
+
+
+def prefer_concise_complete(prompt: str, responses: list[str]) -> list[int]:
+    """An oracle: ranks by ``concise_complete_score``, equal scores tie."""
+    return dense_ranks([concise_complete_score(prompt, r) for r in responses])
+
+
 def polite_demonstrator(prompt: str) -> str:
     lines = [ROLE_PREFIX.sub("", line).strip() for line in prompt.strip().splitlines()]
     lines = [line for line in lines if line]

@@ -64,8 +64,9 @@ def split(args) -> None:
 
 def rm_config(args, out_pairs: int) -> RewardConfig:
     steps_per_epoch = -(-out_pairs // args.batch_size)
+    lora = dict(lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r) if not args.layers else {}
     return RewardConfig(base=str(args.base), chat_template=True, train_layers=args.layers, max_length=args.max_length,
-                        batch_size=args.batch_size, learning_rate=args.lr, epochs=args.epochs,
+                        **lora, batch_size=args.batch_size, learning_rate=args.lr, epochs=args.epochs,
                         warmup_steps=max(1, round(0.05 * steps_per_epoch * args.epochs)), min_lr_ratio=0.0,
                         adam_betas=(0.9, 0.999), weight_decay=0.0, max_grad_norm=1.0, seed=args.seed,
                         eval_fraction=0.0, log_every=10, resume=False, device="cpu")
@@ -86,14 +87,29 @@ class HeldOut:
         self.tokenizer = load_tokenizer(args.base)
         config = rm_config(args, 1)
         self.groups = [encode_ranking(self.tokenizer, e, config) for e in self.examples]
-        model = RewardModel.from_pretrained(args.base)
-        model.train_top(args.layers)
-        started = time.perf_counter()
-        self.features = cache_features(model, self.groups, self.tokenizer.pad_token_id, memo=memo)
-        print(f"held-out: {len(self.groups)} pairs cached in {time.perf_counter() - started:.0f} s", flush=True)
+        self.features = None
+        if args.layers:  # LoRA (--layers 0) changes every layer: nothing to cache
+            model = RewardModel.from_pretrained(args.base)
+            model.train_top(args.layers)
+            started = time.perf_counter()
+            self.features = cache_features(model, self.groups, self.tokenizer.pad_token_id, memo=memo)
+            print(f"held-out: {len(self.groups)} pairs cached in {time.perf_counter() - started:.0f} s", flush=True)
 
     def accuracy(self, model: RewardModel) -> dict:
         seqs = [s for group, _, _ in self.groups for s in group]
+        if self.features is None:
+            from training.reward import collate_rankings
+
+            order, scores = sorted(range(len(seqs)), key=lambda i: len(seqs[i])), [0.0] * len(seqs)
+            with torch.no_grad():
+                for start in range(0, len(order), 16):
+                    chunk = order[start:start + 16]
+                    batch = collate_rankings([([seqs[i] for i in chunk], [1] * len(chunk), 1.0)],
+                                             self.tokenizer.pad_token_id)
+                    for i, value in zip(chunk, model.eval()(batch["input_ids"], batch["attention_mask"]).tolist(),
+                                        strict=True):
+                        scores[i] = value
+            return per_subset(self.examples, scores)
         feats = [f for group in self.features for f in group]
         scores = score_cached(model, seqs, feats, self.tokenizer.pad_token_id, 32)
         return per_subset(self.examples, scores)
@@ -129,7 +145,8 @@ def train_ours(args, examples: list, out: Path, memo: dict | None = None) -> tup
     result = train_reward_model(rm_config(args, len(examples)), out / "train.jsonl", out, on_log=log,
                                 feature_memo=memo)
     model = RewardModel.from_pretrained(out)
-    model.train_top(args.layers)
+    if args.layers:
+        model.train_top(args.layers)
     keep = ("comparisons_per_s", "train_seconds", "cache_seconds", "steps", "tokens", "trainable_parameters")
     return model, {k: result.summary[k] for k in keep}
 
@@ -197,7 +214,7 @@ def compare(args) -> None:
             model, run = fn(args, train, args.work / f"compare-{name}")
             results["runs"].append({"trainer": name, "repeat": repeat + 1, **run})
             models[name] = model
-    held = HeldOut(args, {})
+    held = HeldOut(args, load_memo(args, "rm")[0])  # scoring only: not part of either trainer's time
     results["heldout"] = {name: held.accuracy(model) for name, model in models.items()}
     results["heldout"].update(held.heuristics())
     for name in ("ours", "trl"):
@@ -298,7 +315,8 @@ def main() -> None:
     parser.add_argument("command", choices=["split", "compare", "curve", "judge", "rl"])
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--base", type=Path, default=BASE)
-    parser.add_argument("--layers", type=int, default=4, help="top transformer layers trained (of 30)")
+    parser.add_argument("--layers", type=int, default=4, help="top transformer layers trained (of 30); 0: LoRA")
+    parser.add_argument("--lora-r", type=int, default=16, help="with --layers 0: LoRA on every layer, this rank")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-5)

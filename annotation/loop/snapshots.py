@@ -62,13 +62,17 @@ def build_records(project: Project, *, ranking_ids: list[int] | None = None,
                             "prompt": prompt_payload(demo.prompt), "response": demo.text})
         demo_ids.append(demo.pk)
     for ranking in _rankings(project, ranking_ids):
-        entries = sorted(ranking.entries.all(), key=lambda e: e.candidate_id)
+        # An empty answer (a model can stop at once) is not a response the training contract accepts: the
+        # ranking keeps its other responses.
+        entries = sorted((e for e in ranking.entries.all() if e.candidate.text.strip()), key=lambda e: e.candidate_id)
         if len({e.rank for e in entries}) < 2:
-            continue  # all ties: no comparison to learn from
+            continue  # all ties (or fewer than two answers): no comparison to learn from
         name = "rankings.jsonl" if ranking.task.prompt.split == Split.TRAIN else "rankings_eval.jsonl"
+        distinct = sorted({e.rank for e in entries})  # dense again once a response is left out
         files[name].append({"version": VERSION, "id": f"ranking-{ranking.pk}",
                             "prompt": prompt_payload(ranking.task.prompt),
-                            "responses": [e.candidate.text for e in entries], "ranks": [e.rank for e in entries]})
+                            "responses": [e.candidate.text for e in entries],
+                            "ranks": [distinct.index(e.rank) + 1 for e in entries]})
         rank_ids.append(ranking.pk)
     for prompt in Prompt.objects.filter(project=project).exclude(split=Split.VALIDATION).order_by("id"):
         name = "ppo_prompts.jsonl" if prompt.split == Split.TRAIN else "ppo_eval_prompts.jsonl"

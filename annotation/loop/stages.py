@@ -232,7 +232,9 @@ def run_generate(job: TrainingJob, out: Path, progress) -> StageOutcome:
         picked = []
         for slot in range(project.k):
             model, config, rows = per_model[slot % len(per_model)]
-            candidates, j = rows.get(str(prompt.pk), []), slot // len(per_model)
+            # An empty answer is nothing to rank (and no response to train on): it is left out.
+            candidates = [c for c in rows.get(str(prompt.pk), []) if c["text"].strip()]
+            j = slot // len(per_model)
             if j < len(candidates):
                 c = candidates[j]
                 picked.append(Candidate(

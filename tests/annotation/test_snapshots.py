@@ -84,3 +84,23 @@ def test_snapshots_are_listed_and_downloadable_by_reviewers_only(labelled, clien
     assert client_for("alice").get(f"/api/snapshots/{snapshot.pk}/").status_code == 404
     assert client_for("bob").get(f"/api/snapshots/{snapshot.pk}/files/rankings.jsonl/").status_code == 404
     assert client_for("rita").get(f"/api/snapshots/{snapshot.pk}/files/secrets.jsonl/").status_code == 404
+
+
+def test_an_empty_candidate_is_left_out_of_its_ranking_so_the_reward_model_can_train(labelled, users):
+    """A model can answer with nothing at all (the tiny base did in the closed-loop benchmark); the
+    training contract refuses empty responses, so the round's RM stage failed on the whole snapshot."""
+    from annotation.models import Candidate
+    from training.data import read_rankings
+
+    task = make_ranking_task(labelled, "one empty answer")
+    empty = task.task_candidates.order_by("candidate_id").first().candidate_id
+    Candidate.objects.filter(pk=empty).update(text="  ")
+    services.submit_ranking(labeler=users["alice"], task=task, entries=best_first(task), seconds_spent=1)
+    snapshot = create_snapshot(project=labelled)
+    assert len(snapshot.ranking_ids) == 7  # the ranking is kept, with its other three responses
+    root = Path(snapshot.path)
+    rankings = read_rankings(root / "rankings.jsonl")
+    if snapshot.files["rankings_eval.jsonl"]["records"]:
+        rankings += read_rankings(root / "rankings_eval.jsonl")
+    assert sorted(r.k for r in rankings) == [3] + [4] * 6
+    assert verify_snapshot(snapshot)

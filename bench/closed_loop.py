@@ -1,0 +1,176 @@
+"""Issue 10's proof that it learns, part 3: two closed rounds through the platform itself. Run by
+bench/closed_loop.sh, which starts Redis, a real Celery worker and the web server; this script drives them.
+
+    prompts  HH-RLHF helpful-base prompts (single-turn) → a prompt file for create_project
+    drive    round 0's candidates from the base (a generate job), then twice: simulated labelers over HTTP
+             (manage.py simulate_labelers with --oracle/--demonstrator), a round (SFT → RM → PPO →
+             evaluate → generate) run by the worker; waits on the database, printing each job's progress
+    evaluate base, each round's SFT and PPO policies on the project's held-out (test split) prompts, one
+             sample each with the same seeds (common random numbers), scored by --score, the function the
+             labelers' rankings come from; paired differences with standard errors
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "platform")]
+
+
+def prompts(args) -> None:
+    from training import sources
+
+    seen, rows = set(), []
+    for e in sources.hh_rankings(ROOT.parent / "shared" / "data" / "hh-rlhf" / "helpful-base" / "test.jsonl.gz"):
+        if len(e.prompt) == 1 and e.prompt[0]["content"] not in seen:  # single-turn: one user message
+            seen.add(e.prompt[0]["content"])
+            rows.append({"text": e.prompt[0]["content"]})
+    args.out.write_text("".join(json.dumps(r) + "\n" for r in rows[:args.count]))
+    print(f"{min(len(rows), args.count)} prompts → {args.out}")
+
+
+def setup_django() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_platform.settings")
+    import django
+
+    django.setup()
+
+
+def wait_for(jobs_of, what: str, poll: float = 5.0) -> None:
+    """Poll until every job of ``jobs_of()`` has ended; print each job's progress as it changes."""
+    from annotation.models import TrainingJob
+
+    shown: dict[int, str] = {}
+    started = time.perf_counter()
+    while True:
+        jobs = list(jobs_of())
+        for job in jobs:
+            line = f"{job.stage} {job.status} {job.step}/{job.total}"
+            if shown.get(job.pk) != line:
+                shown[job.pk] = line
+                print(f"  [{time.perf_counter() - started:6.0f} s] {what}: job #{job.pk} {line}", flush=True)
+        if jobs and all(j.is_finished for j in jobs) and not _more_to_come(jobs):
+            failed = [j for j in jobs if j.status != TrainingJob.Status.SUCCEEDED]
+            if failed:
+                sys.exit(f"{what}: job #{failed[0].pk} ({failed[0].stage}) {failed[0].status}: "
+                         f"{failed[0].failure_reason}")
+            return
+        time.sleep(poll)
+
+
+def _more_to_come(jobs) -> bool:
+    round_ = jobs[0].round
+    if round_ is None:
+        return False
+    round_.refresh_from_db()
+    return round_.status == round_.Status.TRAINING
+
+
+def drive(args) -> None:
+    setup_django()
+    from django.core.management import call_command
+
+    from annotation.loop import rounds
+    from annotation.models import Project, Round, TrainingJob
+
+    project = Project.objects.get(name=args.project)
+    base = project.base_model
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    job = rounds.start_stage(project=project, stage="generate", inputs=[base],
+                             config={"prompts": args.first_prompts, "held_out_prompts": "auto"})
+    wait_for(lambda: TrainingJob.objects.filter(pk=job.pk), "round 0 candidates")
+    timings["round 0 candidates"] = time.perf_counter() - started
+    config = json.loads(args.config) if args.config else {}
+    for number in (1, 2):
+        started = time.perf_counter()
+        call_command("simulate_labelers", project=str(project.pk), oracle=args.oracle, demonstrator=args.demonstrator,
+                     labelers=args.labelers, url=args.url, seed=number, verbosity=1)
+        timings[f"round {number} labels"] = time.perf_counter() - started
+        started = time.perf_counter()
+        round_ = rounds.start_round(project=project, config={"preset": args.preset, **config})
+        wait_for(lambda r=round_: TrainingJob.objects.filter(round=r), f"round {round_.number}")
+        timings[f"round {number} training"] = time.perf_counter() - started
+        round_ = Round.objects.get(pk=round_.pk)
+        print(f"round {round_.number}: {round_.status}; {round_.gate_note}", flush=True)
+    (Path(args.out)).write_text(json.dumps({"timings_s": {k: round(v, 1) for k, v in timings.items()}}, indent=2))
+
+
+def evaluate(args) -> None:
+    setup_django()
+    from annotation.loop.snapshots import prompt_payload
+    from annotation.management.commands.simulate_labelers import load_callable
+    from annotation.models import ModelVersion, Project, Prompt
+    from training.config import GenerateConfig
+    from training.evaluate import mean_stderr, paired
+    from training.generate import generate
+    from training.models import load_causal_lm, load_tokenizer
+
+    score = load_callable(args.score, "score")
+    project = Project.objects.get(name=args.project)
+    held = list(Prompt.objects.filter(project=project, split="test").order_by("id"))[:args.max_prompts]
+    texts = [p.text for p in held]
+    policies = {"base": project.base_model}
+    for stage in ("sft", "ppo"):
+        for i, version in enumerate(ModelVersion.objects.filter(project=project, stage=stage).order_by("id"), 1):
+            policies[f"r{i}_{stage}"] = version
+    results: dict = {"prompts": len(held), "score": args.score, "policies": {}, "paired": {}}
+    scores: dict[str, list[float]] = {}
+    for name, version in policies.items():
+        path = version.artifact_path
+        started = time.perf_counter()
+        tokenizer, model = load_tokenizer(path), load_causal_lm(path, "cpu")
+        config = GenerateConfig(model=path, k=1, max_new_tokens=project.max_new_tokens, temperature=1.0, top_p=1.0,
+                                chat_template=project.chat_template, batch_size=16, seed=args.seed, resume=False,
+                                device="cpu")
+        candidates = [group[0] for group in generate(model, tokenizer, [prompt_payload(p) for p in held], config)]
+        scores[name] = [float(score(t, c["text"])) for t, c in zip(texts, candidates, strict=True)]
+        mean, stderr = mean_stderr(scores[name])
+        results["policies"][name] = {
+            "model_version": version.pk, "score": round(mean, 4), "score_stderr": round(stderr, 4),
+            "length": round(sum(c["tokens"] for c in candidates) / len(candidates), 1),
+            "eos_rate": round(sum(c["finish_reason"] == "eos" for c in candidates) / len(candidates), 3),
+            "ended_rate": round(sum(c["finish_reason"] in ("eos", "stop") for c in candidates) / len(candidates), 3),
+            "seconds": round(time.perf_counter() - started, 1), "example": candidates[0]["text"][:300]}
+        print(name, json.dumps(results["policies"][name]), flush=True)
+    steps = [("r1_ppo", "base"), ("r2_ppo", "r1_ppo"), ("r2_ppo", "base"), ("r1_ppo", "r1_sft"), ("r2_ppo", "r2_sft"),
+             ("r1_sft", "base"), ("r2_sft", "r1_ppo")]
+    for a, b in steps:
+        if a in scores and b in scores:
+            results["paired"][f"{a} - {b}"] = {k: round(v, 4) for k, v in paired(scores[a], scores[b]).items()}
+    Path(args.out).write_text(json.dumps(results, indent=2))
+    print(json.dumps(results["paired"], indent=2))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prompts")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--count", type=int, default=400)
+    d = sub.add_parser("drive")
+    e = sub.add_parser("evaluate")
+    for s in (d, e):
+        s.add_argument("--project", required=True)
+        s.add_argument("--out", required=True)
+    d.add_argument("--url", required=True)
+    d.add_argument("--preset", default="cpu")
+    d.add_argument("--config", default="", help="JSON per-stage overrides for both rounds")
+    d.add_argument("--oracle", default="annotation.oracles:prefer_concise_complete")
+    d.add_argument("--demonstrator", default="annotation.oracles:polite_demonstrator")
+    d.add_argument("--labelers", type=int, default=4)
+    d.add_argument("--first-prompts", type=int, default=100, help="round 0: train prompts given candidates")
+    e.add_argument("--score", default="annotation.oracles:concise_complete_score")
+    e.add_argument("--max-prompts", type=int, default=200)
+    e.add_argument("--seed", type=int, default=1234)
+    args = parser.parse_args()
+    {"prompts": prompts, "drive": drive, "evaluate": evaluate}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
