@@ -105,7 +105,7 @@ def evaluate(args) -> None:
     setup_django()
     from annotation.loop.snapshots import prompt_payload
     from annotation.management.commands.simulate_labelers import load_callable
-    from annotation.models import ModelVersion, Project, Prompt
+    from annotation.models import ModelVersion, Project, Prompt, Round, TrainingJob
     from training.config import GenerateConfig
     from training.evaluate import mean_stderr, paired
     from training.generate import generate
@@ -119,9 +119,20 @@ def evaluate(args) -> None:
     for stage in ("sft", "ppo"):
         for i, version in enumerate(ModelVersion.objects.filter(project=project, stage=stage).order_by("id"), 1):
             policies[f"r{i}_{stage}"] = version
+    # Round k's policy: what its gate kept active, i.e. the model its generate job sampled the next round from.
+    for round_ in Round.objects.filter(project=project).order_by("number"):
+        job = TrainingJob.objects.filter(round=round_, stage="generate").order_by("-id").first()
+        if job is not None and job.input_models.exists():
+            policies[f"policy_r{round_.number}"] = job.input_models.order_by("id").first()
     results: dict = {"prompts": len(held), "score": args.score, "policies": {}, "paired": {}}
     scores: dict[str, list[float]] = {}
+    done: dict[int, str] = {}
     for name, version in policies.items():
+        if version.pk in done:  # the same model under another name: same samples (same seeds)
+            scores[name] = scores[done[version.pk]]
+            results["policies"][name] = {**results["policies"][done[version.pk]], "same_as": done[version.pk]}
+            continue
+        done[version.pk] = name
         path = version.artifact_path
         started = time.perf_counter()
         tokenizer, model = load_tokenizer(path), load_causal_lm(path, "cpu")
@@ -138,8 +149,8 @@ def evaluate(args) -> None:
             "ended_rate": round(sum(c["finish_reason"] in ("eos", "stop") for c in candidates) / len(candidates), 3),
             "seconds": round(time.perf_counter() - started, 1), "example": candidates[0]["text"][:300]}
         print(name, json.dumps(results["policies"][name]), flush=True)
-    steps = [("r1_ppo", "base"), ("r2_ppo", "r1_ppo"), ("r2_ppo", "base"), ("r1_ppo", "r1_sft"), ("r2_ppo", "r2_sft"),
-             ("r1_sft", "base"), ("r2_sft", "r1_ppo")]
+    steps = [("policy_r1", "base"), ("policy_r2", "policy_r1"), ("policy_r2", "base"),
+             ("r1_ppo", "r1_sft"), ("r2_ppo", "r2_sft"), ("r1_sft", "base"), ("r2_sft", "policy_r1")]
     for a, b in steps:
         if a in scores and b in scores:
             results["paired"][f"{a} - {b}"] = {k: round(v, 4) for k, v in paired(scores[a], scores[b]).items()}
