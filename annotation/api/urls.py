@@ -6,7 +6,17 @@ from rest_framework.routers import DefaultRouter
 
 from . import views
 
-router = DefaultRouter()
+
+class IntegerIdRouter(DefaultRouter):
+    """Every object id in a path is an integer: anything else is no route (404), never a lookup that
+    raises ValueError (500), and the published schema says so."""
+
+    def get_lookup_regex(self, viewset, lookup_prefix=""):
+        kwarg = getattr(viewset, "lookup_url_kwarg", None) or getattr(viewset, "lookup_field", "pk")
+        return f"(?P<{lookup_prefix}{kwarg}>{getattr(viewset, 'lookup_value_regex', '[0-9]+')})"
+
+
+router = IntegerIdRouter()
 router.register("projects", views.ProjectViewSet, basename="project")
 router.register("prompts", views.PromptViewSet, basename="prompt")
 router.register("tasks", views.TaskViewSet, basename="task")
