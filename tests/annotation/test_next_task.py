@@ -146,3 +146,24 @@ def test_release_returns_the_slot_to_the_pool(client_for, project_a):
 def test_releasing_a_task_you_do_not_hold_is_a_409(client_for, project_a):
     task = make_ranking_task(project_a)
     assert client_for("alice").post(f"/api/tasks/{task.pk}/release/").status_code == 409
+
+
+def test_deleting_a_user_who_holds_a_lease_frees_it_for_the_others(client_for, project_a, users):
+    make_ranking_task(project_a, "held by carol")
+    held = next_task(client_for("carol"), project_a)
+    assert held.status_code == 200
+    users["carol"].delete()  # was a 500: the slot's labeler became NULL on a slot still marked leased
+    slot = TaskSlot.objects.get(task_id=held.json()["id"])
+    assert slot.status == TaskSlot.Status.FREE and slot.labeler is None and slot.lease_expires is None
+    again = next_task(client_for("alice"), project_a)
+    assert again.status_code == 200 and again.json()["id"] == held.json()["id"]
+
+
+def test_a_user_with_labels_cannot_be_deleted_and_keeps_their_labels(project_a, users):
+    from django.db.models import ProtectedError
+
+    task = make_ranking_task(project_a, "ranked by carol")
+    services.submit_ranking(labeler=users["carol"], task=task, entries=best_first(task), seconds_spent=2)
+    with pytest.raises(ProtectedError):
+        users["carol"].delete()
+    assert task.rankings.count() == 1
