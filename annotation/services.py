@@ -403,8 +403,20 @@ def validate_ranking_entries(task: Task, entries: Sequence[EntryInput]) -> list[
     return list(entries)
 
 
-def _same_ranks(ranking: Ranking, entries: Sequence[EntryInput]) -> bool:
-    return ranking.ranks() == {e["candidate"]: e["rank"] for e in entries}
+def _ranking_differences(ranking: Ranking, entries: Sequence[EntryInput], comment: str) -> list[str]:
+    """The fields in which a resubmission differs from the stored ranking (the time spent may differ: a
+    retry is the same label)."""
+    stored = {e.candidate_id: e for e in ranking.entries.all()}
+    differ = set()
+    for e in entries:
+        row = stored[e["candidate"]]
+        if row.rank != e["rank"]:
+            differ.add("rank")
+        if row.quality != e.get("quality"):
+            differ.add("quality")
+        differ.update(f for f in LABEL_FIELDS if getattr(row, f) != bool(e.get(f, False)))
+    fields = sorted(f"entries.{name}" for name in differ)
+    return fields + (["comment"] if ranking.comment != comment else [])
 
 
 def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], seconds_spent: float,
@@ -412,7 +424,8 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
     """Record a ranking; returns (ranking, created).
 
     Idempotent: a retry of the same ranking (double click, network retry) returns the first one with
-    created=False; a different ranking of a task already submitted is a Conflict. Locks the caller's
+    created=False; a second submission that differs in anything but the time spent (ranks, labels,
+    quality, comment) is a Conflict naming the fields that differ. Locks the caller's
     slot row, so concurrent retries serialise on it.
     """
     _require_kind(task, TaskKind.RANKING)
@@ -422,9 +435,11 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
         slot = _lock_my_slot(user=labeler, task=task, now=now)
         if slot.status == TaskSlot.Status.DONE:
             existing = Ranking.objects.prefetch_related("entries").get(slot=slot)
-            if _same_ranks(existing, entries):
+            differ = _ranking_differences(existing, entries, comment)
+            if not differ:
                 return existing, False
-            raise Conflict("You already ranked this task; correct it from your history instead.")
+            raise Conflict(f"You already ranked this task differently ({', '.join(differ)}); "
+                           "correct it from your history instead.")
         ranking = Ranking.objects.create(
             task=task, slot=slot, labeler=labeler, comment=comment, seconds_spent=seconds_spent
         )

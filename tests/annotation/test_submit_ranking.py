@@ -146,3 +146,30 @@ def test_a_labeler_cannot_rank_another_projects_task(client_for, project_b):
     response = submit(client_for("alice"), task, best_first(task))
     assert response.status_code == 404
     assert Ranking.objects.count() == 0
+
+
+@pytest.mark.parametrize("change, field", [
+    (lambda e, x: e[1].update(hallucination=True), "entries.hallucination"),
+    (lambda e, x: e[0].update(quality=6), "entries.quality"),
+    (lambda e, x: x.update(comment="changed my mind"), "comment"),
+])
+def test_a_resubmission_with_the_same_ranks_but_other_labels_is_a_409_naming_them(client_for, leased, change, field):
+    """It was a 200 that silently dropped the new flags, quality or comment."""
+    entries, extra = best_first(leased), {"comment": "first"}
+    entries[0]["quality"] = 5
+    assert submit(client_for("alice"), leased, entries, **extra).status_code == 201
+    change(entries, extra)
+    response = submit(client_for("alice"), leased, entries, **extra)
+    assert response.status_code == 409 and field in response.json()["message"]
+    ranking = Ranking.objects.get()
+    assert ranking.comment == "first" and not RankingEntry.objects.filter(hallucination=True).exists()
+    assert RankingEntry.objects.get(candidate_id=entries[0]["candidate"]).quality == 5
+
+
+def test_a_retry_that_only_reports_another_time_is_the_same_ranking(client_for, leased):
+    entries = best_first(leased)
+    first = client_for("alice").post(f"/api/tasks/{leased.pk}/submit-ranking/",
+                                     {"entries": entries, "seconds_spent": 12.5, "comment": "ok"}, format="json")
+    retry = client_for("alice").post(f"/api/tasks/{leased.pk}/submit-ranking/",
+                                     {"entries": entries, "seconds_spent": 14.0, "comment": "ok"}, format="json")
+    assert (first.status_code, retry.status_code) == (201, 200) and retry.json()["id"] == first.json()["id"]
