@@ -5,9 +5,10 @@ bench/closed_loop.sh, which starts Redis, a real Celery worker and the web serve
     drive    round 0's candidates from the base (a generate job), then twice: simulated labelers over HTTP
              (manage.py simulate_labelers with --oracle/--demonstrator), a round (SFT → RM → PPO →
              evaluate → generate) run by the worker; waits on the database, printing each job's progress
-    evaluate base, each round's SFT and PPO policies on the project's held-out (test split) prompts, one
-             sample each with the same seeds (common random numbers), scored by --score, the function the
-             labelers' rankings come from; paired differences with standard errors
+    evaluate base, each round's SFT and PPO policies on the project's held-out (test split) prompts,
+             --samples each with the same seeds for every policy (common random numbers), scored by --score,
+             the function the labelers' rankings come from; per-prompt means, paired differences with
+             standard errors over prompts
 """
 from __future__ import annotations
 
@@ -124,7 +125,8 @@ def evaluate(args) -> None:
         job = TrainingJob.objects.filter(round=round_, stage="generate").order_by("-id").first()
         if job is not None and job.input_models.exists():
             policies[f"policy_r{round_.number}"] = job.input_models.order_by("id").first()
-    results: dict = {"prompts": len(held), "score": args.score, "policies": {}, "paired": {}}
+    results: dict = {"prompts": len(held), "samples_per_prompt": args.samples, "score": args.score, "policies": {},
+                     "paired": {}}
     scores: dict[str, list[float]] = {}
     done: dict[int, str] = {}
     for name, version in policies.items():
@@ -136,11 +138,14 @@ def evaluate(args) -> None:
         path = version.artifact_path
         started = time.perf_counter()
         tokenizer, model = load_tokenizer(path), load_causal_lm(path, "cpu")
-        config = GenerateConfig(model=path, k=1, max_new_tokens=project.max_new_tokens, temperature=1.0, top_p=1.0,
-                                chat_template=project.chat_template, batch_size=16, seed=args.seed, resume=False,
-                                device="cpu")
-        candidates = [group[0] for group in generate(model, tokenizer, [prompt_payload(p) for p in held], config)]
-        scores[name] = [float(score(t, c["text"])) for t, c in zip(texts, candidates, strict=True)]
+        config = GenerateConfig(model=path, k=args.samples, max_new_tokens=project.max_new_tokens, temperature=1.0,
+                                top_p=1.0, chat_template=project.chat_template, batch_size=16, seed=args.seed,
+                                resume=False, device="cpu")
+        groups = generate(model, tokenizer, [prompt_payload(p) for p in held], config)
+        candidates = [c for group in groups for c in group]
+        # One number per prompt: the mean over its samples (so the standard errors are over prompts).
+        scores[name] = [sum(float(score(t, c["text"])) for c in group) / len(group)
+                        for t, group in zip(texts, groups, strict=True)]
         mean, stderr = mean_stderr(scores[name])
         results["policies"][name] = {
             "model_version": version.pk, "score": round(mean, 4), "score_stderr": round(stderr, 4),
@@ -179,6 +184,7 @@ def main() -> None:
     e.add_argument("--score", default="annotation.oracles:concise_complete_score")
     e.add_argument("--max-prompts", type=int, default=200)
     e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--samples", type=int, default=8, help="samples per prompt (same seeds for every policy)")
     args = parser.parse_args()
     {"prompts": prompts, "drive": drive, "evaluate": evaluate}[args.command](args)
 
