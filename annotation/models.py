@@ -15,6 +15,8 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Exists, OuterRef, Q
+from django.db.models.signals import pre_delete
+from django.dispatch import receiver
 from django.utils import timezone
 
 MIN_K, MAX_K = 2, 9
@@ -395,6 +397,12 @@ class TaskCandidate(models.Model):
 
 
 class TaskSlotQuerySet(models.QuerySet):
+    def free_leases_of(self, user) -> int:
+        """Every slot ``user`` holds goes back to the queue."""
+        return self.filter(labeler=user, status=TaskSlot.Status.LEASED).update(
+            status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
+        )
+
     def claimable_by(self, *, user, project: Project, kind: str, now) -> TaskSlotQuerySet:
         """Slots the user may lease, nearest-to-complete tasks first.
 
@@ -675,3 +683,11 @@ class TrainingJob(models.Model):
         """True when its round was started again since this job was made: the job belongs to an older run
         of the round's pipeline, which must never advance."""
         return self.round_id is not None and self.round.run != self.round_run
+
+
+@receiver(pre_delete, sender=settings.AUTH_USER_MODEL, dispatch_uid="annotation.free_leases_before_user_delete")
+def _free_leases_before_user_delete(sender, instance, **kwargs) -> None:
+    """A user who holds leases can be deleted (from the admin, or by a script): the leases are freed first,
+    or the slots' labeler would become NULL while they are still marked leased, which their check
+    constraint refuses. Users with labels cannot be deleted at all: their labels PROTECT them."""
+    TaskSlot.objects.free_leases_of(instance)

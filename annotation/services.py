@@ -567,14 +567,6 @@ def release_task(*, labeler, task: Task) -> bool:
     return True
 
 
-def free_leases_of(*, user) -> int:
-    """Every slot ``user`` holds goes back to the queue (before the user is deleted: the slot's labeler
-    would otherwise become NULL on a slot still marked leased, which its check constraint refuses)."""
-    return TaskSlot.objects.filter(labeler=user, status=TaskSlot.Status.LEASED).update(
-        status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
-    )
-
-
 def expire_leases(*, now=None) -> int:
     """Housekeeping: mark expired leases free. The queue already treats them as free; this keeps the
     table tidy and the admin's numbers true."""
