@@ -251,12 +251,22 @@ def test_a_stage_killed_by_kill_9_resumes_and_ends_as_an_uninterrupted_run(stage
     assert job.status == "succeeded", job.error
     assert job.attempts == 2 and "stopped sending heartbeats; queued again" in job.log_tail
     if stage == "generate":
-        assert job.metrics["summary/tasks"] == 80 and Task.objects.filter(source_job=job).count() == 80
         import json
 
         from training.config import GenerateConfig
         from training.generate import CANDIDATES_FILE, generate_candidates
 
+        # One task per prompt with k non-empty answers (the tiny base sometimes answers nothing at all;
+        # an empty answer is left out, and a prompt short of k answers gets no task this round).
+        answers: dict[str, int] = {}
+        for model_dir in Path(job.output_dir).glob("model-*"):
+            for line in (model_dir / CANDIDATES_FILE).read_text().splitlines():
+                row = json.loads(line)
+                answers[row["prompt_id"]] = answers.get(row["prompt_id"], 0) + sum(
+                    1 for c in row["candidates"] if c["text"].strip())
+        expected = sum(1 for n in answers.values() if n >= job.project.k)
+        assert len(answers) == 80 and expected >= 75
+        assert job.metrics["summary/tasks"] == expected == Task.objects.filter(source_job=job).count()
         for model_dir in Path(job.output_dir).glob("model-*"):
             saved = json.loads((model_dir / "stage_config.json").read_text())["config"]
             assert json.loads((model_dir / "summary.json").read_text())["resumed_chunks"] > 0
