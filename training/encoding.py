@@ -46,24 +46,21 @@ def fit_prompt(prompt_ids: list[int], budget: int, truncation: str, what: str = 
 
 def encode_pair(tokenizer, prompt: Prompt, response: str, *, max_length: int, truncation: str = "left",
                 chat_template: bool = False) -> tuple[list[int], int]:
-    """(ids of prompt + response, number of prompt tokens) within ``max_length``.
-
-    The response keeps its start and is cut on the right only when it alone leaves less than half the
-    context to the prompt; the prompt then gets the rest, losing its beginning (or raising).
-    """
-    prompt_ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)
-    response_ids = encode_response(tokenizer, prompt, response, chat_template=chat_template)
-    keep_prompt = min(len(prompt_ids), max_length // 2)
-    response_ids = response_ids[:max_length - keep_prompt]
-    prompt_ids = fit_prompt(prompt_ids, max_length - len(response_ids), truncation)
-    return prompt_ids + response_ids, len(prompt_ids)
+    """(ids of prompt + response, number of prompt tokens) within ``max_length``: ``encode_group`` with
+    one response."""
+    seqs, n_prompt = encode_group(tokenizer, prompt, [response], max_length=max_length, truncation=truncation,
+                                  chat_template=chat_template)
+    return seqs[0], n_prompt
 
 
 def encode_group(tokenizer, prompt: Prompt, responses: list[str], *, max_length: int, truncation: str = "left",
                  chat_template: bool = False) -> tuple[list[list[int]], int]:
-    """(ids of prompt + each response, number of prompt tokens): ``encode_pair``'s rule for one prompt
-    and k responses, with the prompt cut once, for the longest response, so that every response of a
-    ranking sees the same prompt tokens (and the reward model compares like with like)."""
+    """(ids of prompt + each response, number of prompt tokens) within ``max_length``.
+
+    A response keeps its start and is cut on the right only when it alone leaves less than half the
+    context to the prompt; the prompt then gets the rest, losing its beginning (or raising). The prompt
+    is cut once, for the longest response, so that every response of a ranking sees the same prompt
+    tokens (and the reward model compares like with like)."""
     prompt_ids = encode_prompt(tokenizer, prompt, chat_template=chat_template)
     keep_prompt = min(len(prompt_ids), max_length // 2)
     responses_ids = [encode_response(tokenizer, prompt, r, chat_template=chat_template)[:max_length - keep_prompt]

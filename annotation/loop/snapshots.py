@@ -26,6 +26,7 @@ from django.db import IntegrityError, transaction
 from training.data import VERSION
 
 from ..models import DatasetSnapshot, Demonstration, Project, Prompt, Ranking, ReviewStatus, Split, TaskKind
+from ..oracles import dense_ranks
 
 FILES = ("sft.jsonl", "sft_eval.jsonl", "rankings.jsonl", "rankings_eval.jsonl", "ppo_prompts.jsonl",
          "ppo_eval_prompts.jsonl")
@@ -68,11 +69,11 @@ def build_records(project: Project, *, ranking_ids: list[int] | None = None,
         if len({e.rank for e in entries}) < 2:
             continue  # all ties (or fewer than two answers): no comparison to learn from
         name = "rankings.jsonl" if ranking.task.prompt.split == Split.TRAIN else "rankings_eval.jsonl"
-        distinct = sorted({e.rank for e in entries})  # dense again once a response is left out
         files[name].append({"version": VERSION, "id": f"ranking-{ranking.pk}",
                             "prompt": prompt_payload(ranking.task.prompt),
                             "responses": [e.candidate.text for e in entries],
-                            "ranks": [distinct.index(e.rank) + 1 for e in entries]})
+                            # dense again once a response is left out (a lower rank is a higher score)
+                            "ranks": dense_ranks([-e.rank for e in entries])})
         rank_ids.append(ranking.pk)
     for prompt in Prompt.objects.filter(project=project).exclude(split=Split.VALIDATION).order_by("id"):
         name = "ppo_prompts.jsonl" if prompt.split == Split.TRAIN else "ppo_eval_prompts.jsonl"
