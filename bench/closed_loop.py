@@ -5,7 +5,8 @@ bench/closed_loop.sh, which starts Redis, a real Celery worker and the web serve
     drive    round 0's candidates from the base (a generate job), then twice: simulated labelers over HTTP
              (manage.py simulate_labelers with --oracle/--demonstrator), a round (SFT → RM → PPO →
              evaluate → generate) run by the worker; waits on the database, printing each job's progress
-    evaluate base, each round's SFT and PPO policies on the project's held-out (test split) prompts,
+    evaluate base, each round's SFT and PPO policies on the project's held-out (test split) prompts and
+             on --unseen prompts the project never imported,
              --samples each with the same seeds for every policy (common random numbers), scored by --score,
              the function the labelers' rankings come from; per-prompt means, paired differences with
              standard errors over prompts
@@ -33,6 +34,10 @@ def prompts(args) -> None:
             rows.append({"text": e.prompt[0]["content"]})
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows[:args.count]))
     print(f"{min(len(rows), args.count)} prompts → {args.out}")
+    if args.unseen_out:  # the next prompts of the same file, never imported: held out from the project entirely
+        unseen = rows[args.count:args.count + args.unseen]
+        args.unseen_out.write_text("".join(json.dumps(r) + "\n" for r in unseen))
+        print(f"{len(unseen)} unseen prompts → {args.unseen_out}")
 
 
 def setup_django() -> None:
@@ -114,8 +119,11 @@ def evaluate(args) -> None:
 
     score = load_callable(args.score, "score")
     project = Project.objects.get(name=args.project)
-    held = list(Prompt.objects.filter(project=project, split="test").order_by("id"))[:args.max_prompts]
-    texts = [p.text for p in held]
+    # (what the model is given, the text the score function reads)
+    pairs = [(prompt_payload(p), p.text) for p in Prompt.objects.filter(project=project, split="test").order_by("id")]
+    if args.unseen:  # prompts the project never saw, after its own test-split ones
+        pairs += [(t, t) for t in (json.loads(line)["text"] for line in Path(args.unseen).read_text().splitlines())]
+    held, texts = [p for p, _ in pairs[:args.max_prompts]], [t for _, t in pairs[:args.max_prompts]]
     policies = {"base": project.base_model}
     for stage in ("sft", "ppo"):
         for i, version in enumerate(ModelVersion.objects.filter(project=project, stage=stage).order_by("id"), 1):
@@ -141,7 +149,7 @@ def evaluate(args) -> None:
         config = GenerateConfig(model=path, k=args.samples, max_new_tokens=project.max_new_tokens, temperature=1.0,
                                 top_p=1.0, chat_template=project.chat_template, batch_size=16, seed=args.seed,
                                 resume=False, device="cpu")
-        groups = generate(model, tokenizer, [prompt_payload(p) for p in held], config)
+        groups = generate(model, tokenizer, held, config)
         candidates = [c for group in groups for c in group]
         # One number per prompt: the mean over its samples (so the standard errors are over prompts).
         scores[name] = [sum(float(score(t, c["text"])) for c in group) / len(group)
@@ -169,6 +177,8 @@ def main() -> None:
     p = sub.add_parser("prompts")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--count", type=int, default=400)
+    p.add_argument("--unseen-out", type=Path, help="also write the next --unseen prompts here (never imported)")
+    p.add_argument("--unseen", type=int, default=100)
     d = sub.add_parser("drive")
     e = sub.add_parser("evaluate")
     for s in (d, e):
@@ -183,6 +193,7 @@ def main() -> None:
     d.add_argument("--first-prompts", type=int, default=100, help="round 0: train prompts given candidates")
     e.add_argument("--score", default="annotation.oracles:concise_complete_score")
     e.add_argument("--max-prompts", type=int, default=200)
+    e.add_argument("--unseen", default="", help="JSONL of prompts the project never imported, evaluated too")
     e.add_argument("--seed", type=int, default=1234)
     e.add_argument("--samples", type=int, default=8, help="samples per prompt (same seeds for every policy)")
     args = parser.parse_args()

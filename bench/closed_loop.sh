@@ -7,7 +7,8 @@
 #   bench/closed_loop.sh [WORK]                       # default var/closed-loop; results in WORK/*.json
 #   BASE=training/assets/tiny-base PRESET=tiny bench/closed_loop.sh /tmp/loop   # a quick check of the plumbing
 # Env: BASE (model folder), PRESET (round preset), CONFIG (JSON per-stage overrides), ORACLE, SCORE,
-# DEMONSTRATOR (package.module:function), PROMPTS (prompt count), FIRST (round-0 prompts with candidates).
+# DEMONSTRATOR (package.module:function), PROMPTS (prompt count), FIRST (round-0 prompts with candidates),
+# UNSEEN (more prompts, never imported, added to the held-out evaluation), SAMPLES (per prompt and policy).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
@@ -34,7 +35,8 @@ start_redis "$W/redis" "$(free_port)"
 export CELERY_BROKER_URL="$REDIS_URL"
 
 "$PY" manage.py migrate --noinput -v0
-"$PY" bench/closed_loop.py prompts --out "$W/prompts.jsonl" --count "${PROMPTS:-400}"
+"$PY" bench/closed_loop.py prompts --out "$W/prompts.jsonl" --count "${PROMPTS:-400}" \
+  --unseen-out "$W/unseen.jsonl" --unseen "${UNSEEN:-100}"
 "$PY" manage.py register_base "$BASE" --name "bench base"
 "$PY" manage.py create_project --name "Closed loop" --base "bench base" --prompts "$W/prompts.jsonl" --k 4 \
   $( [ -f "$BASE/chat_template.jinja" ] && echo --chat-template ) \
@@ -51,5 +53,6 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && 
 "$PY" bench/closed_loop.py drive --project "Closed loop" --url "http://127.0.0.1:$PORT" --preset "$PRESET" \
   --config "${CONFIG:-}" --oracle "$ORACLE" --demonstrator "$DEMONSTRATOR" --first-prompts "${FIRST:-100}" \
   --out "$W/drive.json"
-"$PY" bench/closed_loop.py evaluate --project "Closed loop" --score "$SCORE" --out "$W/evaluate.json"
+"$PY" bench/closed_loop.py evaluate --project "Closed loop" --score "$SCORE" --unseen "$W/unseen.jsonl" \
+  --samples "${SAMPLES:-8}" --out "$W/evaluate.json"
 log "results: $W/drive.json, $W/evaluate.json"

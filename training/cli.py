@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     stage_args = {
         "pretrain": [("--corpus", dict(type=Path, nargs="+", required=True,
                                        help=".txt/.md files or {\"text\"} JSONL"))],
-        "sft": [("--data", dict(type=Path, required=True)), ("--eval-data", dict(type=Path))],
+        "sft": [("--data", dict(type=Path, required=True)), ("--eval-data", dict(type=Path)),
+                ("--rankings", dict(type=Path, help="rankings whose best responses --best-ranked adds"))],
         "rm": [("--data", dict(type=Path, required=True)), ("--eval-data", dict(type=Path)),
                ("--demonstrations", dict(type=Path, help="SFT-contract file whose responses score mean 0"))],
         "ppo": [("--prompts", dict(type=Path, required=True, help="PPO-prompt JSONL")),
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
         result = pretrain(config, args.corpus, args.out, **kwargs)
     elif args.command == "sft":
         from training.sft import train_sft
-        result = train_sft(config, args.data, args.out, eval_data=args.eval_data, **kwargs)
+        result = train_sft(config, args.data, args.out, eval_data=args.eval_data, rankings=args.rankings, **kwargs)
     elif args.command == "rm":
         from training.reward import train_reward_model
         result = train_reward_model(config, args.data, args.out, eval_data=args.eval_data,

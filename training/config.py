@@ -116,6 +116,8 @@ class SFTConfig(TrainConfig):
     base: str = ""                  # model directory or hub id (hub only when online)
     chat_template: bool = False     # render prompts with the tokenizer's chat template, else the plain format
     group_by_length: bool = True    # batch similar lengths together (padding never mixes examples)
+    best_ranked: bool = False       # also train on each ranking's best response (rejection-sampling
+                                    # fine-tuning): needs the rankings file
     learning_rate: float = 5e-5
 
     def __post_init__(self) -> None:
@@ -179,8 +181,8 @@ class GenerateConfig(StageConfig):
 
 @dataclass
 class EvaluateConfig(StageConfig):
-    """Compare policies on held-out prompts: one sample each per prompt (the same seeds for every policy),
-    scored by the training reward model and, when given, an independent judge that training never saw,
+    """Compare policies on held-out prompts: ``samples`` samples each per prompt (the same seeds for every
+    policy), scored by the training reward model and, when given, an independent judge that training never saw,
     with the KL to a reference policy, the response length and the share that end properly."""
 
     policies: list[str] = field(default_factory=list)  # model directories, in the order reported
@@ -190,6 +192,8 @@ class EvaluateConfig(StageConfig):
     reward_model: str = ""          # the RM that training optimised
     judge: str = ""                 # an independent RM, never used in training (optional)
     max_prompts: int = 200          # held-out prompts evaluated (the first ones of the file)
+    samples: int = 1                # samples per prompt and policy; a prompt's score is their mean, so the
+                                    # standard errors and paired differences are over prompts
     max_new_tokens: int = 64
     temperature: float = 1.0        # 1 and top_p 1: samples from π itself, so the KL estimate is unbiased
     top_p: float = 1.0
@@ -207,8 +211,8 @@ class EvaluateConfig(StageConfig):
         self._check(len(set(self.names)) == len(self.names), "policy names must differ")
         self._check(not self.baseline or self.baseline in self.names, "baseline must be one of the names")
         self._check(bool(self.reward_model) or bool(self.judge), "a reward model or a judge is required")
-        self._check(self.max_prompts >= 1 and self.batch_size >= 1 and self.max_new_tokens >= 1,
-                    "max_prompts, batch_size and max_new_tokens must be >= 1")
+        self._check(self.max_prompts >= 1 and self.batch_size >= 1 and self.max_new_tokens >= 1
+                    and self.samples >= 1, "max_prompts, samples, batch_size and max_new_tokens must be >= 1")
         self._check(self.temperature >= 0 and 0 < self.top_p <= 1, "temperature >= 0 and top_p in (0, 1]")
 
 

@@ -203,6 +203,19 @@ def read_ppo_prompts(path: str | Path) -> list[PPOPrompt]:
     return _read(path, parse_ppo_prompt)
 
 
+def best_ranked(rankings: Iterable[RankingExample]) -> list[SFTExample]:
+    """Each ranking's best response as a demonstration, where the ranking has one: a single non-empty
+    response at rank 1 that beat at least one other (all-tied rankings say nothing). This is rejection-
+    sampling fine-tuning (Llama 2, Touvron et al. 2023): fine-tuning on the best of the policy's own
+    candidates carries what the labelers preferred into the next round's SFT model."""
+    examples = []
+    for r in rankings:
+        if r.ranks.count(1) == 1 and max(r.ranks) > 1 and r.best_response().strip():
+            examples.append(SFTExample(prompt=r.prompt, response=r.best_response(),
+                                       id=f"{r.id}:best" if r.id else None))
+    return examples
+
+
 def to_record(example: SFTExample | RankingExample | PPOPrompt) -> dict[str, Any]:
     """The contract's JSON object for a typed example (what the platform's export writes)."""
     record: dict[str, Any] = {"version": VERSION, "prompt": example.prompt}

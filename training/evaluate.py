@@ -3,8 +3,9 @@ to show learning. A rising training reward alone proves nothing (a policy can le
 reward model), so every policy is also scored by an independent judge where one is given, next to its KL
 to the reference policy, its length and how often it ends properly.
 
-Every policy answers every prompt once, with the same per-prompt seed (common random numbers), so the
-paired differences between two policies are free of the prompt-to-prompt variance.
+Every policy answers every prompt ``samples`` times, with the same per-prompt seeds (common random
+numbers), so the paired differences between two policies are free of the prompt-to-prompt variance; a
+prompt's score is the mean over its samples, and standard errors are over prompts.
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def score(model_dir: str, prompts: list, responses: list[str], config: EvaluateC
 def evaluate_policies(config: EvaluateConfig, prompts: Path, out: Path, *, on_log: OnLog = no_log,
                       should_stop: ShouldStop = never_stop) -> StageResult:
     """Sample each policy on the first ``max_prompts`` prompts of the PPO-prompt file ``prompts``, then
-    score the samples. Writes ``out/samples.jsonl`` (every prompt with each policy's response and scores)
+    score the samples. Writes ``out/samples.jsonl`` (every prompt with each policy's list of samples and scores)
     and a summary with, per policy, ``{name}/rm``, ``/rm_stderr``, ``/judge``, ``/judge_stderr``,
     ``/kl`` (nats per sequence to ``reference``), ``/length`` (tokens), ``/eos_rate`` (ended with EOS) and
     ``/ended_rate`` (EOS or a stop rule), and for each policy against ``baseline``
@@ -89,7 +90,7 @@ def evaluate_policies(config: EvaluateConfig, prompts: Path, out: Path, *, on_lo
     texts = [r.prompt for r in records]
     reporter = Reporter(out, "evaluate", config, on_log, main=rt.is_main)
     steps = len(config.policies) + bool(config.reward_model) + bool(config.judge)
-    samples: dict[str, list[dict]] = {}
+    groups: dict[str, list[list[dict]]] = {}  # policy → prompt → its samples
     reference = load_causal_lm(config.reference, rt.device).eval() if config.reference else None
     started = time.perf_counter()
     for step, (name, path) in enumerate(zip(config.names, config.policies, strict=True), start=1):
@@ -98,52 +99,61 @@ def evaluate_policies(config: EvaluateConfig, prompts: Path, out: Path, *, on_lo
         tokenizer, model = load_tokenizer(path), load_causal_lm(path, rt.device)
         settings = {k: getattr(config, k) for k in ("max_new_tokens", "temperature", "top_p", "stop_at_turn_end",
                                                      "chat_template", "batch_size", "seed")}
-        generated = generate(model, tokenizer, texts, GenerateConfig(model=path, k=1, device=config.device,
-                                                                     resume=False, **settings))
-        candidates = [group[0] for group in generated]
+        groups[name] = generate(model, tokenizer, texts, GenerateConfig(model=path, k=config.samples,
+                                                                        device=config.device, resume=False, **settings))
         if reference is not None:
             budget = context_length(model) - config.max_new_tokens
             prompt_ids = [fit_prompt(encode_prompt(tokenizer, p, chat_template=config.chat_template), budget, "left")
                           for p in texts]
-            ref_sums = sequence_logprob_sums(reference, prompt_ids, [c["token_ids"] for c in candidates])
-            for c, ref in zip(candidates, ref_sums, strict=True):
+            every = [(i, c) for i, group in enumerate(groups[name]) for c in group]
+            ref_sums = sequence_logprob_sums(reference, [prompt_ids[i] for i, _ in every],
+                                             [c["token_ids"] for _, c in every])
+            for (_, c), ref in zip(every, ref_sums, strict=True):
                 c["kl"] = c["mean_logprob"] * c["tokens"] - ref
-        samples[name] = candidates
         del model
         reporter.log(step, steps, {"evaluate/seconds": time.perf_counter() - started})
-    summary: dict[str, float] = {"prompts": len(records)}
+    summary: dict[str, float] = {"prompts": len(records), "samples_per_prompt": config.samples}
     for judge_name, model_dir in (("rm", config.reward_model), ("judge", config.judge)):
         if not model_dir:
             continue
-        every = [c for candidates in samples.values() for c in candidates]  # one load of the RM for all
-        values = score(model_dir, texts * len(samples), [c["text"] for c in every], config, rt.device)
-        for c, value in zip(every, values, strict=True):
+        every = [(texts[i], c) for group_list in groups.values() for i, group in enumerate(group_list)
+                 for c in group]  # one load of the RM for all
+        values = score(model_dir, [t for t, _ in every], [c["text"] for _, c in every], config, rt.device)
+        for (_, c), value in zip(every, values, strict=True):
             c[judge_name] = value
         step += 1
         reporter.log(step, steps, {"evaluate/seconds": time.perf_counter() - started})
-    for name, candidates in samples.items():
-        summary.update(policy_summary(name, candidates))
+    for name, group_list in groups.items():
+        summary.update(policy_summary(name, group_list))
     if config.baseline:
         for name in config.names:
             if name == config.baseline:
                 continue
             for judge_name in ("rm", "judge"):
-                if judge_name in samples[name][0]:
-                    pair = paired([c[judge_name] for c in samples[name]],
-                                  [c[judge_name] for c in samples[config.baseline]])
+                if judge_name in groups[name][0][0]:
+                    pair = paired(prompt_means(groups[name], judge_name),
+                                  prompt_means(groups[config.baseline], judge_name))
                     summary.update({f"{name}_vs_{config.baseline}/{judge_name}_{k}": v for k, v in pair.items()})
     if rt.is_main:
-        write_jsonl(out / SAMPLES_FILE, ({"prompt": p, **{n: {k: samples[n][i][k] for k in samples[n][i]
-                                                              if k != "token_ids"} for n in samples}}
+        write_jsonl(out / SAMPLES_FILE, ({"prompt": p, **{n: [{k: v for k, v in c.items() if k != "token_ids"}
+                                                              for c in groups[n][i]] for n in groups}}
                                          for i, p in enumerate(texts)))
     return reporter.finish("completed", steps, summary)  # the summary, not a chart point: one value each
 
 
-def policy_summary(name: str, candidates: list[dict]) -> dict[str, float]:
+def prompt_means(groups: list[list[dict]], key: str) -> list[float]:
+    """Each prompt's mean of ``key`` over its samples."""
+    return [sum(c[key] for c in group) / len(group) for group in groups]
+
+
+def policy_summary(name: str, groups: list[list[dict]]) -> dict[str, float]:
+    """Per policy: the mean RM/judge score with its standard error over prompts (each prompt's samples
+    averaged first), the mean KL, length and end rates over every sample."""
     summary = {}
+    candidates = [c for group in groups for c in group]
     for key in ("rm", "judge"):
         if key in candidates[0]:
-            summary[f"{name}/{key}"], summary[f"{name}/{key}_stderr"] = mean_stderr([c[key] for c in candidates])
+            summary[f"{name}/{key}"], summary[f"{name}/{key}_stderr"] = mean_stderr(prompt_means(groups, key))
     if "kl" in candidates[0]:
         summary[f"{name}/kl"] = mean_stderr([c["kl"] for c in candidates])[0]
     n = len(candidates)

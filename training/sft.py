@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.config import SFTConfig
-from training.data import read_sft, split_by_hash
+from training.config import ConfigError, SFTConfig
+from training.data import best_ranked, read_rankings, read_sft, split_by_hash
 from training.encoding import encode_pair
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
 from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
@@ -69,14 +69,20 @@ def lm_eval_loss(model: torch.nn.Module, rows: list[tuple[list[int], int]], pad_
 
 
 def train_sft(config: SFTConfig, data: Path, out: Path, *, eval_data: Path | None = None,
-              on_log: OnLog = no_log, should_stop: ShouldStop = never_stop) -> StageResult:
-    """Fine-tune ``config.base`` on the SFT examples in ``data``; the best model (by eval loss on
-    ``eval_data``, or on the record-hash held-out split) is saved in ``out``."""
+              rankings: Path | None = None, on_log: OnLog = no_log, should_stop: ShouldStop = never_stop
+              ) -> StageResult:
+    """Fine-tune ``config.base`` on the SFT examples in ``data`` (and, with ``config.best_ranked``, on the
+    best response of each ranking in ``rankings``); the best model (by eval loss on ``eval_data``, or on
+    the record-hash held-out split) is saved in ``out``."""
     out = Path(out)
     rt = init_runtime(config.device)
     seed_all(config.seed)
 
+    if config.best_ranked and rankings is None:
+        raise ConfigError("best_ranked needs the rankings file (--rankings)")
     examples = read_sft(data)
+    ranked = best_ranked(read_rankings(rankings)) if config.best_ranked else []
+    examples += ranked
     if eval_data is not None:
         train, held = examples, read_sft(eval_data)
     else:
@@ -107,7 +113,7 @@ def train_sft(config: SFTConfig, data: Path, out: Path, *, eval_data: Path | Non
     result = fit(loop, config, rt, out, reporter, should_stop)
     rt.close()
     return reporter.finish(result.status, result.steps, {
-        "train_examples": len(train_rows), "eval_examples": len(held_rows),
+        "train_examples": len(train_rows), "eval_examples": len(held_rows), "best_ranked_examples": len(ranked),
         "parameters": count_parameters(model), "trainable_parameters": count_parameters(model, True),
         "tokens": result.tokens, "train_seconds": round(result.train_seconds, 3),
         "tokens_per_s": result.tokens / max(result.train_seconds, 1e-9),

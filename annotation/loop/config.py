@@ -92,6 +92,8 @@ PRESETS["cpu"] = {
     "sft": {
         "lora": True, "lora_r": 16, "lora_alpha": 32,  # rank 16: enough to pick up the demo's style
         "max_steps": 30,          # 120 demonstrations at batch 4 (~30k tokens, ~2 min)
+        "best_ranked": True,      # and each ranking's best candidate: each round's SFT starts from the best of
+                                  # the last policy's samples (rejection sampling, Llama 2), so gains carry over
         "batch_size": 4,
         "learning_rate": 2e-4,    # LoRA's usual rate; the adapters start at zero
         "warmup_steps": 3,
@@ -126,6 +128,7 @@ PRESETS["cpu"] = {
     },
     "evaluate": {
         "max_prompts": 40,        # held-out prompts × 3 policies: ~3 min; the paired design keeps errors small
+        "samples": 2,             # per prompt: one sample a prompt let a noisy comparison decide the gate
         "batch_size": 8,
     },
     "generate": {"prompts": "auto", "held_out_prompts": "auto", "models": ["ppo"], "batch_size": 16},
@@ -133,6 +136,7 @@ PRESETS["cpu"] = {
 # One GPU (tested on none here: this task had no accelerator): full fine-tuning and InstructGPT-sized steps.
 PRESETS["gpu"] = {
     "sft": {"max_steps": 1000, "batch_size": 16, "learning_rate": 2e-5, "warmup_steps": 50, "max_length": 1024,
+            "best_ranked": True,
             "eval_every": 200, "checkpoint_every": 200, "log_every": 10},
     "rm": {"max_steps": 1000, "batch_size": 16, "learning_rate": 1e-5, "warmup_steps": 50, "max_length": 1024,
            "eval_every": 200, "checkpoint_every": 200, "log_every": 10},

@@ -127,8 +127,9 @@ def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None) -
     if f"{prefix}_diff" not in metrics:
         return True, "No held-out prompts to compare on: the new policy is active unchecked."
     diff, stderr, win = metrics[f"{prefix}_diff"], metrics[f"{prefix}_diff_stderr"], metrics[f"{prefix}_win_rate"]
-    n = int(metrics.get("summary/prompts", 0))
-    text = (f"PPO against SFT on {n} held-out prompts, by {by}: {diff:+.3f} ± {stderr:.3f} (win rate "
+    n, samples = int(metrics.get("summary/prompts", 0)), int(metrics.get("summary/samples_per_prompt", 1))
+    each = f" × {samples} samples" if samples > 1 else ""
+    text = (f"PPO against SFT on {n} held-out prompts{each}, by {by}: {diff:+.3f} ± {stderr:.3f} (win rate "
             f"{win:.0%}).")
     if diff >= 0:
         return True, f"{text} The new policy is active."

@@ -74,9 +74,11 @@ def run_sft(job: TrainingJob, out: Path, progress) -> StageOutcome:
 
     base = _input(job, ModelVersion.Stage.SFT) if job.input_models.filter(stage="sft").exists() else \
         _input(job, ModelVersion.Stage.BASE)
+    rankings = _snapshot_file(job, "rankings.jsonl", optional=True)
     config = SFTConfig.from_dict({**project_format(job), **job.config, "base": base.artifact_path})
+    config.best_ranked = config.best_ranked and rankings is not None  # a snapshot without rankings adds none
     result = train_sft(config, _snapshot_file(job, "sft.jsonl"), out,
-                       eval_data=_snapshot_file(job, "sft_eval.jsonl", optional=True),
+                       eval_data=_snapshot_file(job, "sft_eval.jsonl", optional=True), rankings=rankings,
                        on_log=progress.on_log, should_stop=progress.should_stop)
     return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.SFT, out, result, base))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from annotation.loop import rounds, stages
+from annotation.loop.config import validate_round_config
 from annotation.loop.rounds import gate_decision
 from annotation.models import ModelVersion, Round, Task, TrainingJob
 from tests.integration.conftest import TINY_ROUND, label_everything
@@ -27,6 +28,15 @@ def test_the_gate_keeps_the_previous_policy_when_ppo_loses_to_sft():
     adopt, note = gate_decision({**LOSING, "summary/ppo_vs_sft/rm_diff": 0.3}, gate=True, previous=None)
     assert adopt and note.endswith("The new policy is active.")
     assert gate_decision({}, gate=True, previous=None)[0] is True
+
+
+def test_the_note_says_how_many_samples_each_prompt_had():
+    adopt, note = gate_decision({**LOSING, "summary/samples_per_prompt": 4}, gate=True, previous=None)
+    assert not adopt and note.startswith("PPO against SFT on 100 held-out prompts × 4 samples, by the training RM")
+
+
+def test_the_cpu_preset_compares_on_several_samples_per_prompt():
+    assert validate_round_config({"preset": "cpu"})["evaluate"]["samples"] >= 2
 
 
 def test_the_judge_decides_when_there_is_one():

@@ -63,7 +63,22 @@ def test_a_policy_against_itself_has_no_kl_no_difference_and_half_the_wins(model
     assert s["a_vs_b/rm_diff"] == pytest.approx(0.0) and s["a_vs_b/rm_win_rate"] == 0.5
     assert s["a_vs_b/judge_win_rate"] == 0.5 and 0 < s["a/length"] <= 8
     rows = [json.loads(line) for line in (tmp_path / "out" / SAMPLES_FILE).read_text().splitlines()]
-    assert len(rows) == 6 and set(rows[0]) == {"prompt", "a", "b"} and "rm" in rows[0]["a"]
+    assert len(rows) == 6 and set(rows[0]) == {"prompt", "a", "b"} and "rm" in rows[0]["a"][0]
+
+
+def test_several_samples_per_prompt_are_averaged_per_prompt_before_the_statistics(models, held_out, tmp_path):
+    config = EvaluateConfig(policies=[models["other"], models["base"]], names=["other", "base"], baseline="base",
+                            reward_model=models["rm"], max_new_tokens=8, samples=3, device="cpu")
+    s = evaluate_policies(config, held_out, tmp_path / "out").summary
+    rows = [json.loads(line) for line in (tmp_path / "out" / SAMPLES_FILE).read_text().splitlines()]
+    assert s["samples_per_prompt"] == 3 and all(len(row[n]) == 3 for row in rows for n in ("other", "base"))
+    means = {n: [sum(c["rm"] for c in row[n]) / 3 for row in rows] for n in ("other", "base")}
+    assert s["other/rm"] == pytest.approx(sum(means["other"]) / 6)
+    diffs = [a - b for a, b in zip(means["other"], means["base"], strict=True)]
+    assert s["other_vs_base/rm_diff"] == pytest.approx(sum(diffs) / 6)
+    assert s["other_vs_base/rm_diff_stderr"] == pytest.approx(mean_stderr(diffs)[1])
+    texts = {tuple(c["text"] for c in row["base"]) for row in rows}
+    assert any(len(set(t)) > 1 for t in texts)  # the samples of a prompt differ (three draws, not one)
 
 
 def test_another_policy_has_a_positive_kl_to_the_reference(models, held_out, tmp_path):
@@ -80,5 +95,7 @@ def test_the_config_says_what_is_missing():
         EvaluateConfig(policies=["a"], names=[], reward_model="rm")
     with pytest.raises(ConfigError, match="reward model or a judge"):
         EvaluateConfig(policies=["a"], names=["a"])
+    with pytest.raises(ConfigError, match="samples"):
+        EvaluateConfig(policies=["a"], names=["a"], reward_model="rm", samples=0)
     with pytest.raises(ConfigError, match="baseline"):
         EvaluateConfig(policies=["a"], names=["a"], baseline="z", reward_model="rm")

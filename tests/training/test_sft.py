@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from training.config import SFTConfig
+from training.config import ConfigError, SFTConfig
+from training.data import RankingExample, best_ranked
 from training.encoding import PromptTooLong, encode_pair, encode_prompt, encode_response
 from training.loop import lr_at, plan_batches
 from training.models import load_causal_lm, load_tokenizer
@@ -160,3 +161,39 @@ def test_same_seed_same_model_different_seed_different_model(tiny_base, sft_file
     c = train_sft(config(tiny_base, max_steps=2, seed=6), sft_file, tmp_path / "c").model
     key = "transformer.h.1.mlp.c_fc.weight"
     assert torch.equal(weights(a)[key], weights(b)[key]) and not torch.equal(weights(a)[key], weights(c)[key])
+
+
+def test_best_ranked_takes_a_single_non_empty_rank_one_and_skips_ties_and_all_tied_rankings():
+    def ranking(responses, ranks, id=None):
+        return RankingExample(prompt="Q?", responses=responses, ranks=ranks, id=id)
+
+    picked = best_ranked([ranking(["b", "a", "c"], [2, 1, 3], id="r1"),
+                          ranking(["a", "b"], [1, 1]),             # all tied: no preference
+                          ranking(["a", "b", "c"], [1, 1, 2]),     # two share the top: no single best
+                          ranking(["  ", "b"], [1, 2])])           # the best is empty
+    assert [(e.response, e.id) for e in picked] == [("a", "r1:best")]
+
+
+def test_best_ranked_sft_trains_on_demonstrations_and_each_rankings_best_response(tiny_base, sft_file,
+                                                                                  ranking_file, tmp_path):
+    settings = dict(max_steps=30, batch_size=8, learning_rate=1e-2)
+    plain = train_sft(config(tiny_base, **settings), sft_file, tmp_path / "plain", rankings=ranking_file)
+    assert plain.summary["train_examples"] == 8 and plain.summary["best_ranked_examples"] == 0
+    result = train_sft(config(tiny_base, best_ranked=True, **settings), sft_file, tmp_path / "out",
+                       rankings=ranking_file)
+    assert result.summary["best_ranked_examples"] == 8 and result.summary["train_examples"] == 16
+    tokenizer = load_tokenizer(tiny_base)
+    ids, n_prompt = encode_pair(tokenizer, "Question number 3: will you help?", "yes yes yes, glad to help",
+                                max_length=64)
+
+    @torch.no_grad()
+    def nll(model) -> float:
+        logits = model.eval()(input_ids=torch.tensor([ids])).logits
+        return float(masked_lm_loss(logits, torch.tensor([[IGNORE] * n_prompt + ids[n_prompt:]]))[0])
+
+    assert nll(result.model) < 0.5 * nll(plain.model)  # it learned the best-ranked answer; demos alone did not
+
+
+def test_best_ranked_without_a_rankings_file_says_so(tiny_base, sft_file, tmp_path):
+    with pytest.raises(ConfigError, match="best_ranked needs the rankings file"):
+        train_sft(config(tiny_base, best_ranked=True), sft_file, tmp_path / "out")
