@@ -316,6 +316,17 @@ class Lease:
     expires: datetime
 
 
+def _lock_user(user) -> None:
+    """Lock the user's row: one labeler's queue operations (two tabs, a double click) run one at a time."""
+    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+
+
+def held_lease(*, user, project: Project, kind: str) -> Lease | None:
+    """The task the user holds of ``kind``, read only: nothing is leased or renewed (pages call this on GET)."""
+    slot = _my_open_lease(user=user, project=project, kind=kind)
+    return Lease(task_id=slot.task_id, expires=slot.lease_expires) if slot else None
+
+
 def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Lease | None:
     """Lease the next task of ``kind`` to ``user``, or return None when nothing is left.
 
@@ -331,11 +342,12 @@ def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Le
         now = timezone.now()
         try:
             with transaction.atomic():
-                list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+                _lock_user(user)
                 held = _my_open_lease(user=user, project=project, kind=kind)
                 if held is not None:
-                    _lease(held.pk, user=user, project=project, now=now, only_if_claimable=False)
-                    return Lease(task_id=held.task_id, expires=now + project.lease_duration)
+                    if _lease(held.pk, user=user, project=project, now=now, only_if_claimable=False):
+                        return Lease(task_id=held.task_id, expires=now + project.lease_duration)
+                    continue  # the lease had expired and another labeler took the slot meanwhile
                 candidates = TaskSlot.objects.claimable_by(user=user, project=project, kind=kind, now=now)
                 if connection.features.has_select_for_update_skip_locked:
                     candidates = candidates.select_for_update(skip_locked=True, of=("self",))
@@ -542,7 +554,9 @@ def skip_task(*, labeler, task: Task, reason: str) -> tuple[Skip, bool]:
 def undo_skip(*, labeler, task: Task) -> Lease | None:
     """Forget a skip and give the labeler the task back: their other lease of that kind in the project
     is released and a slot of this task leased to them. Returns that lease, or None if there was no skip
-    or every slot was taken meanwhile (the skip is forgotten all the same)."""
+    or every slot was taken meanwhile (the skip is forgotten all the same). Locks the user row first, as
+    ``next_task`` does, so that it never races the labeler's own next-task request."""
+    _lock_user(labeler)
     deleted, _ = Skip.objects.filter(task=task, labeler=labeler).delete()
     if not deleted:
         return None

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import uuid
-from functools import wraps
 
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from . import access, services, stats
 from .formats import FORMATS
@@ -19,24 +18,12 @@ from .loop.config import PRESETS, preset
 from .models import Demonstration, ModelVersion, Ranking, Role, Task, TaskKind, TaskSlot, TrainingJob
 from .rendering import render_markdown
 
-# Pages run no inline script and load nothing from elsewhere: model output can never execute.
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
-
 KIND_PAGES = {TaskKind.RANKING: "annotation/rank.html", TaskKind.DEMONSTRATION: "annotation/demonstrate.html"}
 
 
 def labeler_page(view):
-    """Login required, and a strict Content-Security-Policy on the response."""
-
-    @login_required
-    @wraps(view)
-    def wrapped(request, *args, **kwargs):
-        response = view(request, *args, **kwargs)
-        response["Content-Security-Policy"] = CSP
-        return response
-
-    return wrapped
+    """Login required (the Content-Security-Policy is set on every HTML page by annotation.middleware)."""
+    return login_required(view)
 
 
 @labeler_page
@@ -47,18 +34,23 @@ def home(request):
 
 
 def _task_context(request, project, kind: str, task_id: int | None = None) -> dict:
-    """Lease the next task of ``kind`` (or re-show ``task_id`` if the user holds it) for a task page."""
+    """A task page's panel. A GET changes nothing: it shows ``task_id`` if the user holds it, else the task
+    they hold of ``kind``, else a panel that asks for the next one (its script POSTs at once; without
+    script, a button). Only a POST leases the next task (link previews and prefetchers send GETs)."""
     if task_id is not None:
         held = TaskSlot.objects.filter(task_id=task_id, project=project, labeler=request.user,
                                        status=TaskSlot.Status.LEASED).first()
         lease = services.Lease(task_id=task_id, expires=held.lease_expires) if held else None
-    else:
+    elif request.method == "POST":
         lease = services.next_task(user=request.user, project=project, kind=kind)
+    else:
+        lease = services.held_lease(user=request.user, project=project, kind=kind)
     task = None
     if lease is not None:
         task = _task_for_page(lease.task_id)
         task.lease_expires = lease.expires
-    return {"project": project, "task": task, "kind": kind}
+    claim = task is None and task_id is None and request.method != "POST"
+    return {"project": project, "task": task, "kind": kind, "claim": claim}
 
 
 def _task_for_page(task_id: int) -> Task:
@@ -74,8 +66,10 @@ def _kind_from(request_kind: str) -> str:
 
 
 @labeler_page
+@require_http_methods(["GET", "POST"])
 def task_page(request, project_id: int, kind: str):
-    """A ranking or demonstration page with the next leased task; later tasks arrive as fragments."""
+    """A ranking or demonstration page: the task the user holds, or (POST) the next one leased; later
+    tasks arrive as fragments."""
     kind = _kind_from(kind)
     project = access.access_project_by_id(request.user, project_id)
     if not project.kind_enabled(kind):
@@ -84,8 +78,10 @@ def task_page(request, project_id: int, kind: str):
 
 
 @labeler_page
+@require_http_methods(["GET", "POST"])
 def task_fragment(request, project_id: int, kind: str):
-    """The task panel alone: the next task, or with ?task=ID a task the user holds (after an undo)."""
+    """The task panel alone: POST leases the next task; GET shows the task the user holds, or with
+    ?task=ID that task if they hold it (after an undo)."""
     kind = _kind_from(kind)
     project = access.access_project_by_id(request.user, project_id)
     task_id = int(request.GET["task"]) if request.GET.get("task", "").isdigit() else None
@@ -138,7 +134,6 @@ def markdown_preview(request):
     """Live preview for the demonstration editor, through the same sanitizer as everything else."""
     html = render_markdown(request.POST.get("text", "")[:100_000])
     response = HttpResponse(html, content_type="text/html; charset=utf-8")
-    response["Content-Security-Policy"] = CSP
     return response
 
 

@@ -9,7 +9,11 @@ from . import views
 
 class IntegerIdRouter(DefaultRouter):
     """Every object id in a path is an integer: anything else is no route (404), never a lookup that
-    raises ValueError (500), and the published schema says so."""
+    raises ValueError (500), and the published schema says so. No format-suffix routes (``/members.json``):
+    the API speaks JSON only, the schema never listed them, and an action called through one got an
+    unexpected ``format`` argument (500)."""
+
+    include_format_suffixes = False
 
     def get_lookup_regex(self, viewset, lookup_prefix=""):
         kwarg = getattr(viewset, "lookup_url_kwarg", None) or getattr(viewset, "lookup_field", "pk")

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitView
 
 from annotation.api.views import health
 
@@ -11,7 +11,8 @@ urlpatterns = [
     path("healthz", health, name="health"),
     path("api/", include("annotation.api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
+    path("api/docs/", SpectacularSwaggerSplitView.as_view(url_name="schema", template_name="annotation/api_docs.html"),
+         name="api-docs"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("annotation.urls")),
 ]

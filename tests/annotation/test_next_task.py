@@ -4,6 +4,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotation import services
@@ -167,3 +169,41 @@ def test_a_user_with_labels_cannot_be_deleted_and_keeps_their_labels(project_a, 
     with pytest.raises(ProtectedError):
         users["carol"].delete()
     assert task.rankings.count() == 1
+
+
+def test_a_held_lease_lost_between_reading_and_renewing_it_is_not_handed_out(project_a, users, monkeypatch):
+    """Regression: the held-lease path ignored its UPDATE's result. If the labeler's lease had expired and
+    another labeler took the slot between the read and the renewing UPDATE, the labeler was told they
+    held a task they no longer held, and their work then ended in a 409."""
+    lost = make_ranking_task(project_a, "taken over meanwhile")
+    other = make_ranking_task(project_a, "still free")
+    services.next_task(user=users["alice"], project=project_a, kind="ranking")
+    TaskSlot.objects.filter(task=lost).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    stale = TaskSlot.objects.get(task=lost)
+    services.next_task(user=users["carol"], project=project_a, kind="ranking")  # carol takes the expired slot
+    assert TaskSlot.objects.get(task=lost).labeler == users["carol"]
+    real, reads = services._my_open_lease, []
+
+    def read_before_the_takeover(**kwargs):  # what alice's read saw just before carol's UPDATE committed
+        reads.append(1)
+        return stale if len(reads) == 1 else real(**kwargs)
+
+    monkeypatch.setattr(services, "_my_open_lease", read_before_the_takeover)
+    lease = services.next_task(user=users["alice"], project=project_a, kind="ranking")
+    assert lease.task_id == other.pk
+    assert TaskSlot.objects.get(task=other).labeler == users["alice"]
+    assert TaskSlot.objects.get(task=lost).labeler == users["carol"]
+
+
+def test_undoing_a_skip_locks_the_labelers_row_first_as_next_task_does(project_a, users):
+    """Regression: undo_skip did not lock the user row, so it could race the labeler's own next-task
+    request (on PostgreSQL the two could leave the labeler holding two tasks of a kind)."""
+    task = make_ranking_task(project_a)
+    services.next_task(user=users["alice"], project=project_a, kind="ranking")
+    services.skip_task(labeler=users["alice"], task=task, reason="unsure")
+    with CaptureQueriesContext(connection) as queries:
+        services.undo_skip(labeler=users["alice"], task=task)
+    first = next(q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"])
+    assert '"auth_user"' in first and '"id"' in first
+    if connection.features.has_select_for_update:
+        assert "FOR UPDATE" in first

@@ -39,3 +39,13 @@ def test_the_published_schema_only_allows_digits_in_path_ids(client_for):
            for param in op.get("parameters", []) if param["in"] == "path" and param["name"] != "name"]
     assert ids and all(param["schema"]["type"] == "integer" or param["schema"].get("pattern") == "^[0-9]+$"
                        for param in ids), ids  # ("name" is a snapshot's file name: its own pattern)
+
+
+def test_a_format_suffix_on_an_action_is_not_found_rather_than_a_server_error(client_for, project_a):
+    """Regression: /api/projects/{id}/members.json reached the action with an unexpected ``format``
+    argument (TypeError, 500). The API speaks JSON only and has no format-suffix routes."""
+    client = client_for("sam")
+    for path in (f"/api/projects/{project_a.pk}/members.json", f"/api/projects/{project_a.pk}.json",
+                 "/api/projects.json"):
+        assert client.get(path).status_code == 404, path
+    assert client.get(f"/api/projects/{project_a.pk}/members/").status_code == 200

@@ -24,13 +24,35 @@ def test_pages_need_a_login(db, url):
     assert response.status_code == 302 and response.url.startswith("/accounts/login/")
 
 
-def test_the_ranking_page_leases_a_task_and_sets_a_strict_csp(browser_for, project_a, users):
+def test_getting_the_ranking_page_leases_nothing_and_posting_to_it_leases_the_next_task(browser_for, project_a,
+                                                                                       users):
     task = make_ranking_task(project_a, "Rank me")
-    response = browser_for("alice").get(f"/p/{project_a.pk}/ranking/")
-    assert response.status_code == 200
-    assert f'data-task-id="{task.pk}"' in response.content.decode()
+    client = browser_for("alice")
+    response = client.get(f"/p/{project_a.pk}/ranking/")  # a link preview or a prefetch must take no task
+    assert response.status_code == 200 and 'data-claim="1"' in response.content.decode()
     assert "script-src 'self'" in response["Content-Security-Policy"]
+    assert TaskSlot.objects.get(task=task).labeler is None
+    assert f'data-task-id="{task.pk}"' not in client.get(f"/p/{project_a.pk}/ranking/panel/").content.decode()
+    assert TaskSlot.objects.get(task=task).labeler is None
+    response = client.post(f"/p/{project_a.pk}/ranking/panel/")
+    assert f'data-task-id="{task.pk}"' in response.content.decode()
     assert TaskSlot.objects.get(task=task).labeler == users["alice"]
+    # Once held, a GET shows the held task (a reload keeps the labeler's work) and renews nothing.
+    expires = TaskSlot.objects.get(task=task).lease_expires
+    assert f'data-task-id="{task.pk}"' in client.get(f"/p/{project_a.pk}/ranking/").content.decode()
+    assert TaskSlot.objects.get(task=task).lease_expires == expires
+
+
+def test_posting_to_the_page_without_script_leases_the_next_task(browser_for, project_a, users):
+    task = make_ranking_task(project_a, "Rank me")
+    response = browser_for("alice").post(f"/p/{project_a.pk}/ranking/")
+    assert response.status_code == 200 and f'data-task-id="{task.pk}"' in response.content.decode()
+    assert TaskSlot.objects.get(task=task).labeler == users["alice"]
+
+
+def test_posting_when_nothing_is_left_says_so(browser_for, project_a):
+    body = browser_for("alice").post(f"/p/{project_a.pk}/ranking/panel/").content.decode()
+    assert "No ranking tasks are waiting" in body and 'data-claim' not in body
 
 
 @pytest.mark.parametrize("path", ["ranking/", "demonstration/", "write/", "juggling/", "ranking/panel/"])

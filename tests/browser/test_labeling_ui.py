@@ -33,6 +33,7 @@ def test_writing_a_demonstration_stores_exactly_the_text(login, project_a, users
     make_prompt(project_a, "A second prompt waiting")
     page = login("alice")
     page.goto(f"/p/{project_a.pk}/demonstration/")
+    page.wait_for_selector("#task-panel:not(.claiming)")  # the page POSTs for its task
     assert page.locator(".prompt strong", has_text="photosynthesis").count() == 1
     page.evaluate("window.__sameDocument = true")
     answer = "Plants turn *light*, water and CO2 into sugar and oxygen."
@@ -53,6 +54,7 @@ def test_a_demonstration_draft_survives_a_reload(login, project_a):
     make_prompt(project_a, "Draft me")
     page = login("alice")
     page.goto(f"/p/{project_a.pk}/demonstration/")
+    page.wait_for_selector("#task-panel:not(.claiming)")  # the page POSTs for its task
     page.fill("#demo-text", "half-written answer")
     page.reload()
     assert page.input_value("#demo-text") == "half-written answer"
@@ -64,6 +66,7 @@ def test_ranking_four_responses_with_the_keyboard_only(login, project_a, users):
     task = make_ranking_task(project_a, "Name a colour", ["red", "green", "blue", "purple"])
     page = login("alice")
     page.goto(f"/p/{project_a.pk}/ranking/")
+    page.wait_for_selector("#task-panel:not(.claiming)")  # the page POSTs for its task
     a, b, c, d = card_ids(page)
     page.keyboard.press("j")          # focus the first card (a)
     page.keyboard.press("3")          # a → rank 3 (moves to the top of the list while others are unranked)
@@ -98,6 +101,7 @@ def test_the_help_lists_the_keys(login, project_a):
     make_ranking_task(project_a)
     page = login("alice")
     page.goto(f"/p/{project_a.pk}/ranking/")
+    page.wait_for_selector("#task-panel:not(.claiming)")  # the page POSTs for its task
     page.keyboard.press("?")
     assert page.is_visible("#help-dialog") and "tie the focused response" in page.inner_text("#help-dialog")
 
@@ -125,6 +129,7 @@ def test_ranking_five_responses_by_drag_and_drop_with_one_tie(login, users):
     task = make_ranking_task(project, "Pick a fruit", ["apple", "banana", "cherry", "date", "elderberry"])
     page = login("alice")
     page.goto(f"/p/{project.pk}/ranking/")
+    page.wait_for_selector("#task-panel:not(.claiming)")  # the page POSTs for its task
     first, second, third, fourth, fifth = card_ids(page)
     drag(page, f'.card[data-candidate="{fifth}"] .card-head', f'.card[data-candidate="{first}"] .card-head')
     assert card_ids(page) == [fifth, first, second, third, fourth]
@@ -143,6 +148,7 @@ def test_skipping_then_undoing_loses_nothing(login, project_a, users):
     second = make_ranking_task(project_a, "second task")
     page = login("alice")
     page.goto(f"/p/{project_a.pk}/ranking/")
+    page.wait_for_selector("#task-panel:not(.claiming)")  # the page POSTs for its task
     assert int(page.get_attribute("#task-panel", "data-task-id")) == first.pk
     page.keyboard.press("j")
     page.keyboard.press("1")

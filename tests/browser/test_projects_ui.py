@@ -60,3 +60,17 @@ def test_a_project_admin_picks_the_projects_base_model(login, users, project_a, 
     page.wait_for_selector("#toast:has-text('Base model saved')")
     project_a.refresh_from_db()
     assert project_a.base_model == registered and page.problems == []
+
+
+def test_the_api_docs_render_under_the_content_security_policy(login, users):
+    """The docs page is served with the site's CSP (no inline script): Swagger UI must still build the
+    operations list, and the browser must report no CSP violation."""
+    page = login("alice")
+    violations = []
+    page.on("console", lambda message: violations.append(message.text)
+            if "Content Security Policy" in message.text else None)
+    response = page.goto("/api/docs/")
+    assert "script-src 'self'" in response.headers["content-security-policy"]
+    page.wait_for_selector(".opblock-summary-path", timeout=15000)
+    assert page.locator(".opblock").count() > 20
+    assert violations == [] and page.problems == []

@@ -19,6 +19,7 @@ def test_xss_payloads_show_as_text_and_run_no_script(login, project_a):
     make_ranking_task(project_a, "<b onmouseover=alert('prompt')>prompt</b> <script>alert('prompt')</script>", PAYLOADS)
     page = login("alice")
     page.goto(f"/p/{project_a.pk}/ranking/")
+    page.wait_for_selector("#task-panel:not(.claiming)")  # the page POSTs for its task
     page.wait_for_selector("#cards .card")
     page.hover(".prompt")
     page.click("#cards a:has-text('click me')")

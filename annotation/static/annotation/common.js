@@ -80,9 +80,13 @@ const RL = (() => {
     stop() { document.removeEventListener("visibilitychange", this.onVisibility); }
   }
 
-  // Replace the task panel with the server-rendered next task (no full page reload).
-  async function loadPanel(url) {
-    const response = await fetch(url, {credentials: "same-origin", headers: {"Accept": "text/html"}});
+  // Replace the task panel with a server-rendered one (no full page reload): with claim, POST for the next
+  // task (only a POST leases one); without, GET the task the user holds (url?task=ID after an undo).
+  async function loadPanel(url, claim = false) {
+    const response = await fetch(url, {
+      method: claim ? "POST" : "GET", credentials: "same-origin",
+      headers: claim ? {"Accept": "text/html", "X-CSRFToken": csrfToken()} : {"Accept": "text/html"},
+    });
     if (!response.ok) throw new Error(`HTTP ${response.status}`);
     const host = document.getElementById("panel-host");
     host.innerHTML = await response.text();  // server-rendered, sanitized HTML

@@ -70,12 +70,13 @@
     const panel = document.getElementById("task-panel");
     const url = panel.dataset.panelUrl || `/p/${panel.dataset.projectId}/demonstration/panel/`;
     if (current) current.destroy();
-    start(await RL.loadPanel(taskId ? `${url}?task=${taskId}` : url));
+    start(await RL.loadPanel(taskId ? `${url}?task=${taskId}` : url, !taskId));
   }
 
   function start(panel) {
     current = panel.querySelector("#demo-text") ? new DemonstrationEditor(panel) : null;
     RL.setupSkip(panel, reload);
+    if (panel.dataset.claim) reload();  // the page holds no task yet: ask for the next one (a POST)
   }
 
   document.addEventListener("keydown", (event) => {

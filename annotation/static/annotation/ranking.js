@@ -158,13 +158,14 @@
     const panel = document.getElementById("task-panel");
     const url = panel.dataset.panelUrl || `/p/${panel.dataset.projectId}/ranking/panel/`;
     if (widget) widget.destroy();
-    const fresh = await RL.loadPanel(taskId ? `${url}?task=${taskId}` : url);
+    const fresh = await RL.loadPanel(taskId ? `${url}?task=${taskId}` : url, !taskId);
     start(fresh);
   }
 
   function start(panel) {
     widget = panel.querySelector("#cards") ? new RankingWidget(panel) : null;
     RL.setupSkip(panel, reload);
+    if (panel.dataset.claim) reload();  // the page holds no task yet: ask for the next one (a POST)
   }
 
   document.addEventListener("keydown", (event) => {
