@@ -201,17 +201,35 @@ def create_ranking_tasks(*, source_job, round, proposals: Sequence[tuple[Prompt,
     return created
 
 
+def _prompt_with_hash(project: Project, digest: str) -> Prompt | None:
+    return Prompt.objects.filter(project=project, content_hash=digest).first()
+
+
+def _prompt_with_token(author, client_token: uuid.UUID) -> Prompt | None:
+    return Prompt.objects.filter(author=author, client_token=client_token).first()
+
+
 def _create_prompt_with_tasks(*, project: Project, item: PromptInput, source: str, author=None,
                               client_token: uuid.UUID | None = None) -> tuple[Prompt, bool]:
     text, messages = _clean_prompt_content(item)
     candidates = _clean_candidates(project, item.get("candidates"))
-    existing = Prompt.objects.filter(project=project, content_hash=content_hash(text, messages)).first()
+    digest = content_hash(text, messages)
+    existing = _prompt_with_hash(project, digest)
     if existing is not None:
         return existing, False
-    prompt = Prompt.objects.create(
-        project=project, text=text, messages=messages, source=source, author=author,
-        language=item.get("language") or "en", tags=list(item.get("tags") or []), client_token=client_token,
-    )
+    try:
+        with transaction.atomic():
+            prompt = Prompt.objects.create(
+                project=project, text=text, messages=messages, source=source, author=author,
+                language=item.get("language") or "en", tags=list(item.get("tags") or []), client_token=client_token,
+            )
+    except IntegrityError:
+        # A concurrent request created the same prompt between the read above and this insert (the
+        # unique index made this one wait for it): that prompt is the one, as if it had been found.
+        existing = Prompt.objects.filter(project=project, content_hash=digest).first()
+        if existing is None:
+            raise
+        return existing, False
     if project.demonstrations_enabled:
         create_task(prompt=prompt, kind=TaskKind.DEMONSTRATION)
     if candidates:
@@ -273,15 +291,24 @@ def write_prompt(*, author, project: Project, item: PromptInput, client_token: u
     """A labeler-written prompt. Idempotent on ``client_token``: a retried submit returns the first prompt."""
     if not project.prompt_writing_enabled:
         raise ValidationError({"project": ["prompt writing is not enabled in this project"]})
-    with transaction.atomic():
-        existing = Prompt.objects.filter(author=author, client_token=client_token).first()
-        if existing is not None:
-            return existing, False
-        prompt, created = _create_prompt_with_tasks(
-            project=project, item={k: v for k, v in item.items() if k != "candidates"},
-            source=Prompt.Source.LABELER, author=author, client_token=client_token,
-        )
+    try:
+        with transaction.atomic():
+            existing = _prompt_with_token(author, client_token)
+            if existing is not None:
+                return existing, False
+            prompt, created = _create_prompt_with_tasks(
+                project=project, item={k: v for k, v in item.items() if k != "candidates"},
+                source=Prompt.Source.LABELER, author=author, client_token=client_token,
+            )
+    except IntegrityError:
+        # The same submit, retried while the first was still in flight: the first one's prompt it is.
+        existing = _prompt_with_token(author, client_token)
+        if existing is None:
+            raise
+        return existing, False
     if not created:
+        if prompt.author_id == author.pk and prompt.client_token == client_token:
+            return prompt, False  # a concurrent retry of this very submit created it first
         raise ValidationError({"text": ["this prompt already exists in the project"]})
     return prompt, True
 

@@ -149,3 +149,39 @@ def test_my_stats_count_and_median_seconds_per_kind(client_for, project_a, users
     assert body["ranking"] == {"count": 3, "median_seconds": 20.0, "today": 3, "today_median_seconds": 20.0}
     assert body["demonstration"]["count"] == 1 and body["demonstration"]["median_seconds"] == 90.0
     assert client_for("carol").get("/api/me/stats/").json()["ranking"]["count"] == 0
+
+
+def _first_read_misses(monkeypatch, name):
+    """The read before the insert misses the row once, as when a concurrent request commits it between
+    that read and this request's insert (what PostgreSQL does under READ COMMITTED)."""
+    real, calls = getattr(services, name), []
+
+    def racing(*args, **kwargs):
+        calls.append(1)
+        return None if len(calls) == 1 else real(*args, **kwargs)
+
+    monkeypatch.setattr(services, name, racing)
+
+
+def test_a_written_prompt_retried_while_the_first_is_in_flight_returns_the_first(client_for, project_a,
+                                                                                 monkeypatch):
+    """Regression: concurrent write-prompt requests with the same client_token raised an uncaught
+    IntegrityError (500) on PostgreSQL."""
+    payload = {"text": "How do I brew green tea?", "client_token": str(uuid.uuid4())}
+    first = client_for("alice").post(f"/api/projects/{project_a.pk}/write-prompt/", payload)
+    _first_read_misses(monkeypatch, "_prompt_with_token")
+    _first_read_misses(monkeypatch, "_prompt_with_hash")
+    retry = client_for("alice").post(f"/api/projects/{project_a.pk}/write-prompt/", payload)
+    assert (first.status_code, retry.status_code) == (201, 200)
+    assert retry.json()["id"] == first.json()["id"] and Prompt.objects.count() == 1
+
+
+def test_the_same_prompt_imported_twice_at_once_is_created_once_and_reported_as_a_duplicate(client_for, project_a,
+                                                                                            monkeypatch):
+    """Regression: concurrent imports of the same content raised an uncaught IntegrityError (500)."""
+    body = {"project": project_a.pk, "items": [{"text": "Same content"}]}
+    assert client_for("adam").post("/api/prompts/bulk/", body, format="json").status_code == 201
+    _first_read_misses(monkeypatch, "_prompt_with_hash")
+    response = client_for("adam").post("/api/prompts/bulk/", body, format="json")
+    assert response.status_code in (200, 201) and Prompt.objects.count() == 1
+    assert len(response.json()["duplicates"]) == 1 and response.json()["created"] == []
