@@ -22,6 +22,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, ProtectedError, Q, Value, When
 from django.utils import timezone
+from knox.models import AuthToken
 from rest_framework.exceptions import ValidationError
 
 from .errors import Conflict
@@ -616,3 +617,7 @@ def expire_leases(*, now=None) -> int:
         status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
     )
 
+
+def purge_expired_tokens(*, now=None) -> int:
+    """Housekeeping: delete expired API tokens (authentication refuses them already)."""
+    return AuthToken.objects.filter(expiry__lt=now or timezone.now()).delete()[0]

@@ -35,6 +35,12 @@ def expire_leases() -> int:
     return services.expire_leases()
 
 
+@shared_task(name="annotation.tasks.purge_expired_tokens", ignore_result=True)
+def purge_expired_tokens() -> int:
+    """Delete expired API tokens (they are refused already; this keeps the table small)."""
+    return services.purge_expired_tokens()
+
+
 @shared_task(name="annotation.tasks.run_training_job", acks_late=True, reject_on_worker_lost=True)
 def run_training_job(job_id: int) -> str:
     """One training stage. Claimed atomically, so a duplicate delivery does nothing; a delivery after the

@@ -11,7 +11,7 @@ What it does:
    user when run as root), with PostgreSQL's default (durable) settings unless ``--fast-pg``;
 2. per run: creates a fresh database, runs ``manage.py migrate``, seeds one project (k=4, ``--overlap``,
    lease 900 s, ranking only) with ``--tasks`` ranking tasks made by
-   ``annotation.services.bulk_create_prompts`` and ``--labelers`` labeler accounts with DRF tokens;
+   ``annotation.services.bulk_create_prompts`` and ``--labelers`` labeler accounts with API tokens;
 3. starts gunicorn exactly as production does (``platform/gunicorn.conf.py``, ``rlhf_platform.wsgi``) on a
    free loopback port and waits for ``/healthz``;
 4. runs ``--labelers`` threads, each with one keep-alive HTTP connection, repeating
@@ -93,7 +93,7 @@ def seed_main(argv: list[str]) -> None:
 
     from django.contrib.auth import get_user_model
     from django.db import transaction
-    from rest_framework.authtoken.models import Token
+    from knox.models import AuthToken
 
     from annotation import services
     from annotation.models import Membership, Project, Role
@@ -110,7 +110,7 @@ def seed_main(argv: list[str]) -> None:
             User(username=f"{args.name}-labeler-{i:03d}", password="!") for i in range(args.labelers)
         )
         Membership.objects.bulk_create(Membership(project=project, user=u, role=Role.LABELER) for u in users)
-        tokens = Token.objects.bulk_create(Token(key=Token.generate_key(), user=u) for u in users)
+        tokens = [AuthToken.objects.create(user=u)[1] for u in users]  # the secrets: only digests are stored
     for start in range(0, args.tasks, args.chunk):
         items = [
             {
@@ -122,7 +122,7 @@ def seed_main(argv: list[str]) -> None:
         services.bulk_create_prompts(project=project, items=items)
     print(json.dumps({
         "project": project.pk,
-        "tokens": [t.key for t in tokens],
+        "tokens": tokens,
         "users": [u.pk for u in users],
         "seed_seconds": round(time.perf_counter() - started, 2),
     }))
@@ -254,7 +254,10 @@ class Gunicorn:
     def __init__(self, tmp: Path, port: int, env: dict, workers: int, threads: int, app: str):
         self.port = port
         self.app = app
-        self.env = {**env, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads)}
+        # The benchmark's labelers are machines: the per-user write throttle (for people and runaway
+        # scripts) would cap them, so it is lifted here unless the caller set one.
+        self.env = {"THROTTLE_WRITES": "1000000/min", **env, "GUNICORN_WORKERS": str(workers),
+                    "GUNICORN_THREADS": str(threads)}
         self.log_path = tmp / "gunicorn.log"
         self.proc: subprocess.Popen | None = None
 

@@ -1,10 +1,9 @@
 from __future__ import annotations
 
-from django.urls import include, path
-from rest_framework.authtoken.views import obtain_auth_token
+from django.urls import include, path, re_path
 from rest_framework.routers import DefaultRouter
 
-from . import views
+from . import auth_views, views
 
 
 class IntegerIdRouter(DefaultRouter):
@@ -33,7 +32,11 @@ router.register("jobs", views.TrainingJobViewSet, basename="job")
 router.register("snapshots", views.SnapshotViewSet, basename="snapshot")
 
 urlpatterns = [
-    path("auth/token/", obtain_auth_token, name="api-token"),
+    path("auth/token/", auth_views.TokenLoginView.as_view(), name="api-token"),
+    path("auth/tokens/", auth_views.TokenListView.as_view(), name="api-tokens"),
+    re_path(r"^auth/tokens/(?P<token_key>[0-9a-f]{15})/$", auth_views.TokenRevokeView.as_view(),
+            name="api-token-revoke"),  # knox's token_key: the token's first 15 hex digits
+    path("auth/logout/", auth_views.TokenLogoutView.as_view(), name="api-logout"),
     path("me/stats/", views.MyStatsView.as_view(), name="my-stats"),
     path("candidates/<int:pk>/lineage/", views.CandidateLineageView.as_view(), name="candidate-lineage"),
     path("", include(router.urls)),

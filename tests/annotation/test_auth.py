@@ -1,9 +1,16 @@
 """Token auth for scripts and session auth (with CSRF) for the browser."""
 from __future__ import annotations
 
+from datetime import timedelta
+
+from django.core.cache import cache
 from django.test import Client
+from django.utils import timezone
+from knox.models import AuthToken
 from rest_framework.test import APIClient
 
+from annotation import services
+from annotation.auth import LoginThrottle, WriteThrottle
 from tests.factories import make_ranking_task
 
 
@@ -32,7 +39,76 @@ def test_session_auth_needs_the_csrf_token_for_writes(users, project_a):
     assert client.get("/api/projects/").status_code == 200
     refused = client.post(url, {"kind": "ranking"}, content_type="application/json")
     assert refused.status_code == 403 and "CSRF" in refused.json()["message"]
-    client.get("/api/docs/")  # any page that sets the CSRF cookie
+    client.get(f"/p/{project_a.pk}/ranking/")  # any page with a form sets the CSRF cookie
     token = client.cookies["csrftoken"].value
     accepted = client.post(url, {"kind": "ranking"}, content_type="application/json", HTTP_X_CSRFTOKEN=token)
     assert accepted.status_code == 200
+
+
+def _token(username: str = "alice") -> dict:
+    response = APIClient().post("/api/auth/token/", {"username": username, "password": "pw"})
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def test_tokens_are_stored_hashed_and_expire(users, settings):
+    issued = _token()
+    stored = AuthToken.objects.get(user=users["alice"])
+    assert issued["token"] not in (stored.digest, stored.token_key) and len(stored.digest) == 128
+    assert issued["token"].startswith(stored.token_key)  # only a prefix is kept, to find the digest
+    ttl = stored.expiry - stored.created
+    assert timedelta(days=29) < ttl <= timedelta(days=30, seconds=5)
+    AuthToken.objects.filter(pk=stored.pk).update(expiry=timezone.now() - timedelta(seconds=1))
+    assert APIClient(HTTP_AUTHORIZATION=f"Token {issued['token']}").get("/api/projects/").status_code == 401
+    assert services.purge_expired_tokens() == 1 and not AuthToken.objects.exists()
+
+
+def test_a_user_lists_their_tokens_and_revokes_one_but_not_someone_elses(users):
+    first, second, carols = _token(), _token(), _token("carol")
+    alice = APIClient(HTTP_AUTHORIZATION=f"Token {first['token']}")
+    listed = alice.get("/api/auth/tokens/").json()
+    assert len(listed) == 2 and sum(t["current"] for t in listed) == 1
+    assert all(first["token"] not in str(t) and second["token"] not in str(t) for t in listed)
+    other_key = next(t["token_key"] for t in listed if not t["current"])
+    carol_key = AuthToken.objects.get(user=users["carol"]).token_key
+    assert alice.delete(f"/api/auth/tokens/{carol_key}/").status_code == 404  # not found, not "forbidden"
+    assert APIClient(HTTP_AUTHORIZATION=f"Token {carols['token']}").get("/api/projects/").status_code == 200
+    assert alice.delete(f"/api/auth/tokens/{other_key}/").status_code == 204
+    assert APIClient(HTTP_AUTHORIZATION=f"Token {second['token']}").get("/api/projects/").status_code == 401
+    assert alice.post("/api/auth/logout/").status_code == 204  # revokes the token in use
+    assert alice.get("/api/projects/").status_code == 401
+
+
+def test_repeated_failed_logins_lock_the_username_out_from_that_address(users, settings):
+    settings.AXES_FAILURE_LIMIT = 3
+    anonymous = APIClient()
+    codes = [anonymous.post("/api/auth/token/", {"username": "alice", "password": "nope"}).status_code
+             for _ in range(3)]
+    assert codes == [400, 400, 429]  # the third failure reaches the limit
+    locked = anonymous.post("/api/auth/token/", {"username": "alice", "password": "pw"})  # even the right one
+    assert locked.status_code == 429 and locked.json()["code"] == "locked_out" and not AuthToken.objects.exists()
+    page = Client().post("/accounts/login/", {"username": "alice", "password": "pw"})
+    assert page.status_code == 429 and "Too many failed logins" in page.content.decode()
+    assert "Content-Security-Policy" in page
+    # Another address, or another username, is not locked out by these failures.
+    assert APIClient(REMOTE_ADDR="10.0.0.9").post(
+        "/api/auth/token/", {"username": "alice", "password": "pw"}).status_code == 200
+    assert _token("carol")["token"]
+
+
+def test_token_requests_are_throttled_per_address(users, monkeypatch):
+    monkeypatch.setattr(LoginThrottle, "THROTTLE_RATES", {"login": "3/min"})
+    cache.clear()
+    codes = [APIClient().post("/api/auth/token/", {"username": "alice", "password": "pw"}).status_code
+             for _ in range(4)]
+    assert codes == [200, 200, 200, 429]
+
+
+def test_writes_are_throttled_per_user_and_reads_are_not(users, project_a, client_for, monkeypatch):
+    monkeypatch.setattr(WriteThrottle, "THROTTLE_RATES", {"writes": "2/min"})
+    cache.clear()
+    alice, carol = client_for("alice"), client_for("carol")
+    url = f"/api/projects/{project_a.pk}/next-task/"
+    assert [alice.post(url, {"kind": "ranking"}).status_code for _ in range(3)] == [204, 204, 429]
+    assert alice.get("/api/projects/").status_code == 200
+    assert carol.post(url, {"kind": "ranking"}).status_code == 204

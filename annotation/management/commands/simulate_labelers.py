@@ -11,7 +11,7 @@ from collections import Counter
 
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
-from rest_framework.authtoken.models import Token
+from knox.models import AuthToken
 from tqdm import tqdm
 
 from annotation import services
@@ -96,7 +96,7 @@ class Command(BaseCommand):
                 user.set_password(secrets.token_urlsafe(16))
                 user.save()
             services.add_member(project=project, user=user, role=Role.LABELER)
-            tokens.append(Token.objects.get_or_create(user=user)[0].key)
+            tokens.append(AuthToken.objects.create(user=user)[1])  # a fresh token each run (only digests are kept)
         return tokens
 
     def run(self, project: Project, clients: list[Client], kind: str, fn, options) -> Counter:
