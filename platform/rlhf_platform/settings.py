@@ -126,6 +126,7 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 ARTIFACT_ROOT = Path(envstr("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
+READY_MIN_FREE_GB = float(envstr("READY_MIN_FREE_GB", "1"))  # /readyz fails below this much free disk there
 # A running job's worker writes a heartbeat every quarter of this; once it is older than this, the worker is
 # taken to be dead: the periodic sweep requeues the job (it resumes from its checkpoint) or, past
 # TRAINING_JOB_MAX_ATTEMPTS claims, fails it. A dead worker is noticed within STALE + SWEEP seconds.
