@@ -3,6 +3,7 @@ Tokens are knox's (hashed, expiring; see ``annotation.auth``)."""
 from __future__ import annotations
 
 from django.utils import timezone
+from drf_spectacular.contrib.knox_auth_token import KnoxTokenScheme
 from drf_spectacular.utils import extend_schema, inline_serializer
 from knox.models import AuthToken
 from knox.views import LoginView, LogoutView
@@ -12,10 +13,17 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from ..auth import LoginThrottle
+from ..auth import LoginThrottle, TokenAuthentication
 
 ISSUED = inline_serializer("IssuedToken", {"token": serializers.CharField(help_text="shown once: keep it"),
                                            "expiry": serializers.DateTimeField()})
+
+
+class TokenScheme(KnoxTokenScheme):
+    """The OpenAPI security scheme of ``annotation.auth.TokenAuthentication`` (knox's, subclassed)."""
+
+    target_class = "annotation.auth.TokenAuthentication"
+    name = "apiToken"
 
 
 class TokenSerializer(serializers.ModelSerializer):
@@ -67,6 +75,8 @@ class TokenRevokeView(APIView):
 
 class TokenLogoutView(LogoutView):
     """Revoke the token this request authenticated with."""
+
+    authentication_classes = [TokenAuthentication]
 
     @extend_schema(request=None, responses={204: None})
     def post(self, request, format=None):
