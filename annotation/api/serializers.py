@@ -4,8 +4,10 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from .. import services
+from .. import exporting, services
 from ..formats import FORMATS
+from ..imports.readers import FORMATS as IMPORT_FORMATS
+from ..imports.readers import SOURCE_NAME
 from ..loop.config import PRESETS
 from ..models import (
     MAX_K,
@@ -19,6 +21,7 @@ from ..models import (
     Prompt,
     Ranking,
     RankingEntry,
+    ReviewStatus,
     Round,
     Skip,
     Task,
@@ -138,6 +141,34 @@ class BulkPromptSerializer(serializers.Serializer):
 class WritePromptSerializer(PromptInSerializer):
     client_token = serializers.UUIDField(help_text="From next-task; a retried submit with it creates nothing new.")
     candidates = None
+
+
+class ImportSerializer(serializers.Serializer):
+    """A file of prompts and labels to import into a project (multipart), all or nothing."""
+
+    file = serializers.FileField(help_text="JSONL, a JSON array (FineGrainedRLHF) or CSV; gzip accepted.")
+    format = serializers.ChoiceField(choices=IMPORT_FORMATS)
+    source = serializers.RegexField(
+        SOURCE_NAME, required=False,
+        help_text="The name imported labels are recorded under: their labeler is the inactive user "
+                  "'<source>-import'. Default: the format's own (oasst, finegrained-rlhf, hh-rlhf, trl).")
+
+
+class ImportReportSerializer(serializers.Serializer):
+    """What an import created and what it skipped."""
+
+    format = serializers.CharField()
+    source = serializers.CharField(help_text="The label source ('' for formats without labels).")
+    records = serializers.IntegerField(help_text="Source records read: lines, array elements or CSV rows.")
+    created = serializers.DictField(child=serializers.IntegerField(),
+                                    help_text="prompts, demonstrations, rankings, candidates")
+    duplicates = serializers.DictField(
+        child=serializers.IntegerField(),
+        help_text="Prompts already in the project, and labels already imported from the same source.")
+    rankings_by_k = serializers.DictField(child=serializers.IntegerField(), help_text="Created rankings by k.")
+    ties = serializers.DictField(child=serializers.IntegerField(),
+                                 help_text="Created rankings with a tie, and the tied pairs in them.")
+    left_out = serializers.DictField(child=serializers.IntegerField(), help_text="reason → count")
 
 
 class PromptSerializer(serializers.ModelSerializer):
@@ -282,6 +313,19 @@ class StartStageSerializer(serializers.Serializer):
     stage = serializers.ChoiceField(choices=JobStage.choices)
     config = serializers.JSONField(required=False, default=dict)
     inputs = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
+
+
+class ExportQuerySerializer(serializers.Serializer):
+    """The query of a training-ready export (see annotation.exporting for the formats and columns)."""
+    format = serializers.ChoiceField(choices=exporting.FORMATS)
+    snapshot = serializers.IntegerField(required=False, min_value=1, help_text="A snapshot's labels, not live ones.")
+    round = serializers.IntegerField(required=False, min_value=1, help_text="Round 1 includes imported tasks.")
+    status = serializers.ChoiceField(choices=ReviewStatus.choices, required=False,
+                                     help_text="Review status; without it, rejected labels are left out.")
+    labeler = serializers.CharField(required=False, max_length=150, help_text="A labeler's username.")
+    ties = serializers.ChoiceField(choices=exporting.TIES, required=False, help_text="trl-pairwise; default skip.")
+    aggregate = serializers.ChoiceField(choices=exporting.AGGREGATES, required=False,
+                                        help_text="trl-pairwise and listwise; default labelers.")
 
 
 class SnapshotSerializer(serializers.ModelSerializer):

@@ -8,16 +8,18 @@ import uuid
 from pathlib import Path
 
 from django.db import connection
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import access, services, stats
+from .. import access, exporting, services, stats
 from ..importing import read_import_file
+from ..imports.importer import import_upload
 from ..loop import rounds
 from ..loop.snapshots import snapshot_file
 from ..models import (
@@ -56,6 +58,14 @@ def render_task(task_id: int, lease_expires) -> dict:
     task = Task.objects.for_display().get(pk=task_id)
     task.lease_expires = lease_expires
     return s.TaskSerializer(task).data
+
+
+class DatasetFormatNegotiation(DefaultContentNegotiation):
+    """The export's ``format`` parameter names a dataset format, not a renderer (DRF's own meaning of
+    ``?format=``): it is left to the serializer, and errors render as JSON."""
+
+    def select_renderer(self, request, renderers, format_suffix=None):
+        return renderers[0], renderers[0].media_type
 
 
 class ProjectViewSet(viewsets.ModelViewSet):
@@ -150,6 +160,20 @@ class ProjectViewSet(viewsets.ModelViewSet):
                                  config=body.validated_data["config"], inputs=inputs)
         return Response(s.TrainingJobSerializer(job).data, status=201)
 
+    @extend_schema(request={"multipart/form-data": s.ImportSerializer},
+                   responses={201: s.ImportReportSerializer, 200: s.ImportReportSerializer})
+    @action(detail=True, methods=["post"], url_path="import")
+    def import_data(self, request, pk=None):
+        """Import a file of prompts, demonstrations and rankings (admins), all or nothing: any bad line
+        (reported with its number) imports nothing. 201 with the report when anything was created, 200
+        when everything was already there."""
+        project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
+        body = s.ImportSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        report = import_upload(project=project, upload=data["file"], fmt=data["format"], source=data.get("source"))
+        return Response(report, status=201 if any(report["created"].values()) else 200)
+
     @extend_schema(request=s.MembershipSerializer, responses=s.MembershipSerializer(many=True))
     @action(detail=True, methods=["get", "post"])
     def members(self, request, pk=None):
@@ -164,6 +188,21 @@ class ProjectViewSet(viewsets.ModelViewSet):
         membership = services.add_member(project=project, user=body.validated_data["user"],
                                          role=body.validated_data["role"])
         return Response(s.MembershipSerializer(membership).data, status=201)
+
+    @extend_schema(parameters=[s.ExportQuerySerializer], responses={(200, "application/x-ndjson"): bytes})
+    @action(detail=True, methods=["get"], content_negotiation_class=DatasetFormatNegotiation)
+    def export(self, request, pk=None):
+        """Stream a training-ready export of the project's labels as JSON lines (admins): SFT, TRL pairwise,
+        listwise or per-labeler, from a snapshot or the live labels (``manage.py export_data`` writes Parquet
+        and DatasetDicts too)."""
+        project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
+        query = s.ExportQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        options = exporting.export_options(project=project, **query.validated_data)
+        response = StreamingHttpResponse(exporting.jsonl_chunks(exporting.rows(project, options)),
+                                         content_type="application/x-ndjson")
+        response["Content-Disposition"] = f'attachment; filename="project-{project.pk}-{options.format}.jsonl"'
+        return response
 
 
 def read_uploaded_prompts(upload, fmt: str):
