@@ -468,7 +468,36 @@ class TaskSlot(models.Model):
         ]
 
 
-class Demonstration(models.Model):
+class Label(models.Model):
+    """What demonstrations and rankings share: review, and an append-only history of revisions.
+
+    The row holds the label's current content; every version, the first included, is also kept in
+    ``LabelRevision`` (number ``revision`` is the current one), and snapshots name the revision they
+    exported. A label can be corrected (a new revision) only while nobody depends on it: before a
+    reviewer decided on it, before it entered a training snapshot, and while its round collects labels.
+    """
+
+    revision = models.PositiveIntegerField(default=1, help_text="The current revision (LabelRevision.number).")
+    in_snapshot = models.BooleanField(default=False, help_text="Exported to a training snapshot: frozen.")
+
+    class Meta:
+        abstract = True
+
+    def correction_refused(self) -> str:
+        """Why this label can no longer be corrected, or "" while it can."""
+        if self.review_status != ReviewStatus.SUBMITTED:
+            return f"a reviewer has {self.review_status} it"
+        if self.in_snapshot:
+            return "it is in a training snapshot"
+        if not self.task.is_correctable():
+            return "its round is closed"
+        return ""
+
+    def is_correctable(self) -> bool:
+        return not self.correction_refused()
+
+
+class Demonstration(Label):
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="demonstrations")
     slot = models.OneToOneField(TaskSlot, on_delete=models.PROTECT, related_name="demonstration")
     prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="demonstrations")
@@ -488,7 +517,7 @@ class Demonstration(models.Model):
         ]
 
 
-class Ranking(models.Model):
+class Ranking(Label):
     task = models.ForeignKey(Task, on_delete=models.PROTECT, related_name="rankings")
     slot = models.OneToOneField(TaskSlot, on_delete=models.PROTECT, related_name="ranking")
     labeler = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="rankings")
@@ -533,6 +562,33 @@ class RankingEntry(models.Model):
             models.CheckConstraint(
                 condition=Q(quality__isnull=True) | Q(quality__gte=1, quality__lte=7), name="quality_likert_1_to_7"
             ),
+        ]
+
+
+class LabelRevision(models.Model):
+    """One version of a demonstration or a ranking, never changed or deleted. ``content`` is
+    ``{"text"}`` for a demonstration and ``{"comment", "entries": [{candidate, rank, flags…, quality}]}``
+    (by candidate id) for a ranking. A correction adds a revision; the old ones stay."""
+
+    demonstration = models.ForeignKey(Demonstration, null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="revisions")
+    ranking = models.ForeignKey(Ranking, null=True, blank=True, on_delete=models.PROTECT, related_name="revisions")
+    number = models.PositiveIntegerField()
+    content = models.JSONField()
+    author = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="label_revisions")
+    seconds_spent = models.FloatField(default=0, validators=[MinValueValidator(0)])
+    created = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(demonstration__isnull=True, ranking__isnull=False)
+                                   | Q(demonstration__isnull=False, ranking__isnull=True),
+                                   name="revision_of_one_label"),
+            models.UniqueConstraint(fields=["demonstration", "number"], condition=Q(demonstration__isnull=False),
+                                    name="one_revision_number_per_demonstration"),
+            models.UniqueConstraint(fields=["ranking", "number"], condition=Q(ranking__isnull=False),
+                                    name="one_revision_number_per_ranking"),
         ]
 
 
@@ -582,6 +638,8 @@ class DatasetSnapshot(models.Model):
     files = models.JSONField(default=dict, help_text="file name → {records, sha256}")
     ranking_ids = models.JSONField(default=list)
     demonstration_ids = models.JSONField(default=list)
+    label_revisions = models.JSONField(default=dict, help_text='{"ranking": {id: revision}, "demonstration": '
+                                       '{id: revision}}: the revisions exported, so a rebuild reads those')
     created = models.DateTimeField(auto_now_add=True)
 
     class Meta:

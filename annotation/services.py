@@ -29,13 +29,13 @@ from .errors import Conflict
 from .models import (
     Candidate,
     Demonstration,
+    LabelRevision,
     Membership,
     ModelVersion,
     Project,
     Prompt,
     Ranking,
     RankingEntry,
-    ReviewStatus,
     Role,
     Skip,
     Task,
@@ -488,6 +488,8 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
                          **{f: bool(e.get(f, False)) for f in LABEL_FIELDS})
             for e in entries
         )
+        LabelRevision.objects.create(ranking=ranking, number=1, content=ranking_content(comment, entries),
+                                     author=labeler, seconds_spent=seconds_spent)
         _finish_slot(slot, task)
     # The caller renders the ranking from memory rather than reading back what was just written.
     ranking._prefetched_objects_cache = {"entries": rows}
@@ -510,29 +512,43 @@ def submit_demonstration(*, author, task: Task, text: str, seconds_spent: float)
         demonstration = Demonstration.objects.create(
             task=task, slot=slot, prompt_id=task.prompt_id, author=author, text=text, seconds_spent=seconds_spent
         )
+        LabelRevision.objects.create(demonstration=demonstration, number=1, content={"text": text}, author=author,
+                                     seconds_spent=seconds_spent)
         _finish_slot(slot, task)
     return demonstration, True
 
 
-def _require_correctable(task: Task) -> None:
-    if not task.is_correctable():
-        raise Conflict("This task's round is closed; its labels can no longer be corrected.")
+def ranking_content(comment: str, entries: Sequence[EntryInput]) -> dict:
+    """A ranking revision's content: the comment and each candidate's rank and labels, by candidate id."""
+    return {"comment": comment, "entries": [
+        {"candidate": e["candidate"], "rank": e["rank"], "quality": e.get("quality"),
+         **{f: bool(e.get(f, False)) for f in LABEL_FIELDS}} for e in sorted(entries, key=lambda e: e["candidate"])]}
+
+
+def _require_correctable(label: Ranking | Demonstration, what: str) -> None:
+    reason = label.correction_refused()
+    if reason:
+        raise Conflict(f"This {what} can no longer be corrected: {reason}. Ask a reviewer for a change instead.")
 
 
 def correct_ranking(*, labeler, ranking: Ranking, entries: Sequence[EntryInput], seconds_spent: float,
                     comment: str = "") -> Ranking:
-    """Replace a ranking's ranks and labels in place while its round is open. The ranking keeps its id and
-    slot, so the task still counts it once. ``seconds_spent`` is added to the time already recorded."""
+    """Correct a ranking: a new revision (the old ones are kept) that becomes its current content. The
+    ranking keeps its id and slot, so the task still counts it once; ``seconds_spent`` is added to the
+    time already recorded. Refused once a reviewer decided on it, once it is in a training snapshot, or
+    once its round closed (``Label.correction_refused``); the review status is never changed here."""
     if ranking.labeler_id != labeler.pk:
         raise Conflict("Only the labeler who submitted a ranking corrects it.")
     task = ranking.task
-    _require_correctable(task)
     entries = validate_ranking_entries(task, entries)
     with transaction.atomic():
-        Ranking.objects.select_for_update().filter(pk=ranking.pk).update(
-            comment=comment, seconds_spent=F("seconds_spent") + seconds_spent, updated=timezone.now(),
-            review_status=ReviewStatus.SUBMITTED,
-        )
+        ranking = Ranking.objects.select_for_update(of=("self",)).select_related("task__round").get(pk=ranking.pk)
+        _require_correctable(ranking, "ranking")
+        number = ranking.revision + 1
+        LabelRevision.objects.create(ranking=ranking, number=number, content=ranking_content(comment, entries),
+                                     author=labeler, seconds_spent=seconds_spent)
+        Ranking.objects.filter(pk=ranking.pk).update(
+            comment=comment, seconds_spent=F("seconds_spent") + seconds_spent, updated=timezone.now(), revision=number)
         RankingEntry.objects.filter(ranking=ranking).delete()
         RankingEntry.objects.bulk_create(
             RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
@@ -543,16 +559,21 @@ def correct_ranking(*, labeler, ranking: Ranking, entries: Sequence[EntryInput],
 
 
 def correct_demonstration(*, author, demonstration: Demonstration, text: str, seconds_spent: float) -> Demonstration:
-    """Replace a demonstration's text in place while its round is open (same id, counted once)."""
+    """Correct a demonstration: a new revision, kept with the old ones (same id, counted once); refused
+    like ``correct_ranking``."""
     if demonstration.author_id != author.pk:
         raise Conflict("Only the author of a demonstration corrects it.")
-    _require_correctable(demonstration.task)
     if not text.strip():
         raise ValidationError({"text": ["a demonstration cannot be empty"]})
-    Demonstration.objects.filter(pk=demonstration.pk).update(
-        text=text, seconds_spent=F("seconds_spent") + seconds_spent, updated=timezone.now(),
-        review_status=ReviewStatus.SUBMITTED,
-    )
+    with transaction.atomic():
+        demonstration = Demonstration.objects.select_for_update(of=("self",)).select_related("task__round").get(
+            pk=demonstration.pk)
+        _require_correctable(demonstration, "demonstration")
+        number = demonstration.revision + 1
+        LabelRevision.objects.create(demonstration=demonstration, number=number, content={"text": text},
+                                     author=author, seconds_spent=seconds_spent)
+        Demonstration.objects.filter(pk=demonstration.pk).update(
+            text=text, seconds_spent=F("seconds_spent") + seconds_spent, updated=timezone.now(), revision=number)
     demonstration.refresh_from_db()
     return demonstration
 

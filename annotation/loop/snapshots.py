@@ -25,7 +25,17 @@ from django.db import IntegrityError, transaction
 
 from training.data import VERSION
 
-from ..models import DatasetSnapshot, Demonstration, Project, Prompt, Ranking, ReviewStatus, Split, TaskKind
+from ..models import (
+    DatasetSnapshot,
+    Demonstration,
+    LabelRevision,
+    Project,
+    Prompt,
+    Ranking,
+    ReviewStatus,
+    Split,
+    TaskKind,
+)
 from ..oracles import dense_ranks
 
 FILES = ("sft.jsonl", "sft_eval.jsonl", "rankings.jsonl", "rankings_eval.jsonl", "ppo_prompts.jsonl",
@@ -51,34 +61,62 @@ def _rankings(project: Project, ids: list[int] | None):
     return rows.select_related("task__prompt").prefetch_related("entries__candidate").order_by("id")
 
 
+def _revision_contents(field: str, numbers: dict[int, int]) -> dict[int, dict]:
+    """label id → the content of its revision ``numbers[id]`` (``field`` is "ranking" or "demonstration")."""
+    wanted, contents = set(numbers.items()), {}
+    ids = list(numbers)
+    for start in range(0, len(ids), 1000):
+        rows = LabelRevision.objects.filter(**{f"{field}_id__in": ids[start:start + 1000]}).values_list(
+            f"{field}_id", "number", "content")
+        contents.update({label: content for label, number, content in rows if (label, number) in wanted})
+    return contents
+
+
 def build_records(project: Project, *, ranking_ids: list[int] | None = None,
-                  demonstration_ids: list[int] | None = None) -> tuple[dict[str, list[dict]], list[int], list[int]]:
-    """The snapshot's files as records, and the ids of the labels in them. With ids given, exactly those
-    labels are exported (to rebuild an existing snapshot)."""
+                  demonstration_ids: list[int] | None = None, revisions: dict | None = None,
+                  ) -> tuple[dict[str, list[dict]], list[int], list[int], dict]:
+    """The snapshot's files as records, the ids of the labels in them, and the revision of each
+    (``{"ranking": {id: n}, "demonstration": {id: n}}``). A label's content is read from its revision
+    (``LabelRevision``), never from the live row, so a snapshot names exactly what it exported. With ids
+    and ``revisions`` given, exactly those revisions of those labels are exported (to rebuild a snapshot)."""
     files: dict[str, list[dict]] = {name: [] for name in FILES}
     demo_ids, rank_ids = [], []
-    for demo in _demonstrations(project, demonstration_ids):
+    demos = list(_demonstrations(project, demonstration_ids))
+    rankings = list(_rankings(project, ranking_ids))
+    chosen = revisions or {}
+    demo_numbers = {d.pk: int(chosen.get("demonstration", {}).get(str(d.pk), d.revision)) for d in demos}
+    rank_numbers = {r.pk: int(chosen.get("ranking", {}).get(str(r.pk), r.revision)) for r in rankings}
+    demo_texts = _revision_contents("demonstration", demo_numbers)
+    rank_contents = _revision_contents("ranking", rank_numbers)
+    for demo in demos:
         name = "sft.jsonl" if demo.prompt.split == Split.TRAIN else "sft_eval.jsonl"
+        text = demo_texts[demo.pk]["text"] if demo.pk in demo_texts else demo.text  # (labels older than revisions)
         files[name].append({"version": VERSION, "id": f"demonstration-{demo.pk}",
-                            "prompt": prompt_payload(demo.prompt), "response": demo.text})
+                            "prompt": prompt_payload(demo.prompt), "response": text})
         demo_ids.append(demo.pk)
-    for ranking in _rankings(project, ranking_ids):
+    for ranking in rankings:
+        candidates = {e.candidate_id: e.candidate for e in ranking.entries.all()}
+        content = rank_contents.get(ranking.pk)
+        ranks = ({e["candidate"]: e["rank"] for e in content["entries"]} if content is not None
+                 else {e.candidate_id: e.rank for e in ranking.entries.all()})
         # An empty answer (a model can stop at once) is not a response the training contract accepts: the
         # ranking keeps its other responses.
-        entries = sorted((e for e in ranking.entries.all() if e.candidate.text.strip()), key=lambda e: e.candidate_id)
-        if len({e.rank for e in entries}) < 2:
+        kept = sorted(c for c in ranks if candidates[c].text.strip())
+        if len({ranks[c] for c in kept}) < 2:
             continue  # all ties (or fewer than two answers): no comparison to learn from
         name = "rankings.jsonl" if ranking.task.prompt.split == Split.TRAIN else "rankings_eval.jsonl"
         files[name].append({"version": VERSION, "id": f"ranking-{ranking.pk}",
                             "prompt": prompt_payload(ranking.task.prompt),
-                            "responses": [e.candidate.text for e in entries],
+                            "responses": [candidates[c].text for c in kept],
                             # dense again once a response is left out (a lower rank is a higher score)
-                            "ranks": dense_ranks([-e.rank for e in entries])})
+                            "ranks": dense_ranks([-ranks[c] for c in kept])})
         rank_ids.append(ranking.pk)
     for prompt in Prompt.objects.filter(project=project).exclude(split=Split.VALIDATION).order_by("id"):
         name = "ppo_prompts.jsonl" if prompt.split == Split.TRAIN else "ppo_eval_prompts.jsonl"
         files[name].append({"version": VERSION, "id": f"prompt-{prompt.pk}", "prompt": prompt_payload(prompt)})
-    return files, rank_ids, demo_ids
+    exported = {"ranking": {str(i): rank_numbers[i] for i in rank_ids},
+                "demonstration": {str(i): demo_numbers[i] for i in demo_ids}}
+    return files, rank_ids, demo_ids, exported
 
 
 def _encode(records: list[dict]) -> bytes:
@@ -101,11 +139,12 @@ def create_snapshot(*, project: Project, round=None) -> DatasetSnapshot:
 
     Files are written to a temporary directory and renamed into place, so a snapshot directory is
     complete or absent, and never rewritten."""
-    records, rank_ids, demo_ids = build_records(project)
+    records, rank_ids, demo_ids, exported = build_records(project)
     encoded = {name: _encode(rows) for name, rows in records.items()}
     digest = content_hash(encoded)
     existing = DatasetSnapshot.objects.filter(project=project, content_hash=digest).first()
     if existing is not None:
+        freeze(existing)
         return existing
     target = snapshot_root(project) / digest
     if not target.exists():
@@ -121,18 +160,30 @@ def create_snapshot(*, project: Project, round=None) -> DatasetSnapshot:
              for name, data in encoded.items()}
     try:
         with transaction.atomic():
-            return DatasetSnapshot.objects.create(project=project, round=round, content_hash=digest,
-                                                  path=str(target), files=files, ranking_ids=rank_ids,
-                                                  demonstration_ids=demo_ids)
+            snapshot = DatasetSnapshot.objects.create(project=project, round=round, content_hash=digest,
+                                                      path=str(target), files=files, ranking_ids=rank_ids,
+                                                      demonstration_ids=demo_ids, label_revisions=exported)
     except IntegrityError:
-        return DatasetSnapshot.objects.get(project=project, content_hash=digest)
+        snapshot = DatasetSnapshot.objects.get(project=project, content_hash=digest)
+    freeze(snapshot)
+    return snapshot
+
+
+def freeze(snapshot: DatasetSnapshot) -> None:
+    """Labels in a snapshot can no longer be corrected (``Label.correction_refused``): a model may be
+    trained on them, and its lineage names them."""
+    for ids, model in ((snapshot.ranking_ids, Ranking), (snapshot.demonstration_ids, Demonstration)):
+        for start in range(0, len(ids), 1000):
+            model.objects.filter(pk__in=ids[start:start + 1000], in_snapshot=False).update(in_snapshot=True)
 
 
 def verify_snapshot(snapshot: DatasetSnapshot) -> bool:
-    """Rebuild the snapshot from its label ids and check that both the hash and the stored files match.
+    """Rebuild the snapshot from its labels' exported revisions and check that both the hash and the stored
+    files match.
     (Prompts added to the project since then change the PPO prompt files; the labels never change.)"""
-    records, _, _ = build_records(snapshot.project, ranking_ids=snapshot.ranking_ids,
-                                  demonstration_ids=snapshot.demonstration_ids)
+    records, _, _, _ = build_records(snapshot.project, ranking_ids=snapshot.ranking_ids,
+                                     demonstration_ids=snapshot.demonstration_ids,
+                                     revisions=snapshot.label_revisions)
     rebuilt = {name: _encode(rows) for name, rows in records.items() if not name.startswith("ppo_")}
     on_disk = {name: (Path(snapshot.path) / name).read_bytes() for name in FILES}
     labels_match = all(rebuilt[name] == on_disk[name] for name in rebuilt)

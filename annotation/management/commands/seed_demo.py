@@ -103,8 +103,8 @@ class Command(BaseCommand):
         for prompt in prompts:
             ranking_task = prompt.tasks.get(kind=TaskKind.RANKING)
             chosen, rejected = prompt.candidates.order_by("id")
-            services.submit_ranking(labeler=importer, task=ranking_task, seconds_spent=0,
-                                    entries=[{"candidate": chosen.pk, "rank": 1}, {"candidate": rejected.pk, "rank": 2}])
+            entries = [{"candidate": chosen.pk, "rank": 1}, {"candidate": rejected.pk, "rank": 2}]
+            services.submit_ranking(labeler=importer, task=ranking_task, seconds_spent=0, entries=entries)
             services.submit_demonstration(author=importer, task=prompt.tasks.get(kind=TaskKind.DEMONSTRATION),
                                           text=chosen.text, seconds_spent=0)
 

@@ -27,7 +27,8 @@ class Command(BaseCommand):
         if target is None:
             raise CommandError(f"no project {project!r}")
         try:
-            overrides = json.loads(Path(config[1:]).read_text() if config and config.startswith("@") else config or "{}")
+            text = Path(config[1:]).read_text() if config and config.startswith("@") else config or "{}"
+            overrides = json.loads(text)
         except (OSError, json.JSONDecodeError) as exc:
             raise CommandError(f"--config: {exc}") from None
         if preset:
@@ -36,4 +37,5 @@ class Command(BaseCommand):
             round_ = rounds.start_round(project=target, config=overrides)
         except APIException as exc:
             raise CommandError("the round did not start:\n" + "\n".join(format_errors(exc.detail))) from None
-        self.stdout.write(f"Round {round_.number} of {target.name!r} started; follow it at /manage/projects/{target.pk}/")
+        self.stdout.write(f"Round {round_.number} of {target.name!r} started; "
+                          f"follow it at /manage/projects/{target.pk}/")
