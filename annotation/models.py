@@ -53,6 +53,9 @@ class Project(models.Model):
     demonstrations_enabled = models.BooleanField(default=True)
     rankings_enabled = models.BooleanField(default=True)
     prompt_writing_enabled = models.BooleanField(default=False)
+    gold_rate = models.FloatField(
+        default=0.0, validators=[MinValueValidator(0.0), MaxValueValidator(0.5)],
+        help_text="Share of served ranking tasks that are gold tasks (known answers), mixed in unannounced.")
     # Default sampling settings for generating candidates.
     # Candidates, PPO's rollouts and each round's evaluation share these (so the RM scores in training the
     # kind of text it learned from): the length, and the prompt format.
@@ -114,6 +117,55 @@ class Membership(models.Model):
 
     def __str__(self) -> str:
         return f"{self.user} is {self.role} of {self.project}"
+
+
+class Invitation(models.Model):
+    """Membership by consent: a project admin invites a user to a role; the user accepts (or declines).
+    Only a digest of the invitation's secret is stored; the secret travels in the link given to the user."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        ACCEPTED = "accepted", "Accepted"
+        DECLINED = "declined", "Declined"
+        REVOKED = "revoked", "Revoked"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="invitations")
+    role = models.CharField(max_length=16, choices=Role.choices, default=Role.LABELER)
+    invited_by = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="invitations_sent")
+    digest = models.CharField(max_length=64, unique=True, help_text="SHA-256 of the invitation's secret.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    accepted_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT,
+                                    related_name="invitations_accepted")
+    note = models.CharField(max_length=200, blank=True, help_text="Who it is for, in the admin's words.")
+    created = models.DateTimeField(auto_now_add=True)
+    expires = models.DateTimeField()
+    answered = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(condition=Q(role__in=Role.values), name="invitation_role_valid"),
+            models.CheckConstraint(condition=~Q(status="accepted") | Q(accepted_by__isnull=False),
+                                   name="accepted_invitation_names_its_user"),
+        ]
+
+
+class AuditEvent(models.Model):
+    """Who did what, when, to what, and why: every admin and review action. Append-only."""
+
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    actor_name = models.CharField(max_length=150, help_text="Kept if the user is deleted.")
+    action = models.CharField(max_length=64, db_index=True)
+    project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.SET_NULL, related_name="audit_events")
+    target_type = models.CharField(max_length=64)
+    target_id = models.BigIntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [models.Index(fields=["target_type", "target_id"], name="audit_by_target")]
 
 
 class Split(models.TextChoices):
@@ -356,6 +408,9 @@ class Task(models.Model):
         help_text="The generate job that made this task; a redelivered job finds its tasks by this key.")
     target_overlap = models.PositiveSmallIntegerField(default=1)
     done_count = models.PositiveSmallIntegerField(default=0)
+    is_gold = models.BooleanField(default=False, help_text="A task with a known answer, to measure labelers.")
+    gold_ranks = models.JSONField(null=True, blank=True,
+                                  help_text="A gold ranking task's known answer: {candidate id: rank}.")
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     created = models.DateTimeField(auto_now_add=True)
 
@@ -478,6 +533,7 @@ class Label(models.Model):
     """
 
     revision = models.PositiveIntegerField(default=1, help_text="The current revision (LabelRevision.number).")
+    review_note = models.TextField(blank=True, help_text="The reviewer's reason for the current decision.")
     in_snapshot = models.BooleanField(default=False, help_text="Exported to a training snapshot: frozen.")
 
     class Meta:
@@ -524,6 +580,8 @@ class Ranking(Label):
     comment = models.TextField(blank=True)
     seconds_spent = models.FloatField(validators=[MinValueValidator(0)])
     review_status = models.CharField(max_length=16, choices=ReviewStatus.choices, default=ReviewStatus.SUBMITTED)
+    shown_order = models.JSONField(default=list, blank=True,
+                                   help_text="Candidate ids in the order the labeler was shown them (position bias).")
     created = models.DateTimeField(auto_now_add=True)
     updated = models.DateTimeField(auto_now=True)
 

@@ -426,9 +426,16 @@ def _require_kind(task: Task, kind: str) -> None:
         raise Conflict("This task was cancelled.")
 
 
-def validate_ranking_entries(task: Task, entries: Sequence[EntryInput]) -> list[EntryInput]:
-    """The ranks cover exactly the task's candidates, are 1..n and consecutive (ties share a rank)."""
-    expected = set(TaskCandidate.objects.filter(task=task).values_list("candidate_id", flat=True))
+def shown_order(task: Task) -> list[int]:
+    """The task's candidate ids in the order the ranking page shows them (its display positions)."""
+    return list(TaskCandidate.objects.filter(task=task).order_by("position").values_list("candidate_id", flat=True))
+
+
+def validate_ranking_entries(task: Task, entries: Sequence[EntryInput], order: list[int] | None = None
+                             ) -> list[EntryInput]:
+    """The ranks cover exactly the task's candidates, are 1..n and consecutive (ties share a rank).
+    ``order``: the task's candidate ids, when the caller has them already (``shown_order``)."""
+    expected = set(order if order is not None else shown_order(task))
     given = [e["candidate"] for e in entries]
     if len(given) != len(set(given)):
         raise ValidationError({"entries": ["each candidate may appear only once"]})
@@ -469,7 +476,8 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
     slot row, so concurrent retries serialise on it.
     """
     _require_kind(task, TaskKind.RANKING)
-    entries = validate_ranking_entries(task, entries)
+    order = shown_order(task)
+    entries = validate_ranking_entries(task, entries, order)
     now = timezone.now()
     with transaction.atomic():
         slot = _lock_my_slot(user=labeler, task=task, now=now)
@@ -481,7 +489,7 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
             raise Conflict(f"You already ranked this task differently ({', '.join(differ)}); "
                            "correct it from your history instead.")
         ranking = Ranking.objects.create(
-            task=task, slot=slot, labeler=labeler, comment=comment, seconds_spent=seconds_spent
+            task=task, slot=slot, labeler=labeler, comment=comment, seconds_spent=seconds_spent, shown_order=order
         )
         rows = RankingEntry.objects.bulk_create(
             RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),

@@ -173,3 +173,11 @@ def test_a_retry_that_only_reports_another_time_is_the_same_ranking(client_for, 
     retry = client_for("alice").post(f"/api/tasks/{leased.pk}/submit-ranking/",
                                      {"entries": entries, "seconds_spent": 14.0, "comment": "ok"}, format="json")
     assert (first.status_code, retry.status_code) == (201, 200) and retry.json()["id"] == first.json()["id"]
+
+
+def test_a_ranking_records_the_order_its_candidates_were_shown_in(project_a, users):
+    task = make_ranking_task(project_a)
+    shown = list(task.task_candidates.order_by("position").values_list("candidate_id", flat=True))
+    ranking, _ = services.submit_ranking(labeler=users["alice"], task=task, entries=best_first(task), seconds_spent=1)
+    ranking.refresh_from_db()
+    assert ranking.shown_order == shown and sorted(shown) == sorted(ranking.ranks())
