@@ -13,6 +13,7 @@ urlpatterns = [
     path("history/demonstration/<int:demonstration_id>/", views.correct_demonstration_page,
          name="correct-demonstration"),
     path("preview/", views.markdown_preview, name="preview"),
+    path("invitations/<str:secret>/", views.invitation_page, name="invitation"),
     path("manage/projects/new/", views.new_project, name="new-project"),
     path("manage/projects/<int:project_id>/", views.manage_project, name="manage-project"),
     path("manage/jobs/<int:job_id>/", views.manage_job, name="manage-job"),

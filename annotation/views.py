@@ -9,10 +9,12 @@ from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
+from rest_framework.exceptions import NotFound
 
-from . import access, services, stats
+from . import access, memberships, services, stats
+from .errors import Conflict
 from .formats import FORMATS
 from .loop.config import PRESETS, preset
 from .models import Demonstration, ModelVersion, Ranking, Role, Task, TaskKind, TaskSlot, TrainingJob
@@ -170,3 +172,23 @@ def manage_job(request, job_id: int):
     job = TrainingJob.objects.select_related("project", "round", "result_model", "snapshot").get(pk=job.pk)
     return render(request, "annotation/manage_job.html", {"job": job, "project": job.project,
                                                           "inputs": job.input_models.all()})
+
+
+@labeler_page
+@require_http_methods(["GET", "POST"])
+def invitation_page(request, secret: str):
+    """An invitation link: GET shows the project and the role; POST accepts or declines it."""
+    try:
+        invitation = memberships.pending(secret)
+    except (NotFound, Conflict) as exc:
+        return render(request, "annotation/invitation.html", {"error": str(exc.detail)}, status=exc.status_code)
+    if request.method == "GET":
+        return render(request, "annotation/invitation.html", {"invitation": invitation})
+    try:
+        if request.POST.get("answer") == "accept":
+            memberships.accept(user=request.user, secret=secret)
+            return redirect("labeling:home")
+        memberships.decline(user=request.user, secret=secret)
+    except Conflict as exc:
+        return render(request, "annotation/invitation.html", {"error": str(exc.detail)}, status=409)
+    return render(request, "annotation/invitation.html", {"declined": invitation})

@@ -14,6 +14,7 @@ from ..models import (
     Candidate,
     DatasetSnapshot,
     Demonstration,
+    Invitation,
     JobStage,
     Membership,
     ModelVersion,
@@ -22,6 +23,7 @@ from ..models import (
     Ranking,
     RankingEntry,
     ReviewStatus,
+    Role,
     Round,
     Skip,
     Task,
@@ -92,6 +94,37 @@ class MembershipSerializer(serializers.ModelSerializer):
         model = Membership
         fields = ["id", "user", "username", "role", "created"]
         read_only_fields = ["created"]
+
+
+class MemberRoleSerializer(serializers.Serializer):
+    """Change a member's role (project admins), or add a user (site staff only)."""
+
+    user = serializers.IntegerField(min_value=1)
+    role = serializers.ChoiceField(choices=Role.choices)
+
+
+class InvitationSerializer(serializers.ModelSerializer):
+    accepted_by = serializers.CharField(source="accepted_by.username", read_only=True, default=None)
+    invited_by = serializers.CharField(source="invited_by.username", read_only=True)
+    days = serializers.IntegerField(min_value=1, max_value=90, default=7, write_only=True,
+                                    help_text="days until it expires")
+
+    class Meta:
+        model = Invitation
+        fields = ["id", "role", "note", "status", "invited_by", "accepted_by", "created", "expires", "answered", "days"]
+        read_only_fields = ["status", "created", "expires", "answered"]
+
+
+class NewInvitationSerializer(InvitationSerializer):
+    secret = serializers.CharField(read_only=True, help_text="shown once: give the link to the person")
+    url = serializers.CharField(read_only=True, help_text="the page where they accept or decline")
+
+    class Meta(InvitationSerializer.Meta):
+        fields = InvitationSerializer.Meta.fields + ["secret", "url"]
+
+
+class InvitationAnswerSerializer(serializers.Serializer):
+    secret = serializers.CharField(max_length=200)
 
 
 class MessageField(serializers.JSONField):

@@ -37,6 +37,8 @@ urlpatterns = [
     re_path(r"^auth/tokens/(?P<token_key>[0-9a-f]{15})/$", auth_views.TokenRevokeView.as_view(),
             name="api-token-revoke"),  # knox's token_key: the token's first 15 hex digits
     path("auth/logout/", auth_views.TokenLogoutView.as_view(), name="api-logout"),
+    path("invitations/accept/", views.InvitationAnswerView.as_view(answer="accept"), name="invitation-accept"),
+    path("invitations/decline/", views.InvitationAnswerView.as_view(answer="decline"), name="invitation-decline"),
     path("me/stats/", views.MyStatsView.as_view(), name="my-stats"),
     path("candidates/<int:pk>/lineage/", views.CandidateLineageView.as_view(), name="candidate-lineage"),
     path("", include(router.urls)),

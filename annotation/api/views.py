@@ -9,6 +9,7 @@ from pathlib import Path
 
 from django.db import connection
 from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
@@ -17,7 +18,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import access, exporting, services, stats
+from .. import access, exporting, memberships, services, stats
 from ..importing import read_import_file
 from ..imports.importer import import_upload
 from ..loop import rounds
@@ -174,20 +175,55 @@ class ProjectViewSet(viewsets.ModelViewSet):
         report = import_upload(project=project, upload=data["file"], fmt=data["format"], source=data.get("source"))
         return Response(report, status=201 if any(report["created"].values()) else 200)
 
-    @extend_schema(request=s.MembershipSerializer, responses=s.MembershipSerializer(many=True))
+    @extend_schema(request=s.MemberRoleSerializer, responses=s.MembershipSerializer(many=True))
     @action(detail=True, methods=["get", "post"])
     def members(self, request, pk=None):
-        """List members (reviewers and admins), or add/change one (admins)."""
+        """List members (reviewers and admins), or change a member's role (admins). New members come by
+        invitation (``…/invitations/``); only site staff add an account directly."""
         min_role = Role.REVIEWER if request.method == "GET" else Role.ADMIN
         project = access.access_project_by_id(request.user, pk, min_role=min_role)
         if request.method == "GET":
             members = Membership.objects.filter(project=project).select_related("user").order_by("id")
             return Response(s.MembershipSerializer(members, many=True).data)
-        body = s.MembershipSerializer(data=request.data)
+        body = s.MemberRoleSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        membership = services.add_member(project=project, user=body.validated_data["user"],
-                                         role=body.validated_data["role"])
-        return Response(s.MembershipSerializer(membership).data, status=201)
+        existed = Membership.objects.filter(project=project, user_id=body.validated_data["user"]).exists()
+        membership = memberships.set_member(admin=request.user, project=project, user_id=body.validated_data["user"],
+                                            role=body.validated_data["role"])
+        return Response(s.MembershipSerializer(membership).data, status=200 if existed else 201)
+
+    @extend_schema(request=None, responses={204: None})
+    @action(detail=True, methods=["delete"], url_path=r"members/(?P<user_id>[0-9]+)")
+    def remove_member(self, request, pk=None, user_id=None):
+        """Remove a member (admins). Their labels stay."""
+        project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
+        memberships.remove_member(admin=request.user, project=project, user_id=int(user_id))
+        return Response(status=204)
+
+    @extend_schema(request=s.InvitationSerializer, responses={200: s.InvitationSerializer(many=True),
+                                                              201: s.NewInvitationSerializer})
+    @action(detail=True, methods=["get", "post"])
+    def invitations(self, request, pk=None):
+        """The project's invitations, or a new one (admins): the response holds its secret link, once."""
+        project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
+        if request.method == "GET":
+            rows = project.invitations.select_related("invited_by", "accepted_by")
+            return Response(s.InvitationSerializer(rows, many=True).data)
+        body = s.InvitationSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        invitation, secret = memberships.invite(admin=request.user, project=project, role=body.validated_data["role"],
+                                                note=body.validated_data.get("note", ""),
+                                                days=body.validated_data["days"])
+        invitation.secret, invitation.url = secret, reverse("labeling:invitation", args=[secret])
+        return Response(s.NewInvitationSerializer(invitation).data, status=201)
+
+    @extend_schema(request=None, responses=s.InvitationSerializer)
+    @action(detail=True, methods=["post"], url_path=r"invitations/(?P<invitation_id>[0-9]+)/revoke")
+    def revoke_invitation(self, request, pk=None, invitation_id=None):
+        """Revoke a pending invitation (admins)."""
+        project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
+        invitation = memberships.revoke(admin=request.user, project=project, invitation_id=int(invitation_id))
+        return Response(s.InvitationSerializer(invitation).data)
 
     @extend_schema(parameters=[s.ExportQuerySerializer], responses={(200, "application/x-ndjson"): bytes})
     @action(detail=True, methods=["get"], content_negotiation_class=DatasetFormatNegotiation)
@@ -490,3 +526,18 @@ class MyStatsView(APIView):
         """Your counts and median seconds per task kind, all time and today."""
         return Response(stats.labeler_stats(user=request.user))
 
+
+class InvitationAnswerView(APIView):
+    """Accept or decline an invitation with its secret (any logged-in user holding the link)."""
+
+    answer = "accept"
+
+    @extend_schema(request=s.InvitationAnswerSerializer, responses={200: s.MembershipSerializer, 204: None})
+    def post(self, request):
+        body = s.InvitationAnswerSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        if self.answer == "accept":
+            membership = memberships.accept(user=request.user, secret=body.validated_data["secret"])
+            return Response(s.MembershipSerializer(membership).data)
+        memberships.decline(user=request.user, secret=body.validated_data["secret"])
+        return Response(status=204)

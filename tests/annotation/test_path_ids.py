@@ -36,7 +36,8 @@ def test_an_integer_id_still_reaches_its_view(client_for, project_a):
 def test_the_published_schema_only_allows_digits_in_path_ids(client_for):
     schema = client_for("sam").get("/api/schema/?format=json").json()
     ids = [param for item in schema["paths"].values() for op in item.values() if isinstance(op, dict)
-           for param in op.get("parameters", []) if param["in"] == "path" and param["name"] not in ("name", "token_key")]
+           for param in op.get("parameters", [])
+           if param["in"] == "path" and param["name"] not in ("name", "token_key")]
     assert ids and all(param["schema"]["type"] == "integer" or param["schema"].get("pattern") == "^[0-9]+$"
                        for param in ids), ids  # (a snapshot's file name and a token's key have their own patterns)
 

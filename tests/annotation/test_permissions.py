@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from annotation import services
+from annotation import memberships, services
 from annotation.models import ModelVersion, Prompt, Role, Round
 from tests.factories import best_first, demonstration_task, make_prompt, make_ranking_task
 
@@ -38,7 +38,9 @@ def world(project_a, project_b, users, settings, tmp_path):
     job = TrainingJob.objects.create(project=project_a, stage="sft", snapshot=snapshot)
     generated = Candidate.objects.create(prompt=ranked.prompt, text="from a model", origin="model",
                                          model_version=version)
+    invitation, secret = memberships.invite(admin=users["adam"], project=project_a, role=Role.LABELER)
     return {
+        "invitation": invitation, "secret": secret,
         "snapshot": snapshot, "job": job, "generated": generated,
         "A": project_a, "B": project_b, "ranking": ranked.rankings.get(), "demonstration": demo.demonstrations.get(),
         "open_task": make_ranking_task(project_a, "open ranking task"),
@@ -78,9 +80,27 @@ CASES = [
          {**ANON, "bob": 403, "sam": 204}, 404),
     Case("list members", "get", lambda w: f"/api/projects/{w['A'].pk}/members/",
          {**ANON, **OUTSIDERS_404, "alice": 403}, 200),
+    # A project admin cannot add an account (nor learn whether an id exists): only site staff can.
     Case("add member", "post", lambda w: f"/api/projects/{w['A'].pk}/members/",
-         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 201,
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403, "adam": 404, "sam": 201}, 0,
          lambda w: {"user": w["users"]["olga"].pk, "role": Role.LABELER}),
+    Case("change a member's role", "post", lambda w: f"/api/projects/{w['A'].pk}/members/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 200,
+         lambda w: {"user": w["users"]["carol"].pk, "role": Role.REVIEWER}),
+    Case("remove a member", "delete", lambda w: f"/api/projects/{w['A'].pk}/members/{w['users']['carol'].pk}/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 204),
+    Case("list invitations", "get", lambda w: f"/api/projects/{w['A'].pk}/invitations/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 200),
+    Case("invite", "post", lambda w: f"/api/projects/{w['A'].pk}/invitations/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 201, lambda w: {"role": Role.REVIEWER}),
+    Case("revoke an invitation", "post",
+         lambda w: f"/api/projects/{w['A'].pk}/invitations/{w['invitation'].pk}/revoke/",
+         {**ANON, **OUTSIDERS_404, "alice": 403, "rita": 403}, 200),
+    # Whoever holds the link may accept it; members already in the project get a 409.
+    Case("accept an invitation", "post", lambda w: "/api/invitations/accept/",
+         {**ANON, "alice": 409, "rita": 409, "adam": 409}, 200, lambda w: {"secret": w["secret"]}),
+    Case("decline an invitation", "post", lambda w: "/api/invitations/decline/", {**ANON}, 204,
+         lambda w: {"secret": w["secret"]}),
     Case("next task", "post", lambda w: f"/api/projects/{w['A'].pk}/next-task/", {**ANON, **OUTSIDERS_404}, 200,
          lambda w: {"kind": "ranking"}),
     Case("write prompt", "post", lambda w: f"/api/projects/{w['A'].pk}/write-prompt/", {**ANON, **OUTSIDERS_404}, 201,
@@ -119,11 +139,12 @@ CASES = [
     Case("get model version", "get", lambda w: f"/api/model-versions/{w['version'].pk}/",
          {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
     Case("my stats", "get", lambda w: "/api/me/stats/", {**ANON}, 200),
+    # Alice's labels are in the world's snapshot, so even she can no longer correct them (409).
     Case("correct own ranking", "post", lambda w: f"/api/rankings/{w['ranking'].pk}/correct/",
-         {**ANON, **OUTSIDERS_404, "alice": 200}, 403,
+         {**ANON, **OUTSIDERS_404, "alice": 409}, 403,
          lambda w: {"entries": best_first(w["ranking"].task), "seconds_spent": 1}),
     Case("correct own demonstration", "post", lambda w: f"/api/demonstrations/{w['demonstration'].pk}/correct/",
-         {**ANON, **OUTSIDERS_404, "alice": 200}, 403, lambda w: {"text": "better", "seconds_spent": 1}),
+         {**ANON, **OUTSIDERS_404, "alice": 409}, 403, lambda w: {"text": "better", "seconds_spent": 1}),
     Case("list jobs", "get", lambda w: "/api/jobs/", {**ANON}, 200),
     Case("get job", "get", lambda w: f"/api/jobs/{w['job'].pk}/", {**ANON, **OUTSIDERS_404, "alice": 404}, 200),
     Case("cancel job", "post", lambda w: f"/api/jobs/{w['job'].pk}/cancel/",
