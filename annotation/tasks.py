@@ -13,7 +13,7 @@ from celery import shared_task
 from django.db import connection
 
 from . import services
-from .loop import worker
+from .loop import broker, worker
 
 
 @shared_task(name="annotation.tasks.health")
@@ -33,6 +33,12 @@ def health() -> dict:
 @shared_task(name="annotation.tasks.expire_leases", ignore_result=True)
 def expire_leases() -> int:
     return services.expire_leases()
+
+
+@shared_task(name="annotation.tasks.requeue_lost_jobs", ignore_result=True)
+def requeue_lost_jobs() -> list[int]:
+    """Queued jobs whose broker message vanished (a Redis restart) get a new one (Celery beat)."""
+    return broker.requeue_lost_jobs()
 
 
 @shared_task(name="annotation.tasks.purge_expired_tokens", ignore_result=True)

@@ -122,6 +122,7 @@ CELERY_RESULT_EXPIRES = 24 * 3600
 CELERY_BEAT_SCHEDULE = {
     "expire-leases": {"task": "annotation.tasks.expire_leases", "schedule": 300.0},
     "purge-expired-tokens": {"task": "annotation.tasks.purge_expired_tokens", "schedule": 3600.0},
+    "requeue-lost-jobs": {"task": "annotation.tasks.requeue_lost_jobs", "schedule": 120.0},
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
