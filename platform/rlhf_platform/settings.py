@@ -60,6 +60,7 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "annotation.middleware.ContentSecurityPolicyMiddleware",
+    "annotation.middleware.RequestLogMiddleware",
     "axes.middleware.AxesMiddleware",  # last: answers a locked-out login attempt
 ]
 
@@ -234,6 +235,7 @@ SPECTACULAR_SETTINGS = {
         "JobStageEnum": "annotation.models.JobStage",
         "RoundStatusEnum": "annotation.models.Round.Status",
         "JobStatusEnum": "annotation.models.TrainingJob.Status",
+        "InvitationStatusEnum": "annotation.models.Invitation.Status",
         "TaskStatusEnum": "annotation.models.Task.Status",
     },
     "SWAGGER_UI_DIST": "SIDECAR",
@@ -241,10 +243,20 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
 }
 
+# LOG_FORMAT=json (docker-compose sets it): one JSON object per line, with the request fields of
+# annotation.middleware.RequestLogMiddleware (method, path, status, ms, user) where a request logged it.
+LOG_FORMAT = envstr("LOG_FORMAT", "plain")
+LOG_REQUESTS = envbool("LOG_REQUESTS", True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "formatters": {
+        "json": {"()": "pythonjsonlogger.json.JsonFormatter",
+                 "fmt": "%(asctime)s %(levelname)s %(name)s %(process)d %(message)s",
+                 "rename_fields": {"asctime": "time", "levelname": "level", "name": "logger"}},
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT}},
     "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
     "loggers": {"django.db.backends": {"level": "INFO"}, "axes": {"level": "WARNING"}},  # axes logs every login
 }
