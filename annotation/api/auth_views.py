@@ -9,6 +9,7 @@ from knox.models import AuthToken
 from knox.views import LoginView, LogoutView
 from rest_framework import serializers, status
 from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.exceptions import NotAuthenticated, NotFound
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -69,7 +70,7 @@ class TokenRevokeView(APIView):
         """Revoke one of your tokens by its ``token_key``; another user's is simply not found."""
         deleted, _ = AuthToken.objects.filter(user=request.user, token_key=token_key).delete()
         if not deleted:
-            return Response({"detail": "No such token."}, status=status.HTTP_404_NOT_FOUND)
+            raise NotFound("No such token.")
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
@@ -80,4 +81,6 @@ class TokenLogoutView(LogoutView):
 
     @extend_schema(request=None, responses={204: None})
     def post(self, request, format=None):
+        if not isinstance(request.auth, AuthToken):  # a session (or a test's forced login) has no token to revoke
+            raise NotAuthenticated("Send the token to revoke as Authorization: Token <token>.")
         return super().post(request, format=format)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from knox.models import AuthToken
 
 from annotation import memberships, services
 from annotation.models import ModelVersion, Prompt, Role, Round
@@ -39,7 +40,9 @@ def world(project_a, project_b, users, settings, tmp_path):
     generated = Candidate.objects.create(prompt=ranked.prompt, text="from a model", origin="model",
                                          model_version=version)
     invitation, secret = memberships.invite(admin=users["adam"], project=project_a, role=Role.LABELER)
+    token, _ = AuthToken.objects.create(user=users["alice"])
     return {
+        "token_key": token.token_key,
         "invitation": invitation, "secret": secret,
         "snapshot": snapshot, "job": job, "generated": generated,
         "A": project_a, "B": project_b, "ranking": ranked.rankings.get(), "demonstration": demo.demonstrations.get(),
@@ -166,6 +169,10 @@ CASES = [
     Case("candidate lineage", "get", lambda w: f"/api/candidates/{w['generated'].pk}/lineage/",
          {**ANON, **OUTSIDERS_404, "alice": 403}, 200),
     Case("schema (public: it describes the API, holds no data)", "get", lambda w: "/api/schema/", {}, 200),
+    Case("list my API tokens", "get", lambda w: "/api/auth/tokens/", {**ANON}, 200),
+    Case("revoke a token that is not mine (not found, whoever asks)", "delete",
+         lambda w: f"/api/auth/tokens/{w['token_key']}/", {**ANON, "alice": 204}, 404),
+    Case("log a token out (token auth only)", "post", lambda w: "/api/auth/logout/", {}, 401),
 ]
 
 
