@@ -224,6 +224,8 @@ REST_FRAMEWORK = {
     "TEST_REQUEST_DEFAULT_FORMAT": "json",
 }
 SPECTACULAR_SETTINGS = {
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums",
+                             "annotation.api.schema.document_errors"],  # every operation documents its errors
     "TITLE": "RLHF Loop API",
     "DESCRIPTION": "Collect demonstrations and rankings, and run SFT → RM → PPO training rounds.",
     "VERSION": "0.1.0",

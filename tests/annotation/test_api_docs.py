@@ -25,3 +25,15 @@ def test_the_docs_page_loads_swagger_from_our_own_static_files(client_for, users
 def test_health_reports_the_standard_library_platform(client, db):
     body = client.get("/healthz").json()
     assert body["ok"] and body["platform_is_stdlib"] and body["platform_system"] == "Linux"
+
+
+def test_every_operation_documents_its_errors_in_the_one_error_shape(client_for):
+    schema = client_for("sam").get("/api/schema/?format=json").json()
+    assert schema["components"]["schemas"]["Error"]["required"] == ["status", "code", "message", "fields"]
+    operations = [(path, method, op) for path, item in schema["paths"].items() if path != "/api/schema/"
+                  for method, op in item.items() if isinstance(op, dict) and "responses" in op]
+    assert len(operations) > 40
+    for path, method, op in operations:
+        for code in ("400", "401", "403", "404", "409", "429"):
+            assert op["responses"][code]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"}, (method, path, code)
