@@ -112,6 +112,31 @@ def access_own_demonstration(user, demonstration_id: int) -> Demonstration:
     return _access_own(queryset, user, demonstration_id, "author", "demonstration")
 
 
+def _access_for_review(queryset: QuerySet, user, pk: int, what: str):
+    label = queryset.select_related("task__project", "task__round").filter(pk=pk).first()
+    if label is None:
+        raise Http404(f"No such {what}.")
+    if not holds_role(user, label.task.project_id, min_role=Role.REVIEWER):
+        raise PermissionDenied("Reviews belong to the project's reviewers and admins.")
+    return label
+
+
+def access_ranking_for_review(user, ranking_id: int) -> Ranking:
+    """A ranking the user may review: they are a reviewer or admin of its project, or site staff. Its labeler,
+    who sees it, gets 403; anyone else 404. (Whether they wrote it is the review service's rule.)"""
+    return _access_for_review(rankings_visible_to(user), user, ranking_id, "ranking")
+
+
+def access_demonstration_for_review(user, demonstration_id: int) -> Demonstration:
+    """A demonstration the user may review or edit, as ``access_ranking_for_review``."""
+    return _access_for_review(demonstrations_visible_to(user), user, demonstration_id, "demonstration")
+
+
+def holds_role(user, project_id: int, *, min_role: str) -> bool:
+    """Whether the user holds at least ``min_role`` in the project (site staff hold every role)."""
+    return user.is_staff or projects_where(user, min_role=min_role).filter(project_id=project_id).exists()
+
+
 def projects_where(user, *, min_role: str) -> QuerySet:
     """Ids of the projects where the user holds at least ``min_role``."""
     roles = [role for role, order in ROLE_ORDER.items() if order >= ROLE_ORDER[min_role]]

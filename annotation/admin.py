@@ -1,9 +1,11 @@
 """Django admin: how admins manage datasets, members and review status."""
 from __future__ import annotations
 
+from django import forms
 from django.contrib import admin
+from rest_framework.exceptions import ValidationError
 
-from . import models
+from . import gold, models
 
 
 class MembershipInline(admin.TabularInline):
@@ -56,13 +58,56 @@ class TaskSlotInline(admin.TabularInline):
     can_delete = False
 
 
+class TaskAdminForm(forms.ModelForm):
+    """Checks a gold answer as ``gold.mark_gold`` will: {candidate id: rank}, every candidate, ranks from 1."""
+
+    class Meta:
+        model = models.Task
+        exclude = ["candidates"]  # shown and edited in TaskCandidateInline (a through model)
+
+    def clean(self):
+        data = super().clean()
+        if data.get("is_gold") and self.instance.pk is not None:
+            if data.get("status") == models.Task.Status.CANCELLED:
+                self.add_error("is_gold", "a cancelled task cannot be gold")
+            try:
+                data["gold_ranks"] = gold.clean_gold_ranks(self.instance, data.get("gold_ranks") or {})
+            except ValidationError as exc:
+                self.add_error("gold_ranks", [str(message) for message in exc.detail["gold_ranks"]])
+        return data
+
+
 @admin.register(models.Task)
 class TaskAdmin(admin.ModelAdmin):
-    list_display = ["id", "project", "kind", "status", "done_count", "target_overlap", "round", "created"]
-    list_filter = ["project", "kind", "status", "round"]
+    form = TaskAdminForm
+    list_display = ["id", "project", "kind", "status", "is_gold", "done_count", "target_overlap", "round", "created"]
+    list_filter = ["project", "kind", "status", "is_gold", "round"]
     list_select_related = ["project", "round"]
     raw_id_fields = ["prompt"]
     inlines = [TaskCandidateInline, TaskSlotInline]
+    actions = ["unmark_gold"]
+
+    def get_readonly_fields(self, request, obj=None):
+        return ["is_gold", "gold_ranks"] if obj is None else []  # a task is marked gold once it has candidates
+
+    def save_model(self, request, obj, form, change):
+        """Gold changes go through ``gold.mark_gold`` / ``unmark_gold`` (slots for every labeler, audited);
+        the rest of the form is saved as usual first."""
+        if not change or not {"is_gold", "gold_ranks"} & set(form.changed_data):
+            return super().save_model(request, obj, form, change)
+        wanted, answer = obj.is_gold, obj.gold_ranks
+        obj.is_gold, obj.gold_ranks = form.initial.get("is_gold", False), form.initial.get("gold_ranks")
+        super().save_model(request, obj, form, change)
+        if wanted:
+            gold.mark_gold(admin=request.user, task=obj, gold_ranks=answer)
+        else:
+            gold.unmark_gold(admin=request.user, task=obj)
+        obj.refresh_from_db()
+
+    @admin.action(description="Make selected gold tasks ordinary again")
+    def unmark_gold(self, request, queryset):
+        for task in queryset.filter(is_gold=True):
+            gold.unmark_gold(admin=request.user, task=task)
 
 
 class RankingEntryInline(admin.TabularInline):

@@ -269,3 +269,68 @@ def consensus_ranking(rankings: Sequence[Sequence[float]], method: str = "borda"
     else:
         consensus = _ranked_pairs(rows)
     return consensus, _confidence(rows, consensus)
+
+
+# --- Helpers for the platform's quality numbers (annotation.quality) -----------------------------------
+
+
+def average_ranks(row: Sequence[float]) -> list[float]:
+    """One labeler's ranks as average (fractional) ranks, 1 = best: ``[1, 2, 2, 3] -> [1.0, 2.5, 2.5, 4.0]``.
+    Ties then mean the same thing whatever else the labeler ranked, which makes ranks from different
+    rankings comparable values (the units of ``krippendorff_alpha`` over candidates)."""
+    return _average_ranks(list(row))
+
+
+def pairwise_accuracy(ranks: Sequence[float], reference: Sequence[float]) -> tuple[float, int]:
+    """How far one ranking agrees with a reference ranking of the same items, pair by pair.
+
+    Over the pairs of items that ``reference`` orders strictly (its ties are not counted), the credit is 1
+    when ``ranks`` orders the pair the same way, 1/2 when it ties them and 0 when it reverses them: Harrell's
+    concordance index (Harrell et al. 1982, "Evaluating the yield of medical tests", JAMA 247(18)), the
+    pairwise accuracy a reward model is scored by. Returns (credit, pairs); credit / pairs is in [0, 1],
+    1/2 on average for a random ranking without ties. Raises ValueError for rows of different lengths.
+    """
+    if len(ranks) != len(reference):
+        raise ValueError(f"the ranking and the reference must rank the same items; got {len(ranks)} and "
+                         f"{len(reference)}")
+    credit, pairs = 0.0, 0
+    for i in range(len(ranks)):
+        for j in range(i + 1, len(ranks)):
+            if reference[i] == reference[j]:
+                continue
+            pairs += 1
+            if ranks[i] == ranks[j]:
+                credit += 0.5
+            elif (ranks[i] < ranks[j]) == (reference[i] < reference[j]):
+                credit += 1.0
+    return credit, pairs
+
+
+def first_shown_credit(ranks_in_shown_order: Sequence[float]) -> float:
+    """The first-shown item's share of "ranked best": 1/t when it is one of the t items tied at the best
+    rank, else 0. The shares of all positions sum to 1, so with no position effect each position's expected
+    share is exactly 1/k (ties included)."""
+    if not ranks_in_shown_order:
+        raise ValueError("need at least one item")
+    best = min(ranks_in_shown_order)
+    if ranks_in_shown_order[0] != best:
+        return 0.0
+    return 1.0 / sum(1 for rank in ranks_in_shown_order if rank == best)
+
+
+def chance_test(observed: float, chances: Sequence[float]) -> tuple[float, float, float | None, float | None]:
+    """Observed successes against chance, one trial per entry of ``chances`` (its success probability
+    under the null): returns (expected, standard error of the count, z, two-sided p).
+
+    expected = sum p_i and variance = sum p_i (1 - p_i) (a binomial when every p_i is the same; the
+    Poisson binomial otherwise); z = (observed - expected) / sqrt(variance) and p = erfc(|z| / sqrt 2), the
+    normal approximation. Fractional successes (ties) have variance at most p (1 - p), so the test is then
+    conservative. z and p are None when the variance is 0 (no trials, or chance 0 or 1).
+    """
+    expected = float(sum(chances))
+    variance = float(sum(p * (1 - p) for p in chances))
+    if variance <= 0:
+        return expected, 0.0, None, None
+    se = math.sqrt(variance)
+    z = (observed - expected) / se
+    return expected, se, z, math.erfc(abs(z) / math.sqrt(2))

@@ -18,7 +18,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 
-from . import audit
+from . import audit, gold
 from .errors import Conflict
 from .models import Invitation, Membership, Project, Role
 
@@ -70,6 +70,7 @@ def accept(*, user, secret: str) -> Membership:
         raise Conflict(f"You are already a member of this project ({current.role}).") from None
     Invitation.objects.filter(pk=invitation.pk).update(status=Invitation.Status.ACCEPTED, accepted_by=user,
                                                        answered=timezone.now())
+    gold.provision_gold_slots(project=invitation.project)  # the newcomer can be served every gold task
     audit.record(actor=user, action="membership.accept", target=invitation, project=invitation.project,
                  role=invitation.role)
     return membership
@@ -109,6 +110,7 @@ def set_member(*, admin, project: Project, user_id: int, role: str) -> Membershi
         if user is None:
             raise NotFound("No such user.")
         membership = Membership.objects.create(project=project, user=user, role=role)
+        gold.provision_gold_slots(project=project)
         audit.record(actor=admin, action="membership.add", target=membership, project=project, role=role,
                      user=user.get_username())
         return membership

@@ -8,6 +8,8 @@ so every caller reports them the same way.
 """
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import random
 import uuid
@@ -17,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TypedDict
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError, connection, transaction
@@ -349,6 +352,22 @@ def _lock_user(user) -> None:
     list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
 
 
+def gold_draw(*, project_id: int, user_id: int, served: int) -> float:
+    """A number in [0, 1), fixed for (project, labeler, how many ranking tasks the labeler holds or did there),
+    and unpredictable without the SECRET_KEY: an HMAC, so the gold pattern cannot be learnt from outside
+    while a test (with a fixed key) can replay it exactly."""
+    message = f"gold:{project_id}:{user_id}:{served}".encode()
+    digest = hmac.new(settings.SECRET_KEY.encode(), message, hashlib.sha256).digest()
+    return int.from_bytes(digest[:7], "big") / 2**56
+
+
+def gold_turn(*, user, project: Project) -> bool:
+    """Whether the labeler's next ranking task is a gold one: a draw below ``project.gold_rate``, so over
+    many tasks the share of gold converges to the rate (each draw is independent of the others)."""
+    served = TaskSlot.objects.filter(project=project, kind=TaskKind.RANKING, labeler=user).count()
+    return gold_draw(project_id=project.pk, user_id=user.pk, served=served) < project.gold_rate
+
+
 def held_lease(*, user, project: Project, kind: str) -> Lease | None:
     """The task the user holds of ``kind``, read only: nothing is leased or renewed (pages call this on GET)."""
     slot = _my_open_lease(user=user, project=project, kind=kind)
@@ -363,6 +382,10 @@ def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Le
     the same task; on PostgreSQL the candidate slot is selected ``FOR UPDATE SKIP LOCKED``, so
     different labelers pass each other instead of queueing. The conditional UPDATE makes the claim safe
     on SQLite too, and the (task, labeler) unique constraint backs it up.
+
+    Gold ranking tasks (``annotation.gold``) are mixed in at ``project.gold_rate``: when ``gold_turn`` says
+    so, a gold task the labeler never had takes the place of the ordinary one, through the same claim. Gold
+    is only ever served in place of real work, so it never shows up alone in an otherwise empty queue.
     """
     if kind == TaskKind.PROMPT_WRITING or not project.kind_enabled(kind):
         raise ValidationError({"kind": [f"{kind} tasks are not enabled in this project"]})
@@ -379,9 +402,12 @@ def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Le
                 candidates = TaskSlot.objects.claimable_by(user=user, project=project, kind=kind, now=now)
                 if connection.features.has_select_for_update_skip_locked:
                     candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-                slot = candidates.only("id", "task_id").first()
+                slot = candidates.filter(task__is_gold=False).only("id", "task_id").first()
                 if slot is None:
                     return None
+                if kind == TaskKind.RANKING and project.gold_rate > 0 and gold_turn(user=user, project=project):
+                    gold = candidates.filter(task__is_gold=True).only("id", "task_id").first()
+                    slot = gold if gold is not None else slot
                 if _lease(slot.pk, user=user, project=project, now=now, only_if_claimable=True):
                     return Lease(task_id=slot.task_id, expires=now + project.lease_duration)
                 # Nothing got updated: another labeler got there first. Try the next slot.

@@ -10,14 +10,16 @@ from .models import Demonstration, Project, Prompt, Ranking, Skip, TaskKind, Tas
 
 
 def waiting_counts(*, user, project: Project) -> dict[str, int]:
-    """Tasks of each kind the user could get now: open slots they may claim, plus their own leases."""
+    """Tasks of each kind the user could get now: open slots they may claim, plus their own leases. Gold
+    tasks are not counted: they are only served in place of an ordinary task (``services.next_task``), and
+    a count that included them would give them away."""
     now = timezone.now()
     counts = {}
     for kind in (TaskKind.DEMONSTRATION, TaskKind.RANKING):
         if not project.kind_enabled(kind):
             continue
         claimable = TaskSlot.objects.claimable_by(user=user, project=project, kind=kind, now=now)
-        claimable = claimable.values("task_id").distinct().count()
+        claimable = claimable.filter(task__is_gold=False).values("task_id").distinct().count()
         held = TaskSlot.objects.filter(labeler=user, project=project, kind=kind, status=TaskSlot.Status.LEASED).count()
         counts[kind] = claimable + held
     return counts

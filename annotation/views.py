@@ -10,14 +10,14 @@ from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
 from django.http import Http404, HttpResponse
 from django.shortcuts import redirect, render
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_http_methods, require_POST, require_safe
 from rest_framework.exceptions import NotFound
 
-from . import access, memberships, services, stats
+from . import access, memberships, quality, reviews, services, stats
 from .errors import Conflict
 from .formats import FORMATS
 from .loop.config import PRESETS, preset
-from .models import Demonstration, ModelVersion, Ranking, Role, Task, TaskKind, TaskSlot, TrainingJob
+from .models import Demonstration, ModelVersion, Ranking, ReviewStatus, Role, Task, TaskKind, TaskSlot, TrainingJob
 from .rendering import render_markdown
 
 KIND_PAGES = {TaskKind.RANKING: "annotation/rank.html", TaskKind.DEMONSTRATION: "annotation/demonstrate.html"}
@@ -31,7 +31,8 @@ def labeler_page(view):
 @labeler_page
 def home(request):
     projects = list(access.projects_with_role(request.user).order_by("name"))
-    rows = [{"project": p, "waiting": stats.waiting_counts(user=request.user, project=p)} for p in projects]
+    rows = [{"project": p, "waiting": stats.waiting_counts(user=request.user, project=p),
+             "review": _review_waiting(request.user, p)} for p in projects]
     return render(request, "annotation/home.html", {"rows": rows, "stats": stats.labeler_stats(user=request.user)})
 
 
@@ -105,10 +106,57 @@ def history(request):
                                                                               "task__round").order_by("-created"))
     demos = (Demonstration.objects.filter(author=request.user)
              .select_related("task__prompt", "task__project", "task__round").order_by("-created"))
-    kind = request.GET.get("kind", "ranking")
-    rows = rankings if kind == "ranking" else demos
+    kind = TaskKind.DEMONSTRATION if request.GET.get("kind") == TaskKind.DEMONSTRATION else TaskKind.RANKING
+    rows = rankings if kind == TaskKind.RANKING else demos
     page = Paginator(rows, 25).get_page(request.GET.get("page"))
-    return render(request, "annotation/history.html", {"page": page, "kind": kind})
+    requested = reviews.open_change_requests(kind, page.object_list)
+    return render(request, "annotation/history.html", {"page": page, "kind": kind, "requested": requested})
+
+
+def _review_waiting(user, project) -> int | None:
+    """Labels waiting for a reviewer's first decision, for the home page (None: the user does not review)."""
+    if not user.is_staff and project.user_role not in (Role.REVIEWER, Role.ADMIN):
+        return None
+    return sum(reviews.waiting_counts(project=project, reviewer=user).values())
+
+
+def _review_filters(request) -> dict:
+    """Which queue a review page shows, from its query string: the labels waiting for a decision by default."""
+    kind = request.GET.get("kind", TaskKind.RANKING)
+    status = request.GET.get("status", ReviewStatus.SUBMITTED)
+    if kind not in reviews.LABEL_MODELS or status not in (*ReviewStatus.values, reviews.ALL_STATUSES):
+        raise Http404("No such review queue.")
+    return {"kind": kind, "status": status, "change_requested": request.GET.get("change_requested") == "1"}
+
+
+def _review_context(request, project, **cursor) -> dict:
+    """One label of the queue (see ``reviews.neighbour`` for the cursor), with where it stands in the queue."""
+    filters = _review_filters(request)
+    queue = reviews.review_queue(project=project, reviewer=request.user, **filters)
+    label = reviews.neighbour(reviews.for_review(queue, filters["kind"]), **cursor)
+    if label is not None:
+        reviews.attach_review_context(filters["kind"], [label])
+    return {"project": project, "filters": filters, "label": label, "waiting": queue.count(),
+            "position": queue.filter(pk__lt=label.pk).count() + 1 if label else None,
+            "cursor": cursor.get("after") or cursor.get("before") or ""}
+
+
+@labeler_page
+@require_safe
+def review_page(request, project_id: int):
+    """The review queue, one label at a time (reviewers and admins); the next labels arrive as fragments and
+    every decision is a POST to the API."""
+    project = access.access_project_by_id(request.user, project_id, min_role=Role.REVIEWER)
+    return render(request, "annotation/review.html", _review_context(request, project))
+
+
+@labeler_page
+@require_safe
+def review_panel(request, project_id: int):
+    """One label of the queue alone: the first, or with ?after=ID the next one, ?before=ID the previous one."""
+    project = access.access_project_by_id(request.user, project_id, min_role=Role.REVIEWER)
+    cursor = {name: int(request.GET[name]) for name in ("after", "before") if request.GET.get(name, "").isdigit()}
+    return render(request, "annotation/_review_panel.html", _review_context(request, project, **cursor))
 
 
 @labeler_page
@@ -192,3 +240,15 @@ def invitation_page(request, secret: str):
     except Conflict as exc:
         return render(request, "annotation/invitation.html", {"error": str(exc.detail)}, status=409)
     return render(request, "annotation/invitation.html", {"declined": invitation})
+
+
+@labeler_page
+@require_safe
+def project_dashboard(request, project_id: int):
+    """A project's counts per round, agreement over rounds, labelers, distributions and position bias, from
+    the current labels (reviewers and admins). It only reads; the charts get their numbers as JSON."""
+    project = access.access_project_by_id(request.user, project_id, min_role=Role.REVIEWER)
+    report = quality.project_quality(project)
+    charts = {"alpha": report["agreement"]["by_round"], "k": report["distributions"]["k"],
+              "lengths": report["distributions"]["response_length"], "bias": report["position_bias"]["by_k"]}
+    return render(request, "annotation/dashboard.html", {"project": project, "report": report, "charts": charts})

@@ -19,7 +19,8 @@ ERROR_SCHEMA = {
         "status": {"type": "integer"},
         "code": {"type": "string"},
         "message": {"type": "string"},
-        "fields": {"type": "object", "additionalProperties": {"type": "array", "items": {}}},
+        "fields": {"type": "object", "description": "field → messages (a list), or nested the same way for "
+                   "items of a list or keys of an object"},
     },
 }
 PUBLIC = {"/api/schema/"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from .. import exporting, services
+from .. import exporting, reviews, services
 from ..formats import FORMATS
 from ..imports.readers import FORMATS as IMPORT_FORMATS
 from ..imports.readers import SOURCE_NAME
@@ -16,6 +16,7 @@ from ..models import (
     Demonstration,
     Invitation,
     JobStage,
+    LabelRevision,
     Membership,
     ModelVersion,
     Project,
@@ -104,7 +105,7 @@ class MemberRoleSerializer(serializers.Serializer):
 
 
 class InvitationSerializer(serializers.ModelSerializer):
-    accepted_by = serializers.CharField(source="accepted_by.username", read_only=True, default=None)
+    accepted_by = serializers.CharField(source="accepted_by.username", read_only=True, default=None, allow_null=True)
     invited_by = serializers.CharField(source="invited_by.username", read_only=True)
     days = serializers.IntegerField(min_value=1, max_value=90, default=7, write_only=True,
                                     help_text="days until it expires")
@@ -231,7 +232,7 @@ class TaskSerializer(serializers.ModelSerializer):
 
     prompt = serializers.SerializerMethodField()
     candidates = serializers.SerializerMethodField()
-    lease_expires = serializers.DateTimeField(read_only=True, default=None)
+    lease_expires = serializers.DateTimeField(read_only=True, default=None, allow_null=True)
 
     class Meta:
         model = Task
@@ -244,6 +245,32 @@ class TaskSerializer(serializers.ModelSerializer):
 
     def get_candidates(self, task) -> list[dict]:
         return [{"id": link.candidate.id, "text": link.candidate.text} for link in task.task_candidates.all()]
+
+    def to_representation(self, task):
+        data = super().to_representation(task)
+        if task.is_gold:
+            # A gold task has a slot for every member (annotation.gold): shown as they are, its counts would
+            # tell labelers which tasks are gold. It looks like any task of its project that is still open.
+            overlap = task.project.overlap
+            data.update(target_overlap=overlap, done_count=min(task.done_count, overlap - 1))
+        return data
+
+
+class GoldSerializer(serializers.Serializer):
+    gold_ranks = serializers.DictField(
+        child=serializers.IntegerField(min_value=1, max_value=MAX_K), allow_empty=False,
+        help_text='The known answer, {"<candidate id>": rank}: 1 = best, every candidate of the task, '
+                  "consecutive from 1 (ties share a rank), not all tied.")
+
+
+class GoldOutSerializer(serializers.ModelSerializer):
+    slots = serializers.IntegerField(source="target_overlap", read_only=True,
+                                     help_text="Slots of the task: one per labeler who may get it.")
+
+    class Meta:
+        model = Task
+        fields = ["id", "project", "is_gold", "gold_ranks", "slots", "done_count", "status"]
+        read_only_fields = fields
 
 
 class EntrySerializer(serializers.Serializer):
@@ -271,6 +298,14 @@ class SkipSerializer(serializers.Serializer):
     reason = serializers.CharField(max_length=500)
 
 
+class PromptWritingTokenSerializer(serializers.Serializer):
+    """What next-task answers for kind prompt_writing: a client token to submit the written prompt with."""
+
+    kind = serializers.ChoiceField(choices=[TaskKind.PROMPT_WRITING])
+    project = serializers.IntegerField()
+    client_token = serializers.UUIDField()
+
+
 class NextTaskSerializer(serializers.Serializer):
     kind = serializers.ChoiceField(choices=TaskKind.choices)
 
@@ -288,7 +323,7 @@ class RankingSerializer(serializers.ModelSerializer):
     class Meta:
         model = Ranking
         fields = ["id", "task", "project", "labeler", "entries", "comment", "seconds_spent", "review_status",
-                  "created", "updated"]
+                  "review_note", "revision", "created", "updated"]
         read_only_fields = fields
 
 
@@ -298,7 +333,7 @@ class DemonstrationSerializer(serializers.ModelSerializer):
     class Meta:
         model = Demonstration
         fields = ["id", "task", "project", "prompt", "author", "text", "seconds_spent", "review_status",
-                  "created", "updated"]
+                  "review_note", "revision", "created", "updated"]
         read_only_fields = fields
 
 
@@ -381,3 +416,100 @@ class StatsSerializer(serializers.Serializer):
     skips = serializers.IntegerField()
     since = serializers.DateTimeField()
 
+
+# --- Review ------------------------------------------------------------------------------------------------------
+
+
+class ReviewQueueQuerySerializer(serializers.Serializer):
+    kind = serializers.ChoiceField(choices=list(reviews.LABEL_MODELS), default=TaskKind.RANKING)
+    status = serializers.ChoiceField(choices=[*ReviewStatus.values, reviews.ALL_STATUSES],
+                                     default=ReviewStatus.SUBMITTED, help_text="A review status, or all.")
+    change_requested = serializers.BooleanField(
+        default=False, help_text="Only labels whose labeler asked for a change that no review action answered yet.")
+
+
+class ReviewDecisionSerializer(serializers.Serializer):
+    decision = serializers.ChoiceField(choices=list(reviews.DECISIONS))
+    reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000,
+                                   help_text="Required to reject; the labeler reads it.")
+    revision = serializers.IntegerField(
+        required=False, min_value=1, help_text="The revision you reviewed: 409 if the label changed since.")
+
+
+class DemonstrationEditSerializer(serializers.Serializer):
+    text = serializers.CharField(max_length=100_000, trim_whitespace=False)
+    reason = serializers.CharField(max_length=10_000, help_text="Why you edit it; the labeler reads it.")
+    revision = serializers.IntegerField(
+        required=False, min_value=1, help_text="The revision you edited: 409 if the label changed since.")
+
+
+class ChangeRequestInSerializer(serializers.Serializer):
+    message = serializers.CharField(max_length=2000, help_text="What should change, and why.")
+
+
+class LabelRevisionSerializer(serializers.ModelSerializer):
+    author_name = serializers.CharField(source="author.username", read_only=True)
+
+    class Meta:
+        model = LabelRevision
+        fields = ["number", "author", "author_name", "content", "seconds_spent", "created"]
+        read_only_fields = fields
+
+
+class ChangeRequestSerializer(serializers.Serializer):
+    """A labeler's request for a change to a frozen label (an AuditEvent "review.change_requested")."""
+
+    id = serializers.IntegerField(read_only=True)
+    author = serializers.IntegerField(source="actor_id", read_only=True, allow_null=True)
+    author_name = serializers.CharField(source="actor_name", read_only=True)
+    message = serializers.CharField(source="reason", read_only=True)
+    revision = serializers.IntegerField(source="detail.revision", read_only=True, default=None, allow_null=True)
+    open = serializers.BooleanField(read_only=True, default=True, help_text="No review action answered it yet.")
+    created = serializers.DateTimeField(read_only=True)
+
+
+class ReviewedResponseSerializer(serializers.Serializer):
+    """A ranked candidate as the labeler left it, best first."""
+
+    candidate = serializers.IntegerField(source="pk")
+    number = serializers.IntegerField(help_text="Its position on the labeler's screen, from 1.")
+    text = serializers.CharField()
+    rank = serializers.IntegerField(source="entry.rank")
+    fails_instruction = serializers.BooleanField(source="entry.fails_instruction")
+    hallucination = serializers.BooleanField(source="entry.hallucination")
+    inappropriate = serializers.BooleanField(source="entry.inappropriate")
+    harmful = serializers.BooleanField(source="entry.harmful")
+    quality = serializers.IntegerField(source="entry.quality", allow_null=True)
+
+
+class ReviewItemSerializer(serializers.Serializer):
+    """A label in the review queue with what a reviewer needs beside it."""
+
+    kind = serializers.ChoiceField(choices=list(reviews.LABEL_MODELS), read_only=True)
+    id = serializers.IntegerField(read_only=True)
+    task = serializers.IntegerField(source="task_id", read_only=True)
+    project = serializers.IntegerField(source="task.project_id", read_only=True)
+    prompt = serializers.SerializerMethodField()
+    labeler = serializers.IntegerField(source="owner.pk", read_only=True)
+    labeler_name = serializers.CharField(source="owner.username", read_only=True)
+    revision = serializers.IntegerField(read_only=True)
+    review_status = serializers.ChoiceField(choices=ReviewStatus.choices, read_only=True)
+    review_note = serializers.CharField(read_only=True)
+    in_snapshot = serializers.BooleanField(read_only=True)
+    seconds_spent = serializers.FloatField(read_only=True)
+    is_gold = serializers.BooleanField(source="task.is_gold", read_only=True)
+    text = serializers.CharField(read_only=True, default=None, allow_null=True, help_text="A demonstration's text.")
+    comment = serializers.CharField(read_only=True, default=None, allow_null=True, help_text="A ranking's comment.")
+    responses = ReviewedResponseSerializer(source="cards", many=True, read_only=True,
+                                           help_text="A ranking's candidates, best first ([] for a demonstration).")
+    revisions = LabelRevisionSerializer(source="history", many=True, read_only=True)
+    change_requests = ChangeRequestSerializer(source="requests", many=True, read_only=True)
+    quality = serializers.JSONField(
+        source="signals", read_only=True, allow_null=True,
+        help_text="Agreement and gold results (annotation.quality.review_signals); null where none are computed.")
+    created = serializers.DateTimeField(read_only=True)
+    updated = serializers.DateTimeField(read_only=True)
+
+    def get_prompt(self, label) -> dict:
+        prompt = label.task.prompt
+        return {"id": prompt.id, "text": prompt.text, "messages": prompt.messages}

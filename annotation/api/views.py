@@ -10,7 +10,8 @@ from pathlib import Path
 from django.db import connection
 from django.http import FileResponse, Http404, JsonResponse, StreamingHttpResponse
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import PolymorphicProxySerializer, extend_schema
 from rest_framework import mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import PermissionDenied
@@ -18,7 +19,7 @@ from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from .. import access, exporting, memberships, services, stats
+from .. import access, exporting, gold, memberships, quality, reviews, services, stats
 from ..importing import read_import_file
 from ..imports.importer import import_upload
 from ..loop import rounds
@@ -56,7 +57,7 @@ def health(request):
 
 
 def render_task(task_id: int, lease_expires) -> dict:
-    task = Task.objects.for_display().get(pk=task_id)
+    task = Task.objects.for_display().select_related("project").get(pk=task_id)
     task.lease_expires = lease_expires
     return s.TaskSerializer(task).data
 
@@ -109,7 +110,9 @@ class ProjectViewSet(viewsets.ModelViewSet):
             raise PermissionDenied("Only site admins delete projects.")
         services.delete_unlabeled(obj=instance)
 
-    @extend_schema(request=s.NextTaskSerializer, responses={200: s.TaskSerializer, 204: None})
+    @extend_schema(request=s.NextTaskSerializer, responses={200: PolymorphicProxySerializer(
+        component_name="NextTask", serializers=[s.TaskSerializer, s.PromptWritingTokenSerializer],
+        resource_type_field_name=None), 204: None})
     @action(detail=True, methods=["post"], url_path="next-task")
     def next_task(self, request, pk=None):
         """Lease the next task of a kind (204 when none is left); asking again returns the same task."""
@@ -176,7 +179,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
         return Response(report, status=201 if any(report["created"].values()) else 200)
 
     @extend_schema(request=s.MemberRoleSerializer, responses=s.MembershipSerializer(many=True))
-    @action(detail=True, methods=["get", "post"])
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def members(self, request, pk=None):
         """List members (reviewers and admins), or change a member's role (admins). New members come by
         invitation (``…/invitations/``); only site staff add an account directly."""
@@ -202,7 +205,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
 
     @extend_schema(request=s.InvitationSerializer, responses={200: s.InvitationSerializer(many=True),
                                                               201: s.NewInvitationSerializer})
-    @action(detail=True, methods=["get", "post"])
+    @action(detail=True, methods=["get", "post"], pagination_class=None)
     def invitations(self, request, pk=None):
         """The project's invitations, or a new one (admins): the response holds its secret link, once."""
         project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
@@ -211,7 +214,8 @@ class ProjectViewSet(viewsets.ModelViewSet):
             return Response(s.InvitationSerializer(rows, many=True).data)
         body = s.InvitationSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        invitation, secret = memberships.invite(admin=request.user, project=project, role=body.validated_data["role"],
+        invitation, secret = memberships.invite(admin=request.user, project=project,
+                                                role=body.validated_data.get("role", Role.LABELER),
                                                 note=body.validated_data.get("note", ""),
                                                 days=body.validated_data["days"])
         invitation.secret, invitation.url = secret, reverse("labeling:invitation", args=[secret])
@@ -224,6 +228,21 @@ class ProjectViewSet(viewsets.ModelViewSet):
         project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
         invitation = memberships.revoke(admin=request.user, project=project, invitation_id=int(invitation_id))
         return Response(s.InvitationSerializer(invitation).data)
+
+    @extend_schema(parameters=[s.ReviewQueueQuerySerializer], responses=s.ReviewItemSerializer(many=True))
+    @action(detail=True, methods=["get"], url_path="review-queue")
+    def review_queue(self, request, pk=None):
+        """Labels for review (reviewers and admins), oldest first, paginated: each with its content, labeler,
+        revisions, change requests, and agreement and gold results where computed. Your own labels are left
+        out: someone else reviews them."""
+        query = s.ReviewQueueQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        project = access.access_project_by_id(request.user, pk, min_role=Role.REVIEWER)
+        kind = query.validated_data["kind"]
+        queue = reviews.review_queue(project=project, reviewer=request.user, **query.validated_data)
+        page = self.paginate_queryset(reviews.for_review(queue, kind))
+        items = reviews.attach_review_context(kind, page)
+        return self.get_paginated_response(s.ReviewItemSerializer(items, many=True).data)
 
     @extend_schema(parameters=[s.ExportQuerySerializer], responses={(200, "application/x-ndjson"): bytes})
     @action(detail=True, methods=["get"], content_negotiation_class=DatasetFormatNegotiation)
@@ -239,6 +258,16 @@ class ProjectViewSet(viewsets.ModelViewSet):
                                          content_type="application/x-ndjson")
         response["Content-Disposition"] = f'attachment; filename="project-{project.pk}-{options.format}.jsonl"'
         return response
+
+    @extend_schema(responses={200: OpenApiTypes.OBJECT})
+    @action(detail=True, methods=["get"], url_path="quality")
+    def quality_report(self, request, pk=None):
+        """The project's quality, computed from the current labels (reviewers and admins): Kendall's W per
+        task, Krippendorff's alpha for the project and per round, each labeler's agreement with the others'
+        consensus and gold accuracy, position bias, counts per round and the distributions of k and of
+        response lengths (``annotation.quality`` defines each number)."""
+        project = access.access_project_by_id(request.user, pk, min_role=Role.REVIEWER)
+        return Response(quality.project_quality(project))
 
 
 def read_uploaded_prompts(upload, fmt: str):
@@ -314,7 +343,7 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
     filterset_class = filters.TaskFilter
 
     def get_queryset(self):
-        return access.tasks_visible_to(self.request.user).for_display().order_by("id")
+        return access.tasks_visible_to(self.request.user).for_display().select_related("project").order_by("id")
 
     def retrieve(self, request, pk=None):
         task = access.access_task_by_id(request.user, pk)
@@ -342,7 +371,7 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
         demo, created = services.submit_demonstration(author=request.user, task=task, **body.validated_data)
         return Response(s.DemonstrationSerializer(demo).data, status=201 if created else 200)
 
-    @extend_schema(request=s.SkipSerializer, responses={201: s.SkipOutSerializer})
+    @extend_schema(request=s.SkipSerializer, responses={201: s.SkipOutSerializer, 200: s.SkipOutSerializer})
     @action(detail=True, methods=["post"])
     def skip(self, request, pk=None):
         """Skip with a reason; the slot goes back to the pool and the task is not offered to you again."""
@@ -371,6 +400,21 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
         services.release_task(labeler=request.user, task=task)
         return Response(status=status.HTTP_204_NO_CONTENT)
 
+    @extend_schema(request=s.GoldSerializer, responses={200: s.GoldOutSerializer})
+    @action(detail=True, methods=["get", "post", "delete"], url_path="gold")
+    def gold_answer(self, request, pk=None):
+        """A ranking task's gold status and known answer (reviewers and admins). POST marks it gold with its
+        answer, or replaces the answer; DELETE makes it an ordinary task again (admins; both audited)."""
+        task = access.access_task_by_id(request.user, pk, min_role=Role.REVIEWER if request.method == "GET"
+                                        else Role.ADMIN)
+        if request.method == "POST":
+            body = s.GoldSerializer(data=request.data)
+            body.is_valid(raise_exception=True)
+            task = gold.mark_gold(admin=request.user, task=task, gold_ranks=body.validated_data["gold_ranks"])
+        elif request.method == "DELETE":
+            task = gold.unmark_gold(admin=request.user, task=task)
+        return Response(s.GoldOutSerializer(task).data)
+
 
 class RankingViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Ranking.objects.none()  # for the schema; get_queryset() scopes it to the user
@@ -391,6 +435,29 @@ class RankingViewSet(viewsets.ReadOnlyModelViewSet):
         ranking = services.correct_ranking(labeler=request.user, ranking=ranking, **body.validated_data)
         return Response(s.RankingSerializer(ranking).data)
 
+    @extend_schema(request=s.ReviewDecisionSerializer, responses=s.RankingSerializer)
+    @action(detail=True, methods=["post"])
+    def review(self, request, pk=None):
+        """Accept or reject a ranking (reviewers and admins of its project, never on their own labels); a
+        reason is required to reject. A later decision replaces an earlier one; each is audited."""
+        body = s.ReviewDecisionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        ranking = access.access_ranking_for_review(request.user, pk)
+        ranking = reviews.review_label(reviewer=request.user, label=ranking, **body.validated_data)
+        return Response(s.RankingSerializer(ranking).data)
+
+    @extend_schema(request=s.ChangeRequestInSerializer,
+                   responses={201: s.ChangeRequestSerializer, 200: s.ChangeRequestSerializer})
+    @action(detail=True, methods=["post"], url_path="request-change")
+    def request_change(self, request, pk=None):
+        """Ask a reviewer to change your ranking once you can no longer correct it (reviewed, in a snapshot,
+        or its round closed); the same message again returns the first request (200)."""
+        body = s.ChangeRequestInSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        ranking = access.access_own_ranking(request.user, pk)
+        event, created = reviews.request_change(labeler=request.user, label=ranking, **body.validated_data)
+        return Response(s.ChangeRequestSerializer(event).data, status=201 if created else 200)
+
 
 class DemonstrationViewSet(viewsets.ReadOnlyModelViewSet):
     queryset = Demonstration.objects.none()  # for the schema; get_queryset() scopes it to the user
@@ -409,6 +476,38 @@ class DemonstrationViewSet(viewsets.ReadOnlyModelViewSet):
         demo = access.access_own_demonstration(request.user, pk)
         demo = services.correct_demonstration(author=request.user, demonstration=demo, **body.validated_data)
         return Response(s.DemonstrationSerializer(demo).data)
+
+    @extend_schema(request=s.ReviewDecisionSerializer, responses=s.DemonstrationSerializer)
+    @action(detail=True, methods=["post"])
+    def review(self, request, pk=None):
+        """Accept or reject a demonstration, as for a ranking."""
+        body = s.ReviewDecisionSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        demo = access.access_demonstration_for_review(request.user, pk)
+        demo = reviews.review_label(reviewer=request.user, label=demo, **body.validated_data)
+        return Response(s.DemonstrationSerializer(demo).data)
+
+    @extend_schema(request=s.DemonstrationEditSerializer, responses=s.DemonstrationSerializer)
+    @action(detail=True, methods=["post"])
+    def edit(self, request, pk=None):
+        """A reviewer's edit: a new revision by the reviewer (the labeler's stays) that becomes the text, and
+        the demonstration is accepted with the reason as its note."""
+        body = s.DemonstrationEditSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        demo = access.access_demonstration_for_review(request.user, pk)
+        demo = reviews.edit_demonstration(reviewer=request.user, demonstration=demo, **body.validated_data)
+        return Response(s.DemonstrationSerializer(demo).data)
+
+    @extend_schema(request=s.ChangeRequestInSerializer,
+                   responses={201: s.ChangeRequestSerializer, 200: s.ChangeRequestSerializer})
+    @action(detail=True, methods=["post"], url_path="request-change")
+    def request_change(self, request, pk=None):
+        """Ask a reviewer to change your demonstration, as for a ranking."""
+        body = s.ChangeRequestInSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        demo = access.access_own_demonstration(request.user, pk)
+        event, created = reviews.request_change(labeler=request.user, label=demo, **body.validated_data)
+        return Response(s.ChangeRequestSerializer(event).data, status=201 if created else 200)
 
 
 class RoundViewSet(viewsets.ReadOnlyModelViewSet):

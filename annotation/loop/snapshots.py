@@ -8,6 +8,9 @@ fixed split:
 - ``rankings.jsonl`` / ``rankings_eval.jsonl``: rankings (k responses and their ranks);
 - ``ppo_prompts.jsonl`` / ``ppo_eval_prompts.jsonl``: train / test prompts for PPO and its evaluation.
 
+Rankings of gold tasks (``annotation.gold``: known answers, there to measure labelers) are left out unless
+``include_gold`` asks for them.
+
 Records are ordered by id and the hash covers every file's name and bytes, so the same labels always give
 the same hash; the label ids are stored with the snapshot, which can therefore be rebuilt and checked.
 """
@@ -53,9 +56,11 @@ def _demonstrations(project: Project, ids: list[int] | None):
     return rows.select_related("prompt").order_by("id")
 
 
-def _rankings(project: Project, ids: list[int] | None):
+def _rankings(project: Project, ids: list[int] | None, include_gold: bool = False):
     rows = (Ranking.objects.filter(task__project=project, task__kind=TaskKind.RANKING)
             .exclude(review_status=ReviewStatus.REJECTED))
+    if not include_gold:
+        rows = rows.exclude(task__is_gold=True)
     if ids is not None:
         rows = Ranking.objects.filter(pk__in=ids)
     return rows.select_related("task__prompt").prefetch_related("entries__candidate").order_by("id")
@@ -74,15 +79,16 @@ def _revision_contents(field: str, numbers: dict[int, int]) -> dict[int, dict]:
 
 def build_records(project: Project, *, ranking_ids: list[int] | None = None,
                   demonstration_ids: list[int] | None = None, revisions: dict | None = None,
-                  ) -> tuple[dict[str, list[dict]], list[int], list[int], dict]:
+                  include_gold: bool = False) -> tuple[dict[str, list[dict]], list[int], list[int], dict]:
     """The snapshot's files as records, the ids of the labels in them, and the revision of each
     (``{"ranking": {id: n}, "demonstration": {id: n}}``). A label's content is read from its revision
     (``LabelRevision``), never from the live row, so a snapshot names exactly what it exported. With ids
-    and ``revisions`` given, exactly those revisions of those labels are exported (to rebuild a snapshot)."""
+    and ``revisions`` given, exactly those revisions of those labels are exported (to rebuild a snapshot).
+    Rankings of gold tasks are left out unless ``include_gold`` (ids given: exactly those, gold or not)."""
     files: dict[str, list[dict]] = {name: [] for name in FILES}
     demo_ids, rank_ids = [], []
     demos = list(_demonstrations(project, demonstration_ids))
-    rankings = list(_rankings(project, ranking_ids))
+    rankings = list(_rankings(project, ranking_ids, include_gold))
     chosen = revisions or {}
     demo_numbers = {d.pk: int(chosen.get("demonstration", {}).get(str(d.pk), d.revision)) for d in demos}
     rank_numbers = {r.pk: int(chosen.get("ranking", {}).get(str(r.pk), r.revision)) for r in rankings}
@@ -134,12 +140,13 @@ def snapshot_root(project: Project) -> Path:
     return Path(settings.ARTIFACT_ROOT) / "projects" / str(project.pk) / "snapshots"
 
 
-def create_snapshot(*, project: Project, round=None) -> DatasetSnapshot:
+def create_snapshot(*, project: Project, round=None, include_gold: bool = False) -> DatasetSnapshot:
     """Export the project's usable labels now. Returns the existing snapshot when nothing changed.
+    Gold tasks' rankings are left out unless ``include_gold``.
 
     Files are written to a temporary directory and renamed into place, so a snapshot directory is
     complete or absent, and never rewritten."""
-    records, rank_ids, demo_ids, exported = build_records(project)
+    records, rank_ids, demo_ids, exported = build_records(project, include_gold=include_gold)
     encoded = {name: _encode(rows) for name, rows in records.items()}
     digest = content_hash(encoded)
     existing = DatasetSnapshot.objects.filter(project=project, content_hash=digest).first()
