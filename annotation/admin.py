@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from django import forms
-from django.contrib import admin
-from rest_framework.exceptions import ValidationError
+from django.contrib import admin, messages
+from rest_framework.exceptions import APIException, ValidationError
 
-from . import gold, models
+from . import gold, models, reviews
 
 
 class MembershipInline(admin.TabularInline):
@@ -123,15 +123,32 @@ class RankingAdmin(admin.ModelAdmin):
     list_select_related = ["labeler"]
     raw_id_fields = ["task", "slot", "labeler"]
     inlines = [RankingEntryInline]
-    actions = ["accept", "reject"]
+    actions = ["accept"]
 
-    @admin.action(description="Accept selected")
+    # Labels are read-only here: decisions go through the review rules (annotation/reviews.py: who may
+    # decide, a reason to reject, the audit log); rejecting, with its reason, is done in the review queue.
+    def has_add_permission(self, request, obj=None):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.action(description="Accept selected (audited; reject with a reason in the review queue)",
+                  permissions=["view"])
     def accept(self, request, queryset):
-        queryset.update(review_status=models.ReviewStatus.ACCEPTED)
-
-    @admin.action(description="Reject selected")
-    def reject(self, request, queryset):
-        queryset.update(review_status=models.ReviewStatus.REJECTED)
+        done, refused = 0, []
+        for label in queryset:
+            try:
+                reviews.review_label(reviewer=request.user, label=label, decision="accept",
+                                     reason="accepted in the Django admin")
+                done += 1
+            except APIException as exc:
+                refused.append(f"#{label.pk}: {exc.detail}")
+        self.message_user(request, f"Accepted {done}." + (f" Refused: {'; '.join(refused)}" if refused else ""),
+                          level=messages.WARNING if refused else messages.SUCCESS)
 
 
 @admin.register(models.Demonstration)

@@ -462,3 +462,19 @@ def test_a_get_on_any_review_url_changes_nothing(browser_for, client_for, labels
         assert api.get(path).status_code in (200, 403, 405)
     assert database_state() == before
     assert Demonstration.objects.get().review_status == ReviewStatus.REJECTED
+
+
+def test_the_django_admin_accepts_through_the_review_rules_and_cannot_edit_labels(users, project_a):
+    task = make_ranking_task(project_a)
+    ranking, _ = services.submit_ranking(labeler=users["alice"], task=task, entries=best_first(task), seconds_spent=1)
+    users["sam"].is_superuser = True
+    users["sam"].save()
+    client = Client()
+    client.force_login(users["sam"])
+    response = client.post("/admin/annotation/ranking/", {"action": "accept", "_selected_action": [ranking.pk]})
+    assert response.status_code == 302
+    ranking.refresh_from_db()
+    assert ranking.review_status == ReviewStatus.ACCEPTED
+    assert AuditEvent.objects.filter(action="review.accept", target_id=ranking.pk, actor_name="sam").exists()
+    page = client.get(f"/admin/annotation/ranking/{ranking.pk}/change/")
+    assert page.status_code == 200 and 'name="review_status"' not in page.content.decode()  # view only
