@@ -1,9 +1,10 @@
 """Training-ready exports of a project's labels: row generators per format, and JSONL.
 
 An export reads either a snapshot's labels (its ``ranking_ids`` / ``demonstration_ids``, re-read from the
-tables by id as ``verify_snapshot`` does, so a ranking corrected since shows as corrected and
-``verify_snapshot`` says so) or a filtered live query (round, review status, labeler). Without a status
-filter, rejected labels are left out, as they are from snapshots.
+tables by id; labels in a snapshot are frozen, and a demonstration's text is the snapshot's revision even
+if a reviewer edited it since) or a filtered live query (round, review status, labeler). Without a status
+filter, rejected labels are left out, as they are from snapshots; gold tasks' labels are left out of
+live exports, as they are from snapshots by default.
 
 Formats (one row per …):
 
@@ -54,7 +55,17 @@ from django.db.models import Q, QuerySet
 from rest_framework.exceptions import ValidationError
 
 from .agreement import consensus_ranking
-from .models import DatasetSnapshot, Demonstration, Project, Ranking, RankingEntry, ReviewStatus, Round, TaskKind
+from .models import (
+    DatasetSnapshot,
+    Demonstration,
+    LabelRevision,
+    Project,
+    Ranking,
+    RankingEntry,
+    ReviewStatus,
+    Round,
+    TaskKind,
+)
 from .oracles import dense_ranks
 
 FORMATS = ("sft", "sft-messages", "trl-pairwise", "listwise", "per-labeler")
@@ -165,6 +176,7 @@ def _live_filters(queryset: QuerySet, options: ExportOptions, *, person: str, id
     """The live filters, or for a snapshot the id range of its labels (``_in_sorted`` picks them out)."""
     if options.snapshot is not None:
         return queryset.filter(pk__gte=min(ids), pk__lte=max(ids)) if ids else queryset.none()
+    queryset = queryset.exclude(task__is_gold=True)  # gold tasks measure labelers; snapshots leave them out too
     if options.status is None:
         queryset = queryset.exclude(review_status=ReviewStatus.REJECTED)
     else:
@@ -241,8 +253,16 @@ def _demonstrations(project: Project, options: ExportOptions, progress: Progress
     queryset = _demonstration_query(project, options).order_by("id").values_list(
         "id", "author__username", "text", "prompt__text", "prompt__messages", "prompt__content_hash", "prompt__split")
     selected = _in_sorted(options.snapshot.demonstration_ids) if options.snapshot is not None else None
+    exported = (options.snapshot.label_revisions or {}).get("demonstration", {}) if options.snapshot else {}
     for chunk in _chunks(queryset.iterator(chunk_size=CHUNK), CHUNK):
-        yield from (row for row in chunk if selected is None or selected(row[0]))
+        rows = [row for row in chunk if selected is None or selected(row[0])]
+        if exported:  # the snapshot's revision of each text (a reviewer may have edited one since)
+            wanted = {row[0]: int(exported[str(row[0])]) for row in rows if str(row[0]) in exported}
+            texts = {demo: content["text"] for demo, number, content in LabelRevision.objects.filter(
+                demonstration_id__in=list(wanted)).values_list("demonstration_id", "number", "content")
+                if wanted.get(demo) == number}
+            rows = [(row[0], row[1], texts.get(row[0], row[2]), *row[3:]) for row in rows]
+        yield from rows
         progress(len(chunk))
 
 

@@ -13,7 +13,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.exceptions import ValidationError
 
-from annotation import exporting, services
+from annotation import exporting, reviews, services
 from annotation.agreement import consensus_ranking
 from annotation.exporting import export_options
 from annotation.loop.snapshots import create_snapshot
@@ -29,7 +29,7 @@ from annotation.models import (
     Task,
     content_hash,
 )
-from tests.factories import demonstration_task, make_project, make_prompt, make_ranking_task, make_user
+from tests.factories import best_first, demonstration_task, make_project, make_prompt, make_ranking_task, make_user
 from training.data import VERSION
 
 
@@ -311,3 +311,25 @@ def test_an_export_reads_rankings_in_bounded_chunks_not_one_query_per_label(labe
 def test_prompts_with_the_same_hash_keep_the_same_split_in_every_export(labelled):
     for row in export(labelled, "listwise") + export(labelled, "sft"):
         assert row["split"] == Prompt.objects.get(content_hash=row["prompt_hash"], project=labelled).split
+
+
+def test_a_snapshot_export_gives_the_snapshots_revision_of_a_demonstration_a_reviewer_edited_since(
+        project_a, users, settings, tmp_path):
+    settings.ARTIFACT_ROOT = str(tmp_path)
+    task = demonstration_task(make_prompt(project_a, "Explain tides."))
+    demo, _ = services.submit_demonstration(author=users["alice"], task=task, text="The moon.", seconds_spent=1)
+    snapshot = create_snapshot(project=project_a)
+    reviews.edit_demonstration(reviewer=users["rita"], demonstration=demo, text="The moon's pull.", reason="fuller")
+    options = exporting.export_options(project=project_a, format="sft", snapshot=snapshot.pk)
+    assert [row["completion"] for row in exporting.rows(project_a, options)] == ["The moon."]
+    live = exporting.export_options(project=project_a, format="sft")
+    assert [row["completion"] for row in exporting.rows(project_a, live)] == ["The moon's pull."]
+
+
+def test_live_exports_leave_gold_tasks_out(project_a, users):
+    task = make_ranking_task(project_a, "a gold question")
+    services.submit_ranking(labeler=users["alice"], task=task, entries=best_first(task), seconds_spent=1)
+    options = exporting.export_options(project=project_a, format="listwise")
+    assert len(list(exporting.rows(project_a, options))) == 1
+    Task.objects.filter(pk=task.pk).update(is_gold=True)
+    assert list(exporting.rows(project_a, options)) == []
