@@ -16,8 +16,9 @@ from tests.factories import make_project
 
 
 @pytest.fixture
-def broker_url(redis_url, settings):
+def broker_url(redis_url, settings, monkeypatch):
     url = redis_url.rsplit("/", 1)[0] + "/9"  # a database of its own: other tests' workers never read it
+    monkeypatch.setenv("CELERY_BROKER_URL", url)  # Celery lets this variable override an app's broker
     client = redis.Redis.from_url(url)
     client.flushdb()
     settings.CELERY_BROKER_URL = url
@@ -26,9 +27,11 @@ def broker_url(redis_url, settings):
 
 
 def send(url: str, job_id: int) -> None:
-    """What rounds.enqueue sends, through a real Celery producer."""
-    app = Celery("sender", broker=url)
-    app.send_task(RUN_TRAINING_JOB, args=[job_id], queue="training")
+    """What rounds.enqueue sends, through a real Celery producer (an app of its own: never the current
+    app, which other tests' tasks use; its broker is this test's Redis database)."""
+    app = Celery("sender", broker=url, set_as_current=False)
+    with app.connection_for_write(url) as connection:
+        app.send_task(RUN_TRAINING_JOB, args=[job_id], queue="training", connection=connection)
 
 
 def queued_job(project, minutes_ago: float) -> TrainingJob:
