@@ -17,6 +17,7 @@ HTTPS = {"DEBUG": "false", "SECURE_COOKIES": "true", "SECURE_SSL_REDIRECT": "tru
 def test_check_deploy_is_clean_with_the_documented_production_settings(tmp_path):
     env = {**os.environ, **HTTPS, "SECRET_KEY": secrets.token_urlsafe(50),
            "DATABASE_URL": f"sqlite:///{tmp_path / 'db.sqlite3'}", "VAR_DIR": str(tmp_path)}
+    env.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)  # the browser tests' conftest sets it for Playwright's live server
     result = subprocess.run([sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
