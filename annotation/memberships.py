@@ -97,9 +97,9 @@ def revoke(*, admin, project: Project, invitation_id: int) -> Invitation:
 
 
 @transaction.atomic
-def set_member(*, admin, project: Project, user_id: int, role: str) -> Membership:
+def set_member(*, admin, project: Project, user_id: int, role: str) -> tuple[Membership, bool]:
     """Site staff add anyone with any role; a project admin only changes the role of a member. Anyone
-    else's id, existing or not, is "not a member" (no account enumeration)."""
+    else's id, existing or not, is "not a member" (no account enumeration). Returns (membership, created)."""
     if role not in Role.values:
         raise ValidationError({"role": [f"must be one of {', '.join(Role.values)}"]})
     membership = Membership.objects.select_for_update().filter(project=project, user_id=user_id).first()
@@ -113,7 +113,7 @@ def set_member(*, admin, project: Project, user_id: int, role: str) -> Membershi
         gold.provision_gold_slots(project=project)
         audit.record(actor=admin, action="membership.add", target=membership, project=project, role=role,
                      user=user.get_username())
-        return membership
+        return membership, True
     if membership.user_id == admin.pk and role != Role.ADMIN and not admin.is_staff:
         raise PermissionDenied("You cannot demote yourself; another admin can.")
     previous = membership.role
@@ -121,7 +121,7 @@ def set_member(*, admin, project: Project, user_id: int, role: str) -> Membershi
     membership.refresh_from_db()
     audit.record(actor=admin, action="membership.change_role", target=membership, project=project,
                  previous=previous, role=role)
-    return membership
+    return membership, False
 
 
 @transaction.atomic

@@ -190,10 +190,10 @@ class ProjectViewSet(viewsets.ModelViewSet):
             return Response(s.MembershipSerializer(members, many=True).data)
         body = s.MemberRoleSerializer(data=request.data)
         body.is_valid(raise_exception=True)
-        existed = Membership.objects.filter(project=project, user_id=body.validated_data["user"]).exists()
-        membership = memberships.set_member(admin=request.user, project=project, user_id=body.validated_data["user"],
-                                            role=body.validated_data["role"])
-        return Response(s.MembershipSerializer(membership).data, status=200 if existed else 201)
+        membership, created = memberships.set_member(admin=request.user, project=project,
+                                                     user_id=body.validated_data["user"],
+                                                     role=body.validated_data["role"])
+        return Response(s.MembershipSerializer(membership).data, status=201 if created else 200)
 
     @extend_schema(request=None, responses={204: None})
     @action(detail=True, methods=["delete"], url_path=r"members/(?P<user_id>[0-9]+)")
