@@ -8,7 +8,8 @@
 #   BASE=training/assets/tiny-base PRESET=tiny bench/closed_loop.sh /tmp/loop   # a quick check of the plumbing
 # Env: BASE (model folder), PRESET (round preset), CONFIG (JSON per-stage overrides), ORACLE, SCORE,
 # DEMONSTRATOR (package.module:function), PROMPTS (prompt count), FIRST (round-0 prompts with candidates),
-# UNSEEN (more prompts, never imported, added to the held-out evaluation), SAMPLES (per prompt and policy).
+# UNSEEN (more prompts, never imported, added to the held-out evaluation), SAMPLES (per prompt and policy),
+# POLICIES (comma-separated names to evaluate; default all), RESUME (see below).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../scripts/lib.sh"
 cd "$ROOT"
@@ -58,5 +59,5 @@ for _ in $(seq 100); do curl -sf "http://127.0.0.1:$PORT/healthz" >/dev/null && 
   --config "${CONFIG:-}" --oracle "$ORACLE" --demonstrator "$DEMONSTRATOR" --first-prompts "${FIRST:-100}" \
   $( [ -n "${RESUME:-}" ] && echo --resume ) --out "$W/drive.json"
 "$PY" bench/closed_loop.py evaluate --project "Closed loop" --score "$SCORE" --unseen "$W/unseen.jsonl" \
-  --samples "${SAMPLES:-8}" --out "$W/evaluate.json"
+  --samples "${SAMPLES:-8}" --policies "${POLICIES:-}" --out "$W/evaluate.json"
 log "results: $W/drive.json, $W/evaluate.json"
