@@ -28,7 +28,7 @@ def read_import_file(path: Path, *, fmt: str = "items", hh_subset: str = "") -> 
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                errors[str(number)] = [f"not valid JSON: {exc.msg} at column {exc.colno}"]
+                errors[str(number)] = [f"not valid JSON: {exc.msg.removesuffix(' starting at')} at column {exc.colno}"]
                 continue
             if fmt == "hh-rlhf":
                 try:

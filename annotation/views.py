@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
@@ -16,6 +17,7 @@ from rest_framework.exceptions import NotFound
 from . import access, memberships, quality, reviews, services, stats
 from .errors import Conflict
 from .formats import FORMATS
+from .imports import readers
 from .loop.config import PRESETS, preset
 from .models import Demonstration, ModelVersion, Ranking, ReviewStatus, Role, Task, TaskKind, TaskSlot, TrainingJob
 from .rendering import render_markdown
@@ -192,7 +194,8 @@ def markdown_preview(request):
 
 @labeler_page
 def manage_project(request, project_id: int):
-    """Rounds and jobs of a project with live progress, the start-round form, and the model lineage."""
+    """Rounds and jobs of a project with live progress, the start-round form, the model lineage, and the
+    import upload (it posts to the API's import)."""
     project = access.access_project_by_id(request.user, project_id, min_role=Role.ADMIN)
     models = list(ModelVersion.objects.filter(project=project).select_related("parent", "round").order_by("id"))
     bases = ModelVersion.objects.registered_bases() | ModelVersion.objects.filter(project=project, stage="base")
@@ -202,6 +205,8 @@ def manage_project(request, project_id: int):
         "bases": bases.order_by("id"),
         "default_config": json.dumps(preset(project.round_preset), indent=2),
         "presets": {name: preset(name) for name in PRESETS},
+        "import_formats": [(name, readers.HINTS.get(name, "")) for name in readers.FORMATS],
+        "import_max_mb": settings.IMPORT_MAX_UPLOAD_MB,
     })
 
 

@@ -1,6 +1,7 @@
 """Serializers validate the shape of requests and render responses; rules live in services.py."""
 from __future__ import annotations
 
+from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
@@ -186,6 +187,14 @@ class ImportSerializer(serializers.Serializer):
         SOURCE_NAME, required=False,
         help_text="The name imported labels are recorded under: their labeler is the inactive user "
                   "'<source>-import'. Default: the format's own (oasst, finegrained-rlhf, hh-rlhf, trl).")
+
+    def validate_file(self, file):
+        limit = settings.IMPORT_MAX_UPLOAD_MB
+        if file.size > limit * 2**20:
+            raise serializers.ValidationError(
+                f"the file is {file.size / 2**20:.1f} MB; an upload takes at most {limit} MB (IMPORT_MAX_UPLOAD_MB). "
+                "Split it, or import it with manage.py import_data.")
+        return file
 
 
 class ImportReportSerializer(serializers.Serializer):

@@ -15,5 +15,5 @@
     ImportReport: created / duplicates / rankings by k / ties / left out, with reasons
 
 The API (``POST /api/projects/{id}/import/``) and ``manage.py import_data`` call ``import_upload`` and
-``import_file``; both take ``on_progress(done, total)``.
+``import_file``; both take ``on_progress(done, total)``. The project page's upload form posts to the API.
 """

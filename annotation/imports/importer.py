@@ -70,8 +70,12 @@ def import_file(*, project: Project, path: Path, fmt: str, source: str | None = 
 
 def import_upload(*, project: Project, upload, fmt: str, source: str | None = None,
                   on_progress: Progress | None = None) -> ImportReport:
-    """``import_file`` for an uploaded file (Django's ``UploadedFile``), spooled to a temporary file so
-    both passes stream it. Gzip is recognised by content."""
+    """``import_file`` for an uploaded file (Django's ``UploadedFile``), read from a temporary file so both
+    passes stream it: Django's own when it spooled a large upload to disk, else a copy. Gzip is recognised
+    by content."""
+    if hasattr(upload, "temporary_file_path"):  # no second copy of a large file on disk
+        return import_file(project=project, path=Path(upload.temporary_file_path()), fmt=fmt, source=source,
+                           on_progress=on_progress)
     with tempfile.NamedTemporaryFile(prefix="import-", suffix=".data") as copy:
         for chunk in upload.chunks():
             copy.write(chunk)

@@ -109,7 +109,7 @@ def iter_json(path: Path) -> Iterator[tuple[int, Any]]:
             try:
                 yield number, json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                yield number, Malformed(f"not valid JSON: {exc.msg} at column {exc.colno}")
+                yield number, Malformed(f"not valid JSON: {exc.msg.removesuffix(' starting at')} at column {exc.colno}")
 
 
 def _json_array(text: str) -> Iterator[tuple[int, Any]]:
@@ -577,4 +577,23 @@ FORMATS = tuple(READERS)
 SOURCE_NAME = r"^[a-z0-9][a-z0-9._-]{0,63}$"
 DEFAULT_SOURCES = {"hh-rlhf": "hh-rlhf", "oasst": "oasst", "finegrained": "finegrained-rlhf",
                    "trl-pairwise": "trl", "trl-messages": "trl"}
+# One line per format for the upload form (the project page): what a record looks like, and what it becomes.
+HINTS = {
+    "items": 'The platform\'s own JSONL: {"text"} or {"messages"}, optional language and tags, and optionally '
+             'k unlabeled candidates (a ranking task for the labelers).',
+    "prompts-jsonl": 'Prompts only, one per line: {"prompt": text or messages} (TRL\'s prompt-only format), '
+                     '{"text"} or {"messages"}.',
+    "prompts-csv": "Prompts only: CSV with a header row and a prompt (or text) column; optional language and "
+                   "tags (comma-separated) columns.",
+    "hh-rlhf": 'Anthropic HH-RLHF {"chosen", "rejected"} dialogues: the shared turns are the prompt, each pair '
+               "a k=2 ranking.",
+    "oasst": "OpenAssistant message trees, one per line: prompts keep their conversation, human replies become "
+             "demonstrations, ranked sibling replies k-way rankings.",
+    "finegrained": "FineGrainedRLHF qa-feedback (a JSON array or JSONL): 4 answers with pairwise preferences "
+                   "become one k=4 ranking, or pairwise rankings when the pairs contradict each other.",
+    "trl-pairwise": 'TRL preference pairs {"prompt", "chosen", "rejected"} (text or conversations): a k=2 '
+                    "ranking each.",
+    "trl-messages": 'TRL conversations {"messages": [...]}: the last turn, the assistant\'s, is a demonstration '
+                    "of the turns before it.",
+}
 

@@ -128,6 +128,10 @@ CELERY_BEAT_SCHEDULE = {
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 
 ARTIFACT_ROOT = Path(envstr("ARTIFACT_ROOT", str(VAR_DIR / "artifacts")))
+# The largest file an import upload (the API, the project page) takes; manage.py import_data has no limit.
+# Uploads over FILE_UPLOAD_MAX_MEMORY_SIZE (Django's 2.5 MB) are spooled to a temporary file, never held in
+# memory, so this bounds disk and request time, not memory.
+IMPORT_MAX_UPLOAD_MB = envint("IMPORT_MAX_UPLOAD_MB", 512)
 READY_MIN_FREE_GB = float(envstr("READY_MIN_FREE_GB", "1"))  # /readyz fails below this much free disk there
 # A running job's worker writes a heartbeat every quarter of this; once it is older than this, the worker is
 # taken to be dead: the periodic sweep requeues the job (it resumes from its checkpoint) or, past

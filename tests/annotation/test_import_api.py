@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import gzip
 import json
+from pathlib import Path
 
-from django.core.files.uploadedfile import SimpleUploadedFile
+from django.core.files.uploadedfile import SimpleUploadedFile, TemporaryUploadedFile
 
+from annotation.api import views
+from annotation.imports import importer
 from annotation.models import Prompt, Ranking
 
 PAIRS = [{"prompt": "Say hi", "chosen": "Hi!", "rejected": "Go away."},
@@ -71,6 +74,30 @@ def test_a_missing_file_or_an_unknown_format_is_a_400_naming_the_field(client_fo
     response = post(client, project_a, upload(PAIRS), source="Bad Name!")
     assert response.status_code == 400 and "source" in response.json()["fields"]
     assert not Prompt.objects.exists()
+
+
+def test_a_file_over_the_upload_limit_is_a_400_and_nothing_is_imported(client_for, project_a, settings):
+    settings.IMPORT_MAX_UPLOAD_MB = 1
+    response = post(client_for("adam"), project_a, SimpleUploadedFile("big.jsonl", b"\n" * (3 * 2**19)))
+    assert response.status_code == 400
+    assert response.json()["fields"]["file"] == [
+        "the file is 1.5 MB; an upload takes at most 1 MB (IMPORT_MAX_UPLOAD_MB). Split it, or import it with "
+        "manage.py import_data."]
+    assert not Prompt.objects.exists()
+
+
+def test_a_large_upload_streams_to_one_temporary_file_never_to_memory(client_for, project_a, settings,
+                                                                      monkeypatch):
+    settings.FILE_UPLOAD_MAX_MEMORY_SIZE = 1024  # Django's 2.5 MB, made small
+    uploads, paths = [], []
+    real_upload, real_file = views.import_upload, importer.import_file
+    monkeypatch.setattr(views, "import_upload", lambda **kw: uploads.append(kw["upload"]) or real_upload(**kw))
+    monkeypatch.setattr(importer, "import_file", lambda **kw: paths.append(kw["path"]) or real_file(**kw))
+    pairs = [{"prompt": f"Say hi, number {i}", "chosen": "Hi!", "rejected": "Go away."} for i in range(30)]
+    response = post(client_for("adam"), project_a, upload(pairs))
+    assert response.status_code == 201 and response.json()["created"]["rankings"] == 30
+    assert isinstance(uploads[0], TemporaryUploadedFile)
+    assert paths == [Path(uploads[0].temporary_file_path())]  # read where Django spooled it: no second copy
 
 
 def test_only_the_projects_admins_import(client_for, project_a):

@@ -178,6 +178,7 @@ def test_trl_pairwise_names_what_is_wrong_on_each_line(project_a, tmp_path):
          "rejected": [{"role": "assistant", "content": "b"}]},
         {"chosen": [{"role": "assistant", "content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]},
         "[1, 2",
+        '{"prompt": "unterminated',
     ])
     assert rejected(project_a, path, "trl-pairwise") == [
         "line 2: 'rejected' is missing",
@@ -185,6 +186,7 @@ def test_trl_pairwise_names_what_is_wrong_on_each_line(project_a, tmp_path):
         "line 4: 'chosen' must hold exactly one assistant message after the prompt",
         "line 5: 'chosen' and 'rejected' share no prompt turns and no 'prompt' is given",
         "line 6: not valid JSON: Expecting ',' delimiter at column 6",
+        "line 7: not valid JSON: Unterminated string at column 12",
     ]
 
 

@@ -135,5 +135,5 @@ const RL = (() => {
     return tag === "INPUT" || tag === "TEXTAREA" || tag === "SELECT" || event.target.isContentEditable;
   }
 
-  return {api, upload, errorText, toast, Timer, loadPanel, setupSkip, openSkip, isTyping};
+  return {api, upload, csrfToken, errorText, toast, Timer, loadPanel, setupSkip, openSkip, isTyping};
 })();
