@@ -102,7 +102,8 @@ def drive(args) -> None:
         wait_for(lambda: TrainingJob.objects.filter(pk=job.pk), "round 0 candidates")
         timings["round 0 candidates"] = time.perf_counter() - started
     config = json.loads(args.config) if args.config else {}
-    for number in range(Round.objects.filter(project=project).count() + 1, 3):
+    # (a finished round leaves the next one collecting labels: that one still has to run)
+    for number in range(Round.objects.filter(project=project, status=Round.Status.FINISHED).count() + 1, 3):
         started = time.perf_counter()
         call_command("simulate_labelers", project=str(project.pk), oracle=args.oracle, demonstrator=args.demonstrator,
                      labelers=args.labelers, url=args.url, seed=number, verbosity=1)
