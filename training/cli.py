@@ -1,4 +1,4 @@
-"""``python -m training {pretrain,sft,rm,ppo,generate,convert,import-base} …``
+"""``python -m training {pretrain,sft,rm,ppo,rloo,dpo,generate,convert,import-base} …``
 
 Every config field is a flag (``--learning-rate 1e-4``, ``--lora/--no-lora``); ``--config file.json``
 supplies defaults that flags override. The first Ctrl-C asks the stage to stop after the current step
@@ -20,7 +20,7 @@ from training import config as cfg
 from training import data, sources
 
 STAGES = {"pretrain": cfg.PretrainConfig, "sft": cfg.SFTConfig, "rm": cfg.RewardConfig, "ppo": cfg.PPOConfig,
-          "generate": cfg.GenerateConfig}
+          "rloo": cfg.RLOOConfig, "dpo": cfg.DPOConfig, "generate": cfg.GenerateConfig}
 
 
 def _add_config_flags(parser: argparse.ArgumentParser, cls: type[cfg.StageConfig]) -> None:
@@ -59,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
                 ("--ptx-data", dict(type=Path, help="SFT-contract file for PPO-ptx (with --ptx-coef > 0)")),
                 ("--reward-fn", dict(help="package.module:function(prompts, responses) -> scores, instead of "
                                           "--reward-model"))],
+        "rloo": [("--prompts", dict(type=Path, required=True, help="PPO-prompt JSONL")),
+                 ("--eval-data", dict(type=Path, help="held-out PPO-prompt JSONL, evaluated as PPO's")),
+                 ("--reward-fn", dict(help="package.module:function(prompts, responses) -> scores, instead of "
+                                           "--reward-model"))],
+        "dpo": [("--data", dict(type=Path, required=True, help="rankings JSONL (the reward model's contract)")),
+                ("--eval-data", dict(type=Path))],
         "generate": [("--prompts", dict(type=Path, required=True, help="PPO-prompt JSONL"))],
     }
     for name, cls in STAGES.items():
@@ -151,7 +157,7 @@ class _Progress:
         self.bar.total = total
         self.bar.n = step
         shown = {k.split("/", 1)[1]: f"{v:.4g}" for k, v in metrics.items() if "loss" in k or "accuracy" in k
-                 or "tokens_per_s" in k or k in ("ppo/score", "ppo/kl")}
+                 or "tokens_per_s" in k or k in ("ppo/score", "ppo/kl", "rloo/score", "rloo/kl")}
         self.bar.set_postfix(shown, refresh=False)
         self.bar.refresh()
 
@@ -189,6 +195,13 @@ def main(argv: list[str] | None = None) -> int:
         from training.ppo import train_ppo
         result = train_ppo(config, args.prompts, args.out, ptx_data=args.ptx_data,
                            reward_fn=_import(args.reward_fn) if args.reward_fn else None, **kwargs)
+    elif args.command == "rloo":
+        from training.rloo import train_rloo
+        result = train_rloo(config, args.prompts, args.out, eval_data=args.eval_data,
+                            reward_fn=_import(args.reward_fn) if args.reward_fn else None, **kwargs)
+    elif args.command == "dpo":
+        from training.dpo import train_dpo
+        result = train_dpo(config, args.data, args.out, eval_data=args.eval_data, **kwargs)
     else:
         from training.generate import generate_candidates
         result = generate_candidates(config, args.prompts, args.out, **kwargs)

@@ -146,6 +146,30 @@ class RewardConfig(TrainConfig):
         self._check(not (self.train_layers and self.lora), "train_layers and lora are exclusive")
 
 
+DPO_LOSSES = ("listwise", "pairwise")
+
+
+@dataclass
+class DPOConfig(TrainConfig):
+    """DPO straight from k-way rankings (the reward model's data), with no reward model: the implicit
+    reward β·log(π/π_ref) is trained to rank each ranking's responses. ``batch_size`` counts rankings."""
+
+    base: str = ""                  # the SFT model: initialises the policy and, frozen, is the reference
+    chat_template: bool = False
+    group_by_length: bool = True
+    beta: float = 0.1               # β: how far the policy may move from the reference (DPO's temperature)
+    loss: Literal["listwise", "pairwise"] = "listwise"  # Plackett–Luce over the whole ranking (ties grouped),
+                                    # or the mean −log σ(r_better − r_worse) over its non-tied pairs
+    batch_size: int = 4
+    learning_rate: float = 5e-6     # DPO moves a policy far per step: an order below SFT's
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._check(bool(self.base), "base (the SFT model path) is required")
+        self._check(self.beta > 0, "beta must be > 0")
+        self._check(self.loss in DPO_LOSSES, f"loss must be one of {DPO_LOSSES}")
+
+
 @dataclass
 class GenerateConfig(StageConfig):
     """Sampling k candidates per prompt."""
@@ -298,4 +322,83 @@ class PPOConfig(StageConfig):
         self._check(self.cliprange > 0 and self.cliprange_value > 0, "clip ranges must be > 0")
         self._check(self.vf_coef > 0 and self.entropy_coef >= 0 and self.ptx_coef >= 0, "bad loss weights")
         self._check(0 <= self.ema_decay < 1, "ema_decay must be in [0, 1)")
+        self._check(self.sample_every >= 1 and self.checkpoint_every >= 1, "sample/checkpoint_every must be >= 1")
+
+
+RLOO_LOSSES = ("clipped", "plain")
+KL_PENALTIES = ("sequence", "token")
+
+
+@dataclass
+class RLOOConfig(StageConfig):
+    """RLOO (REINFORCE leave-one-out: Kool et al. 2019, Ahmadian et al. 2024) against a reward model under a
+    KL penalty to the SFT policy, with no critic: each prompt gets k samples, and each sample's baseline is
+    the mean reward of the other k − 1. One iteration = one rollout of ``batch_size`` prompts × k samples,
+    then ``update_epochs`` passes over it in minibatches. Rollouts are PPO's (same fields, same meaning)."""
+
+    policy: str = ""                # the SFT model: initialises the policy; a frozen copy is the reference
+    reward_model: str = ""          # a training.reward model dir; "" needs a reward_fn
+    seed: int = 0
+    iterations: int = 100
+    batch_size: int = 8             # prompts per rollout (per process)
+    k: int = 4                      # samples per prompt (>= 2: a sample's baseline is the others' mean)
+    minibatch_size: int = 16        # sequences per optimizer step
+    update_epochs: int = 2          # passes over each rollout
+    loss: Literal["clipped", "plain"] = "clipped"  # PPO's clipped surrogate, or the plain policy gradient
+                                    # −A·π/π_old (REINFORCE's gradient, importance-weighted after the first step)
+    cliprange: float = 0.2          # ε of the clipped surrogate
+    learning_rate: float = 1e-5
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0      # 0 disables clipping
+    # Rollout (sampling), as PPOConfig: rollouts end as candidates do.
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_prompt_length: int = 256
+    truncation: Literal["left", "error"] = "left"
+    chat_template: bool = False
+    stop: list[str] = field(default_factory=list)
+    stop_at_turn_end: bool = True
+    # Rewards.
+    kl_coef: float = 0.05           # β of the KL penalty; the initial β when adaptive
+    kl_penalty: Literal["sequence", "token"] = "sequence"  # sequence: every token's advantage is the whole
+                                    # return's; token: a token's return counts only the KL from it onwards
+    adaptive_kl: bool = False       # Ziegler et al.'s controller towards kl_target (training.kl)
+    kl_target: float = 6.0          # nats per sequence
+    kl_horizon: int = 10000
+    score_clip: float = 0.0         # clip scores to [−c, c]; 0 = off
+    missing_eos_penalty: float = 0.0  # subtracted from the score of responses that hit max_new_tokens
+    lora: bool = False              # LoRA policy; the reference is the same weights with the adapter disabled
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    # Bookkeeping and held-out evaluation, as PPOConfig.
+    sample_every: int = 10
+    eval_every: int = 0
+    eval_prompts: int = 32
+    judge: str = ""
+    checkpoint_every: int = 10
+    resume: bool = True
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        self.adam_betas = tuple(self.adam_betas)
+        self.stop = list(self.stop)
+        self._check(bool(self.policy), "policy (the SFT model path) is required")
+        self._check(self.k >= 2, "k must be >= 2 (a sample's baseline is the mean of the other k - 1)")
+        self._check(self.iterations >= 1 and self.update_epochs >= 1 and self.batch_size >= 1,
+                    "iterations, update_epochs and batch_size must be >= 1")
+        self._check(1 <= self.minibatch_size <= self.batch_size * self.k,
+                    "minibatch_size must be in [1, batch_size * k]")
+        self._check(self.loss in RLOO_LOSSES, f"loss must be one of {RLOO_LOSSES}")
+        self._check(self.kl_penalty in KL_PENALTIES, f"kl_penalty must be one of {KL_PENALTIES}")
+        self._check(self.learning_rate > 0 and self.cliprange > 0, "learning_rate and cliprange must be > 0")
+        self._check(self.max_new_tokens >= 1 and self.max_prompt_length >= 1, "lengths must be >= 1")
+        self._check(self.temperature > 0, "temperature must be > 0 (RLOO samples)")
+        self._check(0 < self.top_p <= 1 and self.top_k >= 0, "top_p must be in (0, 1] and top_k >= 0")
+        self._check(self.truncation in TRUNCATION, f"truncation must be one of {TRUNCATION}")
+        self._check(self.kl_coef >= 0 and self.kl_target > 0 and self.kl_horizon > 0, "bad KL settings")
+        self._check(self.score_clip >= 0 and self.missing_eos_penalty >= 0, "score_clip and penalty must be >= 0")
+        self._check(self.eval_every >= 0 and self.eval_prompts >= 1, "eval_every >= 0 and eval_prompts >= 1")
         self._check(self.sample_every >= 1 and self.checkpoint_every >= 1, "sample/checkpoint_every must be >= 1")

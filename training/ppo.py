@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from training.config import GenerateConfig, PPOConfig
+from training.config import GenerateConfig, PPOConfig, RLOOConfig
 from training.data import PPOPrompt, read_ppo_prompts, read_sft, render_plain, write_jsonl
 from training.encoding import encode_pair, encode_prompt, fit_prompt
 from training.generate import cut_at_stop, process_logits, stop_rules
@@ -235,7 +235,7 @@ class Rollout:
                        responses=[self.responses[i] for i in idx], **picked)
 
 
-def rollout_generate_config(config: PPOConfig) -> GenerateConfig:
+def rollout_generate_config(config: PPOConfig | RLOOConfig) -> GenerateConfig:
     """The candidate generator's settings that PPO's rollouts share: sampling, length, stop rules, format."""
     return GenerateConfig(model="-", temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                           max_new_tokens=config.max_new_tokens, stop=config.stop,
@@ -255,7 +255,7 @@ def kept_tokens(tokenizer, tokens: list[int], texts: tuple[str, ...]) -> int:
 
 
 @torch.no_grad()
-def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOConfig,
+def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOConfig | RLOOConfig,
                      generator: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Sample with the KV cache, ending each response as the candidate generator does (EOS, the format's
     turn tokens, a stop string: ``training.generate.stop_rules``). Returns (input_ids, attention_mask,
@@ -328,7 +328,7 @@ class Models:
     """Every model is in eval mode for the whole run (``_without_dropout``); nothing switches one back."""
 
     actor: torch.nn.Module              # possibly DDP-wrapped
-    critic: torch.nn.Module             # possibly DDP-wrapped
+    critic: torch.nn.Module | None      # possibly DDP-wrapped; None for RLOO (training.rloo), which has none
     ref: torch.nn.Module | None         # None with a LoRA actor: the adapter is disabled instead
     reward_model: torch.nn.Module | None
     tokenizer: object
@@ -380,7 +380,7 @@ def _load_models(config: PPOConfig, reward_fn: RewardFn | None, rt) -> Models:
 
 
 @torch.no_grad()
-def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig, kl_coef: float,
+def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig | RLOOConfig, kl_coef: float,
                  generator: torch.Generator, reward_fn: RewardFn | None, timings: dict[str, float]) -> Rollout:
     actor, critic = unwrap(models.actor), unwrap(models.critic)
     tokenizer = models.tokenizer
@@ -402,12 +402,15 @@ def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig, kl
     else:
         raw = reward_model_scores(models.reward_model, ids, attn, positions, n_prompt + (lengths - 1).clamp(min=0))
     ref_logprobs = models.reference_logprobs(ids, attn, positions, n_prompt, config.temperature) * mask
-    values = response_values(critic, ids, attn, positions, n_prompt) * mask
+    values = (response_values(critic, ids, attn, positions, n_prompt) * mask if critic is not None
+              else torch.zeros_like(logprobs))
     timings["scoring"] += time.perf_counter() - started
 
     scores = raw - config.missing_eos_penalty * (~eos).float() if config.missing_eos_penalty else raw.clone()
     rewards = kl_penalized_rewards(logprobs, ref_logprobs, scores, mask, kl_coef, config.score_clip or None)
-    advantages, returns = gae(rewards, values, mask, config.gamma, config.lam)
+    # Without a critic (RLOO) the stage computes its own advantages from the rewards.
+    advantages, returns = (gae(rewards, values, mask, config.gamma, config.lam) if critic is not None
+                           else (torch.zeros_like(rewards), torch.zeros_like(rewards)))
     return Rollout(ids, attn, positions, n_prompt, mask, logprobs, ref_logprobs, values, scores, raw, rewards,
                    advantages, returns, eos, rendered, texts)
 
@@ -539,8 +542,8 @@ class EMA:
 
 
 @torch.no_grad()
-def held_out_metrics(models: Models, records: list[PPOPrompt], config: PPOConfig, judge, reward_fn: RewardFn | None,
-                     rt) -> dict[str, float]:
+def held_out_metrics(models: Models, records: list[PPOPrompt], config: PPOConfig | RLOOConfig, judge,
+                     reward_fn: RewardFn | None, rt) -> dict[str, float]:
     """The policy on held-out prompts, sampled exactly as in training but always with the same seeds, so
     that the numbers of two iterations compare: the training RM's (or reward_fn's) score, the judge's,
     KL to the reference in nats per sequence, length and EOS rate."""
