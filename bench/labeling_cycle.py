@@ -38,7 +38,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,8 +45,24 @@ import tempfile
 import threading
 import time
 import uuid
-from collections import Counter, defaultdict
+from collections import defaultdict
 from pathlib import Path
+
+from harness import (  # bench/harness.py, beside this file (shared with the load and fault tests)
+    CycleBudget,
+    Gunicorn,
+    Labeler,
+    Postgres,
+    _django_setup,
+    free_port,
+    integrity_checks,
+    latency_summary,
+    pct,
+    proc_table,
+    run_child,
+    seed,
+    status_counts,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 # The defaults of platform/gunicorn.conf.py (2 workers per core, 4 threads each): a sweep on the 2-core
@@ -56,76 +71,8 @@ DEFAULT_WORKERS = (os.cpu_count() or 1) * 2
 DEFAULT_THREADS = 4
 
 # --------------------------------------------------------------------------------------------------
-# Subcommands that run inside Django (executed by this same file in a child process).
+# A subcommand that runs inside Django (executed by this same file in a child process).
 # --------------------------------------------------------------------------------------------------
-
-
-def _django_setup() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "rlhf_platform.settings")
-    for path in (str(ROOT / "platform"), str(ROOT)):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-    import django
-
-    django.setup()
-
-
-def _words(rng, n: int) -> str:
-    vocab = ("the model answer should explain why a careful assistant would check facts before it "
-             "replies to the user with clear helpful honest and harmless text about science history "
-             "cooking travel code math poetry").split()
-    return " ".join(rng.choice(vocab) for _ in range(n))
-
-
-def seed_main(argv: list[str]) -> None:
-    """Create one project, its ranking tasks and its labelers; print {project, tokens} as JSON."""
-    p = argparse.ArgumentParser(prog="labeling_cycle.py _seed")
-    p.add_argument("--name", required=True)
-    p.add_argument("--tasks", type=int, required=True)
-    p.add_argument("--labelers", type=int, required=True)
-    p.add_argument("--overlap", type=int, default=1)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--chunk", type=int, default=1000)
-    args = p.parse_args(argv)
-    _django_setup()
-
-    import random
-
-    from django.contrib.auth import get_user_model
-    from django.db import transaction
-    from knox.models import AuthToken
-
-    from annotation import services
-    from annotation.models import Membership, Project, Role
-
-    rng = random.Random(args.name)
-    User = get_user_model()
-    started = time.perf_counter()
-    project = Project.objects.create(
-        name=args.name, k=args.k, overlap=args.overlap, lease_seconds=900,
-        demonstrations_enabled=False, rankings_enabled=True, prompt_writing_enabled=False,
-    )
-    with transaction.atomic():
-        users = User.objects.bulk_create(
-            User(username=f"{args.name}-labeler-{i:03d}", password="!") for i in range(args.labelers)
-        )
-        Membership.objects.bulk_create(Membership(project=project, user=u, role=Role.LABELER) for u in users)
-        tokens = [AuthToken.objects.create(user=u)[1] for u in users]  # the secrets: only digests are stored
-    for start in range(0, args.tasks, args.chunk):
-        items = [
-            {
-                "text": f"[{args.name} #{i}] " + _words(rng, 30),
-                "candidates": [_words(rng, 80) for _ in range(args.k)],
-            }
-            for i in range(start, min(start + args.chunk, args.tasks))
-        ]
-        services.bulk_create_prompts(project=project, items=items)
-    print(json.dumps({
-        "project": project.pk,
-        "tokens": tokens,
-        "users": [u.pk for u in users],
-        "seed_seconds": round(time.perf_counter() - started, 2),
-    }))
 
 
 def queries_main(argv: list[str]) -> None:
@@ -164,165 +111,13 @@ def queries_main(argv: list[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Processes: PostgreSQL and gunicorn.
+# Logging and CPU accounting (the processes themselves are in harness.py).
 # --------------------------------------------------------------------------------------------------
 
 
 def log(msg: str) -> None:
     print(f"==> {msg}", file=sys.stderr, flush=True)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pg_bin() -> Path:
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda p: int(p.parent.name))
-    if not candidates:
-        raise SystemExit("PostgreSQL binaries not found under /usr/lib/postgresql")
-    return candidates[-1]
-
-
-class Postgres:
-    def __init__(self, tmp: Path, port: int, fast: bool):
-        self.dir = tmp / "pg"
-        self.port = port
-        self.fast = fast
-        self.bin = pg_bin()
-        self.started = False
-        self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.url = f"postgres://rlhf@127.0.0.1:{port}/postgres"
-
-    def _run(self, *cmd: str, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([*self.as_postgres, *cmd], check=True, **kw)
-
-    def start(self) -> None:
-        self.dir.mkdir(parents=True)
-        if self.as_postgres:
-            shutil.chown(self.dir.parent, "postgres")
-            shutil.chown(self.dir, "postgres")
-        with open(self.dir.parent / "initdb.log", "w") as f:
-            self._run(str(self.bin / "initdb"), "-D", str(self.dir / "data"), "-U", "rlhf", "--auth=trust",
-                      "-E", "UTF8", stdout=f, stderr=subprocess.STDOUT)
-        opts = [f"-h 127.0.0.1 -p {self.port} -k {self.dir}", "-c max_connections=200",
-                "-c log_line_prefix='%m [%p] '"]
-        if self.fast:  # the test suite's settings (scripts/lib.sh): not durable, not production
-            opts.append("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
-        self.started = True  # from here on, stop() must run
-        self._run(str(self.bin / "pg_ctl"), "-D", str(self.dir / "data"), "-l", str(self.log_path), "-w",
-                  "-t", "60", "start", "-o", " ".join(opts), stdout=subprocess.DEVNULL)
-        subprocess.run([str(self.bin / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port), "-t", "30"],
-                       check=True, stdout=subprocess.DEVNULL)
-
-    def create_database(self, name: str) -> str:
-        """A new, empty database; returns its DATABASE_URL."""
-        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rlhf", name],
-                       check=True)
-        self.url = f"postgres://rlhf@127.0.0.1:{self.port}/{name}"
-        return self.url
-
-    @property
-    def log_path(self) -> Path:
-        return self.dir / "postgres.log"
-
-    def postmaster_pid(self) -> int | None:
-        try:
-            return int((self.dir / "data" / "postmaster.pid").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            return None
-
-    def stop(self) -> None:
-        if not self.started:
-            return
-        self.started = False
-        data = str(self.dir / "data")
-        for mode in ("fast", "immediate"):
-            r = subprocess.run([*self.as_postgres, str(self.bin / "pg_ctl"), "-D", data, "-m", mode, "-w",
-                                "-t", "30", "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if r.returncode == 0:
-                return
-
-    def connect(self):
-        import psycopg
-
-        return psycopg.connect(self.url, autocommit=True)
-
-
-class Gunicorn:
-    def __init__(self, tmp: Path, port: int, env: dict, workers: int, threads: int, app: str):
-        self.port = port
-        self.app = app
-        # The benchmark's labelers are machines: the per-user write throttle (for people and runaway
-        # scripts) would cap them, so it is lifted here unless the caller set one.
-        self.env = {"THROTTLE_WRITES": "1000000/min", **env, "GUNICORN_WORKERS": str(workers),
-                    "GUNICORN_THREADS": str(threads)}
-        self.log_path = tmp / "gunicorn.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        gunicorn = Path(sys.executable).parent / "gunicorn"
-        self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [str(gunicorn), "-c", str(ROOT / "platform" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}",
-             self.app],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.proc.returncode}:\n{self.tail()}")
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                conn.request("GET", "/healthz")
-                r = conn.getresponse()
-                body = r.read()
-                conn.close()
-                if r.status == 200:
-                    info = json.loads(body)
-                    if info.get("database") != "postgresql":
-                        raise RuntimeError(f"gunicorn is not using PostgreSQL: {info}")
-                    return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"gunicorn did not answer /healthz within 60 s:\n{self.tail()}")
-
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        finally:
-            self._log.close()
-
-
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """pid → (ppid, cpu ticks) for every process."""
-    table = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2:].split()
-        table[int(entry)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    return table
 
 
 def machine_busy_seconds() -> float:
@@ -342,13 +137,9 @@ def wait_for_quiet(max_wait: float, threshold: float = 0.3) -> float:
             return round(load, 2)
 
 
-def _children(pid: int) -> list[int]:
-    return sorted(p for p, (ppid, _) in _proc_table().items() if ppid == pid)
-
-
 def cpu_seconds(roots: dict[str, int | None]) -> dict[str, float]:
     """CPU seconds used so far by each named process tree (live processes only)."""
-    table = _proc_table()
+    table = proc_table()
     children = defaultdict(list)
     for pid, (ppid, _) in table.items():
         children[ppid].append(pid)
@@ -362,206 +153,6 @@ def cpu_seconds(roots: dict[str, int | None]) -> dict[str, float]:
             stack.extend(children.get(pid, []))
         out[name] = total / ticks
     return out
-
-
-# --------------------------------------------------------------------------------------------------
-# The simulated labelers.
-# --------------------------------------------------------------------------------------------------
-
-
-class Labeler(threading.Thread):
-    def __init__(self, idx: int, token: str, port: int, project: int, stop: threading.Event,
-                 deadline_box: list, counter: "CycleBudget"):
-        super().__init__(name=f"labeler-{idx}", daemon=True)
-        self.idx, self.token, self.port, self.project = idx, token, port, project
-        self.stop_event, self.deadline_box, self.budget = stop, deadline_box, counter
-        self.headers = {"Authorization": f"Token {token}", "Content-Type": "application/json",
-                        "Accept": "application/json"}
-        self.conn: http.client.HTTPConnection | None = None
-        # (start, seconds, status) per call; status is an int or "conn:<Error>".
-        self.next_calls: list[tuple[float, float, object]] = []
-        self.submit_calls: list[tuple[float, float, object]] = []
-        self.cycles: list[tuple[float, float]] = []  # (start, end) of complete cycles
-        self.handed: list[int] = []  # task ids received from next-task (200)
-        self.submitted: list[tuple[int, int, int]] = []  # (ranking id, task id, status) for 200/201 submits
-        self.drained_at: float | None = None
-        self.error: str | None = None
-
-    def _post(self, path: str, body: dict, log_to: list) -> tuple[object, bytes]:
-        payload = json.dumps(body).encode()
-        for attempt in (1, 2):  # one retry on a dropped keep-alive connection; both calls are idempotent
-            if self.conn is None:
-                self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-            t0 = time.perf_counter()
-            try:
-                self.conn.request("POST", path, payload, self.headers)
-                r = self.conn.getresponse()
-                data = r.read()
-            except (OSError, http.client.HTTPException) as exc:
-                log_to.append((t0, time.perf_counter() - t0, f"conn:{type(exc).__name__}"))
-                self.conn.close()
-                self.conn = None
-                if attempt == 2:
-                    return f"conn:{type(exc).__name__}", b""
-                continue
-            log_to.append((t0, time.perf_counter() - t0, r.status))
-            if r.getheader("Connection", "").lower() == "close":
-                self.conn.close()
-                self.conn = None
-            return r.status, data
-        raise AssertionError("unreachable")
-
-    def run(self) -> None:
-        try:
-            self._loop()
-        except Exception as exc:  # noqa: BLE001 - reported in the summary
-            self.error = f"{type(exc).__name__}: {exc}"
-        finally:
-            if self.conn is not None:
-                self.conn.close()
-
-    def _loop(self) -> None:
-        next_path = f"/api/projects/{self.project}/next-task/"
-        while not self.stop_event.is_set() and time.perf_counter() < self.deadline_box[0]:
-            if not self.budget.take():
-                return
-            t0 = time.perf_counter()
-            status, data = self._post(next_path, {"kind": "ranking"}, self.next_calls)
-            if status == 204:
-                self.drained_at = time.perf_counter()
-                return
-            if status != 200:
-                time.sleep(0.05)  # 409 "queue busy" or a failure: ask again shortly
-                continue
-            task = json.loads(data)
-            self.handed.append(task["id"])
-            cands = task["candidates"]
-            entries = [{"candidate": c["id"], "rank": r} for r, c in
-                       zip(range(1, len(cands) + 1), sorted(cands, key=lambda c: (c["id"] * 7919 + self.idx) % 97))]
-            status, data = self._post(f"/api/tasks/{task['id']}/submit-ranking/",
-                                      {"entries": entries, "seconds_spent": 1.0}, self.submit_calls)
-            if status in (200, 201):
-                ranking = json.loads(data)
-                self.submitted.append((ranking["id"], ranking["task"], status))
-                self.cycles.append((t0, time.perf_counter()))
-            else:
-                time.sleep(0.05)
-
-
-class CycleBudget:
-    def __init__(self, limit: int | None):
-        self.left = limit
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        if self.left is None:
-            return True
-        with self.lock:
-            if self.left <= 0:
-                return False
-            self.left -= 1
-            return True
-
-
-# --------------------------------------------------------------------------------------------------
-# Numbers.
-# --------------------------------------------------------------------------------------------------
-
-
-def pct(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    idx = min(len(sorted_values) - 1, max(0, int(round(q / 100 * len(sorted_values) + 0.5)) - 1))
-    return sorted_values[idx]
-
-
-def latency_summary(calls: list[tuple[float, float, object]], since: float) -> dict:
-    ms = sorted(d * 1000 for t, d, s in calls if t >= since and isinstance(s, int))
-    r = lambda v: None if v is None else round(v, 1)  # noqa: E731
-    return {"n": len(ms), "p50_ms": r(pct(ms, 50)), "p95_ms": r(pct(ms, 95)), "p99_ms": r(pct(ms, 99)),
-            "max_ms": r(ms[-1] if ms else None), "mean_ms": r(statistics.fmean(ms) if ms else None)}
-
-
-def status_counts(calls: list[tuple[float, float, object]]) -> dict:
-    return {str(k): v for k, v in sorted(Counter(s for _, _, s in calls).items(), key=lambda kv: str(kv[0]))}
-
-
-# --------------------------------------------------------------------------------------------------
-# Checks after a run.
-# --------------------------------------------------------------------------------------------------
-
-
-def integrity_checks(db, project: int, labelers: list[Labeler], user_of_token: dict[str, int]) -> dict:
-    q = lambda sql, *a: db.execute(sql, a).fetchall()  # noqa: E731
-    over_target = q("""
-        SELECT t.id, t.target_overlap, count(r.id) FROM annotation_task t
-        JOIN annotation_ranking r ON r.task_id = t.id WHERE t.project_id = %s
-        GROUP BY t.id HAVING count(r.id) > t.target_overlap""", project)
-    dup_pairs = q("""
-        SELECT r.task_id, r.labeler_id, count(*) FROM annotation_ranking r
-        JOIN annotation_task t ON t.id = r.task_id WHERE t.project_id = %s
-        GROUP BY r.task_id, r.labeler_id HAVING count(*) > 1""", project)
-    dup_slot_pairs = q("""
-        SELECT task_id, labeler_id, count(*) FROM annotation_taskslot WHERE project_id = %s
-        AND labeler_id IS NOT NULL GROUP BY task_id, labeler_id HAVING count(*) > 1""", project)
-    ranking_slot_mismatch = q("""
-        SELECT r.id FROM annotation_ranking r JOIN annotation_taskslot s ON s.id = r.slot_id
-        JOIN annotation_task t ON t.id = r.task_id
-        WHERE t.project_id = %s AND (s.task_id <> r.task_id OR s.labeler_id IS DISTINCT FROM r.labeler_id
-                                    OR s.status <> 'done')""", project)
-    bad_counts = q("""
-        SELECT t.id FROM annotation_task t
-        LEFT JOIN (SELECT task_id, count(*) n FROM annotation_ranking GROUP BY task_id) r ON r.task_id = t.id
-        LEFT JOIN (SELECT task_id, count(*) n FROM annotation_taskslot WHERE status = 'done' GROUP BY task_id) s
-          ON s.task_id = t.id
-        WHERE t.project_id = %s AND t.kind = 'ranking' AND (
-          t.done_count <> coalesce(r.n, 0) OR t.done_count <> coalesce(s.n, 0)
-          OR (t.status = 'complete') <> (t.done_count >= t.target_overlap))""", project)
-    wrong_entries = q("""
-        SELECT r.id FROM annotation_ranking r JOIN annotation_task t ON t.id = r.task_id
-        LEFT JOIN annotation_rankingentry e ON e.ranking_id = r.id
-        WHERE t.project_id = %s GROUP BY r.id HAVING count(e.id) <> 4""", project)
-    db_rankings = {row[0]: (row[1], row[2]) for row in q("""
-        SELECT r.id, r.task_id, r.labeler_id FROM annotation_ranking r JOIN annotation_task t ON t.id = r.task_id
-        WHERE t.project_id = %s""", project)}
-    targets = dict(q("SELECT id, target_overlap FROM annotation_task WHERE project_id = %s", project))
-
-    # Client side: which labelers received each task, and which submissions were acknowledged.
-    handed_to = defaultdict(set)
-    acked = {}
-    acked_201 = 0
-    duplicate_acks = 0
-    for lab in labelers:
-        uid = user_of_token[lab.token]
-        for task_id in lab.handed:
-            handed_to[task_id].add(uid)
-        for ranking_id, task_id, status in lab.submitted:
-            acked_201 += status == 201
-            if ranking_id in acked:
-                duplicate_acks += 1
-            acked[ranking_id] = (task_id, uid)
-    over_handed = {t: len(u) for t, u in handed_to.items() if len(u) > targets.get(t, 1)}
-    lost = [rid for rid, who in acked.items() if db_rankings.get(rid) != who]
-    unacknowledged = [rid for rid in db_rankings if rid not in acked]
-    checks = {
-        "tasks_over_target_overlap": len(over_target),
-        "duplicate_task_labeler_rankings": len(dup_pairs),
-        "duplicate_task_labeler_slots": len(dup_slot_pairs),
-        "rankings_not_matching_their_slot": len(ranking_slot_mismatch),
-        "tasks_with_inconsistent_done_count": len(bad_counts),
-        "rankings_without_k_entries": len(wrong_entries),
-        "tasks_handed_to_more_labelers_than_overlap": len(over_handed),
-        "acknowledged_submits_missing_or_wrong_in_db": len(lost),
-        "rankings_in_db_never_acknowledged": len(unacknowledged),
-        "submits_acknowledged_twice": duplicate_acks,
-    }
-    return {
-        "ok": all(v == 0 for v in checks.values()),
-        **checks,
-        "submits_201": acked_201,
-        "rankings_in_db": len(db_rankings),
-        "tasks_handed_out": len(handed_to),
-    }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -628,20 +219,6 @@ def pg_statements_per_call(pg: Postgres, port: int, project: int, token: str, cy
 # --------------------------------------------------------------------------------------------------
 
 
-def run_child(env: dict, *args: str, capture: bool = True) -> str:
-    r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, text=True,
-                       stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(args[:2])} failed ({r.returncode}):\n{r.stderr[-4000:]}")
-    return r.stdout
-
-
-def seed(env: dict, name: str, tasks: int, labelers: int, overlap: int) -> dict:
-    out = run_child(env, __file__, "_seed", "--name", name, "--tasks", str(tasks), "--labelers", str(labelers),
-                    "--overlap", str(overlap))
-    return json.loads(out.strip().splitlines()[-1])
-
-
 def prepare_database(pg: Postgres, env: dict, name: str) -> dict:
     env = {**env, "DATABASE_URL": pg.create_database(name)}
     log(f"{name}: migrating")
@@ -665,7 +242,7 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
         background = wait_for_quiet(args.quiet_wait)
         log(f"run {run_no}: other processes use {background} cores just before the run")
 
-    user_of_token = dict(zip(seeded["tokens"], seeded["users"]))
+    user_of_token = dict(zip(seeded["tokens"], seeded["users"], strict=True))
     budget = CycleBudget(args.max_cycles)
     deadline_box = [float("inf")]
     labelers = [Labeler(i, tok, gun.port, seeded["project"], stop, deadline_box, budget)
@@ -679,7 +256,7 @@ def one_run(args, run_no: int, env: dict, pg: Postgres, gun: Gunicorn, stop: thr
     # CPU accounting over the measured window.
     while time.perf_counter() < t_measure and any(lab.is_alive() for lab in labelers):
         time.sleep(0.05)
-    workers = {f"worker{i}": pid for i, pid in enumerate(_children(gun.proc.pid))}
+    workers = {f"worker{i}": pid for i, pid in enumerate(gun.workers())}
     cpu0, self0, busy0 = cpu_seconds({**roots, **workers}), sum(os.times()[:2]), machine_busy_seconds()
     while any(lab.is_alive() for lab in labelers):
         for lab in labelers:
@@ -898,9 +475,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "_seed":
-        seed_main(sys.argv[2:])
-    elif len(sys.argv) > 1 and sys.argv[1] == "_queries":
+    if len(sys.argv) > 1 and sys.argv[1] == "_queries":
         queries_main(sys.argv[2:])
     else:
         sys.exit(main())

@@ -3,14 +3,19 @@ a Celery worker on the default and training queues, both against the suite's Red
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from bench.harness import Gunicorn, Postgres, run_child
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -93,3 +98,46 @@ def celery_worker(service_env, tmp_path_factory):
         pytest.fail(f"the Celery worker did not answer in 90 s:\n{log.read_text()}")
     yield process
     stop(process)
+
+
+@dataclass
+class OwnPostgres:
+    pg: Postgres
+    env: dict  # for processes that use it: DATABASE_URL, VAR_DIR, …
+    tmp: Path
+
+
+@pytest.fixture(scope="session")
+def own_postgres():
+    """A PostgreSQL cluster of its own, migrated, for the load and fault tests: they fill it, kill the
+    server processes that use it and restart it, and the suite's cluster is left alone."""
+    tmp = Path(tempfile.mkdtemp(prefix="rlhf-own-pg-"))  # not under pytest's 0700 folder: postgres runs it
+    pg = Postgres(tmp, free_port(), fast=True)
+    try:
+        pg.start()
+        env = {**os.environ, "DATABASE_URL": pg.create_database("rlhf"), "VAR_DIR": str(tmp / "var"),
+               "DEBUG": "false", "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"}
+        env.pop("GUNICORN_ACCESSLOG", None)
+        run_child(env, "manage.py", "migrate", "--noinput", "-v0", capture=False)
+        yield OwnPostgres(pg, env, tmp)
+    finally:
+        pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture
+def start_gunicorn(own_postgres):
+    """start_gunicorn(workers, threads) → gunicorn as production starts it (the app's own throttles), on
+    ``own_postgres``; stopped after the test."""
+    started: list[Gunicorn] = []
+
+    def start(workers: int, threads: int) -> Gunicorn:
+        server = Gunicorn(own_postgres.tmp, free_port(), own_postgres.env, workers, threads, "rlhf_platform.wsgi",
+                          throttle_writes=None)
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
