@@ -8,6 +8,8 @@ import logging
 import time
 
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.http import HttpResponse
 
 request_log = logging.getLogger("annotation.requests")
 
@@ -44,3 +46,22 @@ class RequestLogMiddleware:
                   "user": user.pk if getattr(user, "is_authenticated", False) else None}
         request_log.info("%(method)s %(path)s %(status)s %(ms)sms", fields, extra=fields)
         return response
+
+
+class DatabaseUnavailableMiddleware:
+    """A page whose database is unreachable for a moment (a restart, a failover) answers 503 with
+    Retry-After instead of a server error; the API's exception handler does the same for the API."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        return self.get_response(request)
+
+    def process_exception(self, request, exception):
+        if isinstance(exception, (OperationalError, InterfaceError)):
+            response = HttpResponse("The database is unavailable for a moment; nothing was saved. Try again.",
+                                    status=503, content_type="text/plain; charset=utf-8")
+            response["Retry-After"] = "2"
+            return response
+        return None

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.db import InterfaceError, OperationalError
 from django.http import Http404
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -24,7 +25,21 @@ def _first_code(codes) -> str:
     return "error"
 
 
+RETRY_AFTER_SECONDS = 2
+
+
+class DatabaseUnavailable(exceptions.APIException):
+    """The database could not answer (restarting, unreachable, locked): nothing was written, and the same
+    request may be sent again."""
+    status_code = 503
+    default_code = "database_unavailable"
+    default_detail = "The database is unavailable for a moment; nothing was saved. Retry the same request."
+
+
 def exception_handler(exc, context):
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        exc = DatabaseUnavailable()
+        exc.wait = RETRY_AFTER_SECONDS  # DRF turns it into Retry-After
     if isinstance(exc, Http404):
         exc = exceptions.NotFound(str(exc) or None)
     elif isinstance(exc, DjangoPermissionDenied):

@@ -61,6 +61,7 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "annotation.middleware.ContentSecurityPolicyMiddleware",
     "annotation.middleware.RequestLogMiddleware",
+    "annotation.middleware.DatabaseUnavailableMiddleware",
     "axes.middleware.AxesMiddleware",  # last: answers a locked-out login attempt
 ]
 
@@ -205,6 +206,9 @@ REST_KNOX = {
     "USER_SERIALIZER": None,
     "AUTH_HEADER_PREFIX": "Token",
 }
+# Seconds a process remembers an authenticated token (annotation.auth): a revocation is immediate in the process
+# that revokes, and reaches the other processes within this time. 0 turns the cache off.
+API_TOKEN_CACHE_SECONDS = envint("API_TOKEN_CACHE_SECONDS", 30)
 
 # --- REST framework -------------------------------------------------------------------------------
 REST_FRAMEWORK = {

@@ -125,7 +125,7 @@ def test_the_service_reconnects_by_itself_after_a_postgres_restart_under_load_an
     seeded = seed(own_postgres.env, "restart", 600, RESTART_LABELERS, 2)
     server = start_gunicorn(workers=2, threads=4)
     stop, deadline = threading.Event(), [float("inf")]
-    # While the database is down the server answers 500; a labeler sends the same request again.
+    # While the database is down the server answers 503 with Retry-After; a labeler sends the same request again.
     labelers = [Labeler(i, token, server.port, seeded["project"], stop, deadline, CycleBudget(None), timeout=15,
                         attempts=40, retry_statuses=SERVER_ERRORS) for i, token in enumerate(seeded["tokens"])]
     started = time.perf_counter()
@@ -159,6 +159,8 @@ def test_the_service_reconnects_by_itself_after_a_postgres_restart_under_load_an
     # and replaced before its request uses it.
     after = [s for t, _, s in calls if t > back and (isinstance(s, str) or s >= 500)]
     assert after == [], server.tail()
+    # During it, an unreachable database is "unavailable, retry" (503), never a server error (500).
+    assert {s for _, _, s in calls if isinstance(s, int) and s >= 500} <= {503}, figures
     with own_postgres.pg.connect() as db:
         checks = integrity_checks(db, seeded["project"], labelers,
                                   dict(zip(seeded["tokens"], seeded["users"], strict=True)))
