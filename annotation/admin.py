@@ -94,7 +94,9 @@ class TaskAdmin(admin.ModelAdmin):
         """Gold changes go through ``gold.mark_gold`` / ``unmark_gold`` (slots for every labeler, audited);
         the rest of the form is saved as usual first."""
         if not change or not {"is_gold", "gold_ranks"} & set(form.changed_data):
-            return super().save_model(request, obj, form, change)
+            super().save_model(request, obj, form, change)
+            models.TaskSlot.objects.filter(task=obj).sync_queue_order()  # a status or count edit moves it in the queue
+            return
         wanted, answer = obj.is_gold, obj.gold_ranks
         obj.is_gold, obj.gold_ranks = form.initial.get("is_gold", False), form.initial.get("gold_ranks")
         super().save_model(request, obj, form, change)

@@ -73,6 +73,7 @@ def _top_up(task: Task, wanted: int) -> int:
     total = max(wanted, have)
     status = Task.Status.OPEN if task.status == Task.Status.COMPLETE and task.done_count < total else task.status
     Task.objects.filter(pk=task.pk).update(target_overlap=total, status=status)
+    TaskSlot.objects.filter(task=task).sync_queue_order()  # the new slots, and the gold flag, join the queue
     return total
 
 
@@ -114,6 +115,7 @@ def unmark_gold(*, admin, task: Task) -> Task:
     if status != Task.Status.CANCELLED:
         status = Task.Status.COMPLETE if task.done_count >= total else Task.Status.OPEN
     Task.objects.filter(pk=task.pk).update(is_gold=False, gold_ranks=None, target_overlap=total, status=status)
+    TaskSlot.objects.filter(task=task).sync_queue_order()
     audit.record(actor=admin, action="gold.unmark", target=task, slots=total)
     task.refresh_from_db()
     return task

@@ -14,7 +14,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
-from django.db.models import Exists, OuterRef, Q
+from django.db.models import Exists, OuterRef, Q, Subquery
 from django.db.models.signals import pre_delete
 from django.dispatch import receiver
 from django.utils import timezone
@@ -290,6 +290,12 @@ class Round(models.Model):
     def __str__(self) -> str:
         return f"{self.project} round {self.number}"
 
+    @property
+    def path(self) -> str:
+        """How the round trains its policy: "ppo", "rloo" or "dpo" (``annotation.loop.config.PATHS``), or ""
+        before it has started; rounds from before paths existed were PPO's."""
+        return self.config.get("path", "ppo") if self.config else ""
+
 
 class ModelVersionManager(models.Manager):
     def latest_for(self, project: Project, stage: str) -> ModelVersion | None:
@@ -308,6 +314,8 @@ class ModelVersion(models.Model):
         SFT = "sft", "SFT"
         RM = "rm", "Reward model"
         PPO = "ppo", "PPO policy"
+        RLOO = "rloo", "RLOO policy"
+        DPO = "dpo", "DPO policy"
 
     project = models.ForeignKey(Project, null=True, blank=True, on_delete=models.CASCADE, related_name="model_versions",
                                 help_text="None for a base registered for the whole site.")
@@ -451,12 +459,32 @@ class TaskCandidate(models.Model):
         ]
 
 
+def _queue_order_from_task() -> dict:
+    """The task's queue order, as values for an UPDATE of its slots (``TaskSlot.task_*``)."""
+    task = Task.objects.filter(pk=OuterRef("task_id"))
+    return {"task_done_count": Subquery(task.values("done_count")[:1]),
+            "task_open": Exists(task.filter(status=Task.Status.OPEN)),
+            "task_is_gold": Subquery(task.values("is_gold")[:1])}
+
+
 class TaskSlotQuerySet(models.QuerySet):
     def free_leases_of(self, user) -> int:
         """Every slot ``user`` holds goes back to the queue."""
-        return self.filter(labeler=user, status=TaskSlot.Status.LEASED).update(
-            status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
-        )
+        return self.filter(labeler=user, status=TaskSlot.Status.LEASED).release()
+
+    def release(self) -> int:
+        """These slots go back to the queue: free, in their task's current place in the queue order."""
+        return self.update(status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None,
+                           **_queue_order_from_task())
+
+    def sync_queue_order(self) -> int:
+        """Copy each task's queue order (done count, open, gold) to these slots that are free: call it after
+        changing a task's status, done count or gold flag other than by a submission (which does it itself),
+        in the transaction that changed it. Leased and done slots are left alone, and so is a free slot that
+        someone holds locked (it is being leased): they copy the order once they are free again. Waiting for
+        them could deadlock with a submission that waits for the task row."""
+        unlocked = self.filter(status=TaskSlot.Status.FREE).select_for_update(skip_locked=True).values("pk")
+        return TaskSlot.objects.filter(pk__in=unlocked).update(**_queue_order_from_task())
 
     def claimable_by(self, *, user, project: Project, kind: str, now) -> TaskSlotQuerySet:
         """Slots the user may lease, nearest-to-complete tasks first.
@@ -494,6 +522,13 @@ class TaskSlot(models.Model):
     )
     leased_at = models.DateTimeField(null=True, blank=True)
     lease_expires = models.DateTimeField(null=True, blank=True)
+    # The task's queue order, copied onto the slot so that the claim walks one partial index in order
+    # (``slot_queue``) instead of joining every open task. Exact on free slots, the only ones that index
+    # holds: a task's change copies it to its free slots, and a slot that becomes free copies it from
+    # its task (see ``TaskSlotQuerySet.release``); leased and done slots may lag.
+    task_done_count = models.PositiveSmallIntegerField(default=0, editable=False)
+    task_open = models.BooleanField(default=True, editable=False)
+    task_is_gold = models.BooleanField(default=False, editable=False)
 
     objects = TaskSlotQuerySet.as_manager()
 
@@ -516,10 +551,16 @@ class TaskSlot(models.Model):
         ]
         indexes = [
             models.Index(fields=["labeler", "status"], name="slot_by_labeler"),
+            # The queue, nearest-to-complete tasks first, then the oldest: free slots of open tasks only,
+            # so a claim reads the first rows of its (project, kind) range whatever the size of the queue,
+            # of other projects' queues, or of the finished work.
             models.Index(
-                fields=["project", "kind", "status"], name="claimable_slots",
-                condition=Q(status__in=["free", "leased"]),
+                fields=["project", "kind", "task_is_gold", "-task_done_count", "task", "index"], name="slot_queue",
+                condition=Q(status="free", task_open=True),
             ),
+            # Leases, by expiry: where a claim finds the expired ones, however many leases are held.
+            models.Index(fields=["project", "kind", "lease_expires"], name="slot_leases",
+                         condition=Q(status="leased")),
         ]
 
 
@@ -713,6 +754,8 @@ class JobStage(models.TextChoices):
     SFT = "sft", "SFT"
     RM = "rm", "Reward model"
     PPO = "ppo", "PPO"
+    RLOO = "rloo", "RLOO"
+    DPO = "dpo", "DPO"
     EVALUATE = "evaluate", "Evaluate on held-out prompts"
     GENERATE = "generate", "Generate candidates"
 

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import TypedDict
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import IntegrityError, connection, transaction
-from django.db.models import Case, F, ProtectedError, Q, Value, When
+from django.db import IntegrityError, transaction
+from django.db.models import F, ProtectedError, Q
 from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.exceptions import ValidationError
 
+from . import queue
 from .errors import Conflict
 from .models import (
     Candidate,
@@ -329,13 +329,10 @@ def _my_open_lease(*, user, project: Project, kind: str) -> TaskSlot | None:
     )
 
 
-def _lease(slot_id: int, *, user, project: Project, now, only_if_claimable: bool) -> bool:
-    """Conditional-UPDATE claim: true when this call, and no concurrent one, got the slot."""
-    rows = TaskSlot.objects.filter(pk=slot_id)
-    if only_if_claimable:
-        rows = rows.filter(Q(status=TaskSlot.Status.FREE) | Q(status=TaskSlot.Status.LEASED, lease_expires__lte=now))
-    else:
-        rows = rows.filter(labeler=user, status=TaskSlot.Status.LEASED)
+def _lease(slot_id: int, *, user, project: Project, now) -> bool:
+    """Conditional-UPDATE claim of a free or expired slot: true when this call, and no concurrent one, got it."""
+    rows = TaskSlot.objects.filter(pk=slot_id).filter(
+        Q(status=TaskSlot.Status.FREE) | Q(status=TaskSlot.Status.LEASED, lease_expires__lte=now))
     return rows.update(
         status=TaskSlot.Status.LEASED, labeler=user, leased_at=now, lease_expires=now + project.lease_duration
     ) == 1
@@ -345,11 +342,7 @@ def _lease(slot_id: int, *, user, project: Project, now, only_if_claimable: bool
 class Lease:
     task_id: int
     expires: datetime
-
-
-def _lock_user(user) -> None:
-    """Lock the user's row: one labeler's queue operations (two tabs, a double click) run one at a time."""
-    list(get_user_model().objects.select_for_update().filter(pk=user.pk).values_list("pk", flat=True))
+    task: queue.TaskRow | None = None  # the task as read with the lease, when the claim read it
 
 
 def gold_draw(*, project_id: int, user_id: int, served: int) -> float:
@@ -361,10 +354,10 @@ def gold_draw(*, project_id: int, user_id: int, served: int) -> float:
     return int.from_bytes(digest[:7], "big") / 2**56
 
 
-def gold_turn(*, user, project: Project) -> bool:
-    """Whether the labeler's next ranking task is a gold one: a draw below ``project.gold_rate``, so over
-    many tasks the share of gold converges to the rate (each draw is independent of the others)."""
-    served = TaskSlot.objects.filter(project=project, kind=TaskKind.RANKING, labeler=user).count()
+def gold_turn(*, user, project: Project, served: int) -> bool:
+    """Whether the labeler's next ranking task is a gold one, ``served`` being how many ranking slots of the
+    project they hold or did: a draw below ``project.gold_rate``, so over many tasks the share of gold
+    converges to the rate (each draw is independent of the others)."""
     return gold_draw(project_id=project.pk, user_id=user.pk, served=served) < project.gold_rate
 
 
@@ -377,11 +370,14 @@ def held_lease(*, user, project: Project, kind: str) -> Lease | None:
 def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Lease | None:
     """Lease the next task of ``kind`` to ``user``, or return None when nothing is left.
 
-    Asking again while holding a lease returns the same task (and renews the lease). Locks: the
-    caller's user row, so one labeler's concurrent requests (double clicks, two tabs) serialise and get
-    the same task; on PostgreSQL the candidate slot is selected ``FOR UPDATE SKIP LOCKED``, so
-    different labelers pass each other instead of queueing. The conditional UPDATE makes the claim safe
-    on SQLite too, and the (task, labeler) unique constraint backs it up.
+    Asking again while holding a lease returns the same task (and renews the lease). The order: tasks
+    nearest to completing their overlap first, then the oldest; an expired lease of someone else counts as
+    a free slot of its task (``expire_leases`` also frees them every few minutes). A labeler never gets a
+    task they hold, did or skipped. Locks the caller's user row on PostgreSQL, so one labeler's concurrent
+    requests (double clicks, two tabs) serialise and get the same task, and takes the slot ``FOR UPDATE
+    SKIP LOCKED``, so different labelers pass each other instead of queueing; SQLite's IMMEDIATE
+    transactions serialise writers. Two statements on PostgreSQL (lock, then claim-and-read), two on SQLite
+    (claim, read), whatever the size of the queue (``annotation.queue``).
 
     Gold ranking tasks (``annotation.gold``) are mixed in at ``project.gold_rate``: when ``gold_turn`` says
     so, a gold task the labeler never had takes the place of the ordinary one, through the same claim. Gold
@@ -389,60 +385,39 @@ def next_task(*, user, project: Project, kind: str, max_attempts: int = 8) -> Le
     """
     if kind == TaskKind.PROMPT_WRITING or not project.kind_enabled(kind):
         raise ValidationError({"kind": [f"{kind} tasks are not enabled in this project"]})
+    mixes_gold = kind == TaskKind.RANKING and project.gold_rate > 0
     for _ in range(max_attempts):
         now = timezone.now()
+        expires = now + project.lease_duration
         try:
             with transaction.atomic():
-                _lock_user(user)
-                held = _my_open_lease(user=user, project=project, kind=kind)
-                if held is not None:
-                    if _lease(held.pk, user=user, project=project, now=now, only_if_claimable=False):
-                        return Lease(task_id=held.task_id, expires=now + project.lease_duration)
-                    continue  # the lease had expired and another labeler took the slot meanwhile
-                candidates = TaskSlot.objects.claimable_by(user=user, project=project, kind=kind, now=now)
-                if connection.features.has_select_for_update_skip_locked:
-                    candidates = candidates.select_for_update(skip_locked=True, of=("self",))
-                slot = candidates.filter(task__is_gold=False).only("id", "task_id").first()
-                if slot is None:
-                    return None
-                if kind == TaskKind.RANKING and project.gold_rate > 0 and gold_turn(user=user, project=project):
-                    gold = candidates.filter(task__is_gold=True).only("id", "task_id").first()
-                    slot = gold if gold is not None else slot
-                if _lease(slot.pk, user=user, project=project, now=now, only_if_claimable=True):
-                    return Lease(task_id=slot.task_id, expires=now + project.lease_duration)
-                # Nothing got updated: another labeler got there first. Try the next slot.
+                served = queue.lock_labeler(user_id=user.pk, project_id=project.pk, count_served=mixes_gold)
+                gold = mixes_gold and gold_turn(user=user, project=project, served=served)
+                claimed = queue.claim(user_id=user.pk, project_id=project.pk, kind=kind, now=now, expires=expires,
+                                      gold=gold)
         except IntegrityError:
             # A concurrent request of the same labeler leased another slot of this task; the next
             # attempt finds that lease and returns it.
             continue
+        if claimed is None:
+            return None
+        if claimed is not queue.LOST:
+            return Lease(task_id=claimed.id, expires=expires, task=claimed)
+        # Nothing got updated: the slot changed after it was picked (our expired lease was taken over, or
+        # another labeler got there first). Ask again.
     raise Conflict("The queue is busy; please ask again.")
 
 
-def _lock_my_slot(*, user, task: Task, now) -> TaskSlot:
-    """Lock the slot this submission fills: the caller's lease, or, if it expired and was taken over,
-    any slot of the task that is still claimable. Needs an open transaction."""
-    slot = TaskSlot.objects.select_for_update().filter(task=task, labeler=user).first()
-    if slot is not None:
-        return slot
+def _take_free_slot(*, user, task: Task, now) -> queue.LockedSlot:
+    """A submission without a lease on the task (the lease expired and was taken over, an import, a script):
+    lease any slot of the task that is still claimable, or refuse. Needs an open transaction."""
     claimable = TaskSlot.objects.claimable_by(user=user, project=task.project, kind=task.kind, now=now)
     for free in claimable.filter(task=task):
-        if _lease(free.pk, user=user, project=task.project, now=now, only_if_claimable=True):
-            return TaskSlot.objects.select_for_update().get(pk=free.pk)
+        if _lease(free.pk, user=user, project=task.project, now=now):
+            return queue.lock_slot(task_id=task.pk, user_id=user.pk)
     if Skip.objects.filter(task=task, labeler=user).exists():
         raise Conflict("You skipped this task.")
     raise Conflict("Your lease on this task expired and its slots are taken.")
-
-
-def _finish_slot(slot: TaskSlot, task: Task) -> None:
-    TaskSlot.objects.filter(pk=slot.pk).update(status=TaskSlot.Status.DONE, lease_expires=None)
-    # One UPDATE, evaluated against the row's current values, so concurrent submits on the same task
-    # (other slots) never compute the status from a stale count.
-    Task.objects.filter(pk=task.pk).update(
-        done_count=F("done_count") + 1,
-        status=Case(
-            When(done_count__gte=F("target_overlap") - 1, then=Value(Task.Status.COMPLETE)), default=F("status")
-        ),
-    )
 
 
 def _require_kind(task: Task, kind: str) -> None:
@@ -499,24 +474,27 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
     Idempotent: a retry of the same ranking (double click, network retry) returns the first one with
     created=False; a second submission that differs in anything but the time spent (ranks, labels,
     quality, comment) is a Conflict naming the fields that differ. Locks the caller's
-    slot row, so concurrent retries serialise on it.
+    slot row, so concurrent retries serialise on it, then the task row (``queue.finish_slot``).
     """
     _require_kind(task, TaskKind.RANKING)
-    order = shown_order(task)
-    entries = validate_ranking_entries(task, entries, order)
     now = timezone.now()
     with transaction.atomic():
-        slot = _lock_my_slot(user=labeler, task=task, now=now)
+        # The caller's slot, locked, and the task's candidates in display order: one statement.
+        slot = queue.lock_slot(task_id=task.pk, user_id=labeler.pk)
+        order = slot.order if slot is not None else shown_order(task)
+        entries = validate_ranking_entries(task, entries, order)
+        if slot is None:
+            slot = _take_free_slot(user=labeler, task=task, now=now)
         if slot.status == TaskSlot.Status.DONE:
-            existing = Ranking.objects.prefetch_related("entries").get(slot=slot)
+            existing = Ranking.objects.select_related("task").prefetch_related("entries").get(slot_id=slot.id)
             differ = _ranking_differences(existing, entries, comment)
             if not differ:
                 return existing, False
             raise Conflict(f"You already ranked this task differently ({', '.join(differ)}); "
                            "correct it from your history instead.")
         ranking = Ranking.objects.create(
-            task=task, slot=slot, labeler=labeler, comment=comment, seconds_spent=seconds_spent, shown_order=order
-        )
+            task=task, slot_id=slot.id, labeler=labeler, comment=comment, seconds_spent=seconds_spent,
+            shown_order=order)
         rows = RankingEntry.objects.bulk_create(
             RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
                          **{f: bool(e.get(f, False)) for f in LABEL_FIELDS})
@@ -524,7 +502,7 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
         )
         LabelRevision.objects.create(ranking=ranking, number=1, content=ranking_content(comment, entries),
                                      author=labeler, seconds_spent=seconds_spent)
-        _finish_slot(slot, task)
+        queue.finish_slot(slot_id=slot.id, task_id=task.pk)
     # The caller renders the ranking from memory rather than reading back what was just written.
     ranking._prefetched_objects_cache = {"entries": rows}
     return ranking, True
@@ -537,18 +515,18 @@ def submit_demonstration(*, author, task: Task, text: str, seconds_spent: float)
         raise ValidationError({"text": ["a demonstration cannot be empty"]})
     now = timezone.now()
     with transaction.atomic():
-        slot = _lock_my_slot(user=author, task=task, now=now)
+        slot = queue.lock_slot(task_id=task.pk, user_id=author.pk) or _take_free_slot(user=author, task=task, now=now)
         if slot.status == TaskSlot.Status.DONE:
-            existing = Demonstration.objects.get(slot=slot)
+            existing = Demonstration.objects.get(slot_id=slot.id)
             if existing.text == text:
                 return existing, False
             raise Conflict("You already wrote a demonstration for this task; correct it from your history instead.")
         demonstration = Demonstration.objects.create(
-            task=task, slot=slot, prompt_id=task.prompt_id, author=author, text=text, seconds_spent=seconds_spent
+            task=task, slot_id=slot.id, prompt_id=task.prompt_id, author=author, text=text, seconds_spent=seconds_spent
         )
         LabelRevision.objects.create(demonstration=demonstration, number=1, content={"text": text}, author=author,
                                      seconds_spent=seconds_spent)
-        _finish_slot(slot, task)
+        queue.finish_slot(slot_id=slot.id, task_id=task.pk)
     return demonstration, True
 
 
@@ -613,9 +591,7 @@ def correct_demonstration(*, author, demonstration: Demonstration, text: str, se
 
 
 def _free_slot(*, user, task: Task) -> None:
-    TaskSlot.objects.filter(task=task, labeler=user, status=TaskSlot.Status.LEASED).update(
-        status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
-    )
+    TaskSlot.objects.filter(task=task, labeler=user, status=TaskSlot.Status.LEASED).release()
 
 
 @transaction.atomic
@@ -639,17 +615,16 @@ def undo_skip(*, labeler, task: Task) -> Lease | None:
     is released and a slot of this task leased to them. Returns that lease, or None if there was no skip
     or every slot was taken meanwhile (the skip is forgotten all the same). Locks the user row first, as
     ``next_task`` does, so that it never races the labeler's own next-task request."""
-    _lock_user(labeler)
+    queue.lock_labeler(user_id=labeler.pk, project_id=task.project_id)
     deleted, _ = Skip.objects.filter(task=task, labeler=labeler).delete()
     if not deleted:
         return None
     TaskSlot.objects.filter(labeler=labeler, project_id=task.project_id, kind=task.kind,
-                            status=TaskSlot.Status.LEASED).update(
-        status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None)
+                            status=TaskSlot.Status.LEASED).release()
     now = timezone.now()
     claimable = TaskSlot.objects.claimable_by(user=labeler, project=task.project, kind=task.kind, now=now)
     for slot in claimable.filter(task=task):
-        if _lease(slot.pk, user=labeler, project=task.project, now=now, only_if_claimable=True):
+        if _lease(slot.pk, user=labeler, project=task.project, now=now):
             return Lease(task_id=task.pk, expires=now + task.project.lease_duration)
     return None
 
@@ -668,9 +643,7 @@ def expire_leases(*, now=None) -> int:
     """Housekeeping: mark expired leases free. The queue already treats them as free; this keeps the
     table tidy and the admin's numbers true."""
     now = now or timezone.now()
-    return TaskSlot.objects.filter(status=TaskSlot.Status.LEASED, lease_expires__lte=now).update(
-        status=TaskSlot.Status.FREE, labeler=None, leased_at=None, lease_expires=None
-    )
+    return TaskSlot.objects.filter(status=TaskSlot.Status.LEASED, lease_expires__lte=now).release()
 
 
 def purge_expired_tokens(*, now=None) -> int:

@@ -18,7 +18,7 @@ from . import access, memberships, quality, reviews, services, stats
 from .errors import Conflict
 from .formats import FORMATS
 from .imports import readers
-from .loop.config import PRESETS, preset
+from .loop.config import PATHS, PRESETS, preset
 from .models import Demonstration, ModelVersion, Ranking, ReviewStatus, Role, Task, TaskKind, TaskSlot, TrainingJob
 from .rendering import render_markdown
 
@@ -205,6 +205,7 @@ def manage_project(request, project_id: int):
         "bases": bases.order_by("id"),
         "default_config": json.dumps(preset(project.round_preset), indent=2),
         "presets": {name: preset(name) for name in PRESETS},
+        "paths": {name: " → ".join(stages) for name, stages in PATHS.items()},
         "import_formats": [(name, readers.HINTS.get(name, "")) for name in readers.FORMATS],
         "import_max_mb": settings.IMPORT_MAX_UPLOAD_MB,
     })
@@ -223,8 +224,10 @@ def new_project(request):
 def manage_job(request, job_id: int):
     job = access.access_managed(request.user, access.jobs_visible_to(request.user), job_id, "job")
     job = TrainingJob.objects.select_related("project", "round", "result_model", "snapshot").get(pk=job.pk)
+    path = job.round.path if job.round else ""
     return render(request, "annotation/manage_job.html", {"job": job, "project": job.project,
-                                                          "inputs": job.input_models.all()})
+                                                          "inputs": job.input_models.all(),
+                                                          "path": " → ".join(PATHS.get(path, ()))})
 
 
 @labeler_page

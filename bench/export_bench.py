@@ -94,17 +94,18 @@ def seed(db: Path, rankings: int) -> None:
     insert("annotation_candidate", "id, text, origin, generation_params, created, prompt_id",
            ((c, f"Answer {c % K} to question {(c - 1) // K + 1}. {FILLER}", "imported", "{}", WHEN, (c - 1) // K + 1)
             for c in range(1, tasks * K + 1)))
-    insert("annotation_task", "id, kind, target_overlap, done_count, status, created, project_id, prompt_id",
-           ((t, "ranking", OVERLAP, OVERLAP, "complete", WHEN, project.pk, t) for t in range(1, tasks + 1)))
+    insert("annotation_task", "id, kind, target_overlap, done_count, status, created, project_id, prompt_id, is_gold",
+           ((t, "ranking", OVERLAP, OVERLAP, "complete", WHEN, project.pk, t, False) for t in range(1, tasks + 1)))
     insert("annotation_taskcandidate", "id, position, candidate_id, task_id",
            ((c, (c - 1) % K, c, (c - 1) // K + 1) for c in range(1, tasks * K + 1)))
-    insert("annotation_taskslot", '"id", "kind", "index", "status", "labeler_id", "project_id", "task_id"',
-           ((r, "ranking", (r - 1) % OVERLAP, "done", labelers[(r - 1) % OVERLAP], project.pk, (r - 1) // OVERLAP + 1)
-            for r in range(1, tasks * OVERLAP + 1)))
+    insert("annotation_taskslot", '"id", "kind", "index", "status", "labeler_id", "project_id", "task_id", '
+                                  '"task_done_count", "task_open", "task_is_gold"',
+           ((r, "ranking", (r - 1) % OVERLAP, "done", labelers[(r - 1) % OVERLAP], project.pk, (r - 1) // OVERLAP + 1,
+             OVERLAP, False, False) for r in range(1, tasks * OVERLAP + 1)))
     insert("annotation_ranking", "id, comment, seconds_spent, review_status, created, updated, labeler_id, task_id, "
-                                 "slot_id",
-           ((r, "", 12.5, "submitted", WHEN, WHEN, labelers[(r - 1) % OVERLAP], (r - 1) // OVERLAP + 1, r)
-            for r in range(1, tasks * OVERLAP + 1)))
+                                 "slot_id, in_snapshot, revision, review_note, shown_order",
+           ((r, "", 12.5, "submitted", WHEN, WHEN, labelers[(r - 1) % OVERLAP], (r - 1) // OVERLAP + 1, r, False, 1, "",
+             "[0, 1, 2, 3]") for r in range(1, tasks * OVERLAP + 1)))
     shuffler = random.Random(11)
 
     def entries():

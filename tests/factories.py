@@ -6,7 +6,7 @@ import itertools
 from django.contrib.auth import get_user_model
 
 from annotation import services
-from annotation.models import Membership, Project, Prompt, Task, TaskKind
+from annotation.models import Candidate, Membership, Project, Prompt, Task, TaskCandidate, TaskKind, TaskSlot
 
 _counter = itertools.count(1)
 
@@ -48,3 +48,21 @@ def best_first(task: Task) -> list[dict]:
     """A valid ranking of the task: candidates in display order, 1 = first."""
     ids = list(task.task_candidates.order_by("position").values_list("candidate_id", flat=True))
     return [{"candidate": cid, "rank": i + 1} for i, cid in enumerate(ids)]
+
+
+def bulk_ranking_tasks(project: Project, n: int, *, batch: int = 2000) -> None:
+    """``n`` open ranking tasks of ``project`` (its k candidates, its overlap in free slots), written with
+    bulk_create: thousands in a second or two, for tests of the queue's size. No demonstration tasks."""
+    for start in range(0, n, batch):
+        size = min(batch, n - start)
+        prompts = Prompt.objects.bulk_create(
+            Prompt(project=project, text=f"bulk prompt {start + i}", content_hash=f"bulk-{project.pk}-{start + i}",
+                   split="train") for i in range(size))
+        candidates = Candidate.objects.bulk_create(
+            Candidate(prompt=p, text=f"response {j}") for p in prompts for j in range(project.k))
+        tasks = Task.objects.bulk_create(
+            Task(project=project, kind=TaskKind.RANKING, prompt=p, target_overlap=project.overlap) for p in prompts)
+        TaskCandidate.objects.bulk_create(TaskCandidate(task=t, candidate=candidates[i * project.k + j], position=j)
+                                          for i, t in enumerate(tasks) for j in range(project.k))
+        TaskSlot.objects.bulk_create(TaskSlot(task=t, project=project, kind=TaskKind.RANKING, index=s)
+                                     for t in tasks for s in range(project.overlap))

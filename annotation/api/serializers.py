@@ -5,7 +5,7 @@ from django.conf import settings
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
-from .. import exporting, reviews, services
+from .. import exporting, queue, reviews, services
 from ..formats import FORMATS
 from ..imports.readers import FORMATS as IMPORT_FORMATS
 from ..imports.readers import SOURCE_NAME
@@ -265,6 +265,25 @@ class TaskSerializer(serializers.ModelSerializer):
         return data
 
 
+_DATETIME = serializers.DateTimeField()
+
+
+def task_data(task: queue.TaskRow, lease_expires) -> dict:
+    """``TaskSerializer``'s output for a task the queue read with its lease, without the serializer's cost
+    (next-task's hot path). tests/annotation/test_fast_payloads.py holds the two equal."""
+    target_overlap, done_count = task.target_overlap, task.done_count
+    if task.is_gold:  # as TaskSerializer.to_representation: a gold task looks like any open task
+        target_overlap, done_count = task.project_overlap, min(done_count, task.project_overlap - 1)
+    return {
+        "id": task.id, "kind": task.kind, "project": task.project, "round": task.round,
+        "prompt": {"id": task.prompt_id, "text": task.prompt_text, "messages": task.prompt_messages,
+                   "language": task.prompt_language},
+        "candidates": [{"id": c.id, "text": c.text} for c in task.candidates],
+        "target_overlap": target_overlap, "done_count": done_count, "status": task.status,
+        "lease_expires": _DATETIME.to_representation(lease_expires) if lease_expires is not None else None,
+    }
+
+
 class GoldSerializer(serializers.Serializer):
     gold_ranks = serializers.DictField(
         child=serializers.IntegerField(min_value=1, max_value=MAX_K), allow_empty=False,
@@ -336,6 +355,21 @@ class RankingSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+def ranking_data(ranking: Ranking) -> dict:
+    """``RankingSerializer``'s output without the serializer's cost (submit-ranking's hot path), from a ranking
+    with its task and entries loaded. tests/annotation/test_fast_payloads.py holds the two equal."""
+    return {
+        "id": ranking.pk, "task": ranking.task_id, "project": ranking.task.project_id, "labeler": ranking.labeler_id,
+        "entries": [{"candidate": e.candidate_id, "rank": e.rank, "fails_instruction": e.fails_instruction,
+                     "hallucination": e.hallucination, "inappropriate": e.inappropriate, "harmful": e.harmful,
+                     "quality": e.quality} for e in ranking.entries.all()],
+        "comment": ranking.comment, "seconds_spent": float(ranking.seconds_spent),
+        "review_status": ranking.review_status, "review_note": ranking.review_note, "revision": ranking.revision,
+        "created": _DATETIME.to_representation(ranking.created),
+        "updated": _DATETIME.to_representation(ranking.updated),
+    }
+
+
 class DemonstrationSerializer(serializers.ModelSerializer):
     project = serializers.IntegerField(source="task.project_id", read_only=True)
 
@@ -353,16 +387,20 @@ class SkipOutSerializer(serializers.ModelSerializer):
 
 
 class RoundSerializer(serializers.ModelSerializer):
+    path = serializers.CharField(read_only=True, help_text='How the round trains its policy: "ppo" (SFT → RM → '
+                                 'PPO), "rloo" (SFT → RM → RLOO) or "dpo" (SFT → DPO); "" before it starts.')
+
     class Meta:
         model = Round
-        fields = ["id", "project", "number", "status", "config", "comparison", "gate_note", "run", "created",
-                  "started", "finished"]
+        fields = ["id", "project", "number", "status", "path", "config", "comparison", "gate_note", "run",
+                  "created", "started", "finished"]
 
 
 class StartRoundSerializer(serializers.Serializer):
     config = serializers.JSONField(
         required=False, default=dict,
-        help_text="Per-stage overrides: {sft: {...}, rm: {...}, ppo: {...}, generate: {...}}",
+        help_text='{preset, path: "ppo" | "rloo" | "dpo", gate, and per-stage overrides: sft, rm, ppo, rloo, dpo, '
+                  'evaluate, generate: {...}}',
     )
 
 

@@ -127,7 +127,7 @@ class ProjectViewSet(viewsets.ModelViewSet):
         lease = services.next_task(user=request.user, project=project, kind=kind)
         if lease is None:
             return Response(status=status.HTTP_204_NO_CONTENT)
-        return Response(render_task(lease.task_id, lease.expires))
+        return Response(s.task_data(lease.task, lease.expires))
 
     @extend_schema(request=s.WritePromptSerializer, responses={201: s.PromptSerializer, 200: s.PromptSerializer})
     @action(detail=True, methods=["post"], url_path="write-prompt")
@@ -144,8 +144,8 @@ class ProjectViewSet(viewsets.ModelViewSet):
     @extend_schema(request=s.StartRoundSerializer, responses={201: s.RoundSerializer})
     @action(detail=True, methods=["post"], url_path="start-round")
     def start_round(self, request, pk=None):
-        """Start a training round on the labels collected so far: snapshot → SFT → RM → PPO → generate →
-        the next round's ranking tasks (admins)."""
+        """Start a training round on the labels collected so far: snapshot → SFT → RM → PPO (or the config's
+        path: SFT → RM → RLOO, SFT → DPO) → evaluate → generate → the next round's ranking tasks (admins)."""
         body = s.StartRoundSerializer(data=request.data)
         body.is_valid(raise_exception=True)
         project = access.access_project_by_id(request.user, pk, min_role=Role.ADMIN)
@@ -359,7 +359,7 @@ class TaskViewSet(mixins.RetrieveModelMixin, mixins.ListModelMixin, viewsets.Gen
         body.is_valid(raise_exception=True)
         task = access.access_task_by_id(request.user, pk)
         ranking, created = services.submit_ranking(labeler=request.user, task=task, **body.validated_data)
-        return Response(s.RankingSerializer(ranking).data, status=201 if created else 200)
+        return Response(s.ranking_data(ranking), status=201 if created else 200)
 
     @extend_schema(request=s.DemonstrationSubmitSerializer, responses={201: s.DemonstrationSerializer})
     @action(detail=True, methods=["post"], url_path="submit-demonstration")
@@ -586,8 +586,9 @@ class ModelVersionViewSet(viewsets.ReadOnlyModelViewSet):
 
     @action(detail=True, methods=["get"])
     def lineage(self, request, pk=None):
-        """The version's ancestors (e.g. PPO → SFT → base), each with the snapshot and labels it was trained
-        on, and the other models its job consumed (PPO's reward model)."""
+        """The version's ancestors (e.g. PPO → SFT → base; RLOO or DPO in place of PPO, by the round's path),
+        each with the snapshot and labels it was trained on, and the other models its job consumed (PPO's or
+        RLOO's reward model)."""
         return Response(lineage_of(self.get_object()))
 
 

@@ -9,9 +9,11 @@
     worker.py: claim (atomic, fenced by attempt) → heartbeat → stages.py → training/ (torch)
         │  on_job_finished (rounds.py) enqueues the next stage of the round's current run
         ▼
-    SFT ──► RM ──► PPO ──► generate ──► ranking tasks of the next round (services.create_ranking_tasks)
-                                         │
-                                         └──► labelers rank them ──► the next round's labels
+    SFT ─┬─► RM ─┬─► PPO ──┬─► evaluate (the gate) ─► generate ─► ranking tasks of the next round
+         │       └─► RLOO ─┤                                      (services.create_ranking_tasks)
+         └─► DPO ──────────┘   (the round's path: config.PATHS)           │
+                                                                           └─► labelers rank them ─► the
+                                                                               next round's labels
 
 Who calls whom (no module below imports one above it; ``annotation.tasks`` sits on top and nothing
 imports it):

@@ -1,6 +1,9 @@
-"""Round presets and their validation. A round's config is one preset plus per-stage overrides:
+"""Round presets and their validation. A round's config is one preset, a path, and per-stage overrides:
 
-    {"preset": "cpu", "sft": {"max_steps": 100}, "generate": {"prompts": 40}}
+    {"preset": "cpu", "path": "rloo", "sft": {"max_steps": 100}, "generate": {"prompts": 40}}
+
+The path says how the round turns its labels into a policy (``PATHS``): InstructGPT's SFT → RM → PPO (the
+default), SFT → RM → RLOO (no critic), or SFT → DPO (no reward model: the policy trains on the rankings).
 
 Each stage's settings are the fields of the training library's config dataclass for that stage
 (``training.config``), less the model paths, which the round fills in from the lineage. ``generate``
@@ -16,9 +19,25 @@ from typing import Any, TypedDict
 
 from rest_framework.exceptions import ValidationError
 
-from training.config import EvaluateConfig, GenerateConfig, PPOConfig, RewardConfig, SFTConfig
+from training.config import (
+    DPOConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    PPOConfig,
+    RewardConfig,
+    RLOOConfig,
+    SFTConfig,
+)
 
-STAGES = ("sft", "rm", "ppo", "evaluate", "generate")
+STAGES = ("sft", "rm", "ppo", "rloo", "dpo", "evaluate", "generate")
+# A round's path: the stages that train its policy, in order. Every path then evaluates the policy on
+# held-out prompts against SFT and the previous policy, and generates the next round's candidates.
+PATHS: dict[str, tuple[str, ...]] = {
+    "ppo": ("sft", "rm", "ppo"),    # InstructGPT: a reward model, then PPO against it with a critic
+    "rloo": ("sft", "rm", "rloo"),  # the same reward model, REINFORCE with a leave-one-out baseline: no critic
+    "dpo": ("sft", "dpo"),          # no reward model: DPO on the rankings, the round's SFT model as reference
+}
+DEFAULT_PATH = "ppo"
 
 
 class RoundConfig(TypedDict):
@@ -26,9 +45,12 @@ class RoundConfig(TypedDict):
 
     preset: str
     gate: bool
+    path: str
     sft: dict[str, Any]
     rm: dict[str, Any]
     ppo: dict[str, Any]
+    rloo: dict[str, Any]
+    dpo: dict[str, Any]
     evaluate: dict[str, Any]
     generate: dict[str, Any]
 
@@ -70,6 +92,31 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "eval_prompts": 16,
             "checkpoint_every": 4,    # three checkpoints a run: a kill loses at most 4 iterations
         },
+        "rloo": {                     # PPO's budget: as many iterations and rollouts, and no critic to train
+            "iterations": 12,
+            "batch_size": 2,          # prompts per rollout, each sampled k times: PPO's 8 rollouts
+            "k": 4,                   # Ahmadian et al.'s k: each sample's baseline is the mean of 3 others
+            "minibatch_size": 4,
+            "update_epochs": 2,       # as ppo_epochs
+            "max_prompt_length": 128,
+            "learning_rate": 2e-5,    # PPO's actor rate
+            "kl_coef": 0.05,          # as PPO
+            "sample_every": 4,
+            "eval_every": 4,          # the same held-out charts as PPO's
+            "eval_prompts": 16,
+            "checkpoint_every": 4,
+        },
+        "dpo": {                      # the RM's budget: the same rankings, once
+            "max_steps": 60,
+            "batch_size": 4,          # rankings, each with its k responses
+            "learning_rate": 3e-5,    # an order below SFT's, as DPO moves a policy far per step
+            "beta": 0.1,              # DPO's usual β: the policy stays near the round's SFT model
+            "loss": "listwise",       # the whole ranking (Plackett–Luce, ties grouped), not its pairs
+            "warmup_steps": 5,
+            "max_length": 256,
+            "log_every": 5,
+            "checkpoint_every": 10,   # as the RM
+        },
         "evaluate": {
             "max_prompts": 100,       # held-out prompts: enough for a standard error near 0.1 of the RM's spread
             "batch_size": 16,
@@ -80,7 +127,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             "held_out_prompts": "auto",  # test-split prompts that also get candidates, so the RM's held-out
                                          # set grows with the policy's samples: "auto" = up to 200
                                          # held-out comparisons and at least a tenth of the round's prompts
-            "models": ["ppo"],        # "ppo", "sft" or both (candidates interleaved, k per task)
+            "models": ["policy"],     # "policy" (the round's, or the one the gate kept), "sft" or both
+                                      # (candidates interleaved, k per task)
             "batch_size": 16,         # sequences decoded together with the KV cache
         },
     },
@@ -126,12 +174,39 @@ PRESETS["cpu"] = {
         "eval_prompts": 16,
         "checkpoint_every": 2,
     },
+    "rloo": {
+        "lora": True, "lora_r": 16, "lora_alpha": 32,  # as PPO: the reference is the base with the adapter off
+        "iterations": 6,          # PPO's 48 rollouts; with no critic to run and train, an iteration costs less
+        "batch_size": 2,          # prompts per rollout × k = 8 samples, PPO's batch
+        "k": 4,
+        "minibatch_size": 4,
+        "update_epochs": 1,       # one pass, as PPO here
+        "max_prompt_length": 192,
+        "learning_rate": 5e-5,    # LoRA actor, as PPO
+        "kl_coef": 0.05,
+        "sample_every": 2,
+        "eval_every": 3,
+        "eval_prompts": 16,
+        "checkpoint_every": 2,
+    },
+    "dpo": {
+        "lora": True, "lora_r": 16, "lora_alpha": 32,
+        "max_steps": 40,          # the RM's 160 rankings at batch 4; no RM and no rollouts, so the shortest path
+        "batch_size": 4,
+        "learning_rate": 2e-5,    # an order below SFT's LoRA rate: DPO moves a policy far per step
+        "beta": 0.1,
+        "loss": "listwise",
+        "warmup_steps": 4,
+        "max_length": 256,
+        "log_every": 1,
+        "checkpoint_every": 10,
+    },
     "evaluate": {
         "max_prompts": 40,        # held-out prompts × 3 policies: ~3 min; the paired design keeps errors small
         "samples": 2,             # per prompt: one sample a prompt let a noisy comparison decide the gate
         "batch_size": 8,
     },
-    "generate": {"prompts": "auto", "held_out_prompts": "auto", "models": ["ppo"], "batch_size": 16},
+    "generate": {"prompts": "auto", "held_out_prompts": "auto", "models": ["policy"], "batch_size": 16},
 }
 # One GPU (tested on none here: this task had no accelerator): full fine-tuning and InstructGPT-sized steps.
 PRESETS["gpu"] = {
@@ -143,8 +218,15 @@ PRESETS["gpu"] = {
     "ppo": {"iterations": 200, "batch_size": 64, "minibatch_size": 16, "ppo_epochs": 4, "learning_rate": 1e-6,
             "critic_learning_rate": 9e-6, "kl_coef": 0.02, "max_prompt_length": 512, "checkpoint_every": 20,
             "sample_every": 20, "eval_every": 20, "eval_prompts": 256},
+    # PPO's rollouts (16 prompts × k 4 = 64 samples) and steps; no critic.
+    "rloo": {"iterations": 200, "batch_size": 16, "k": 4, "minibatch_size": 16, "update_epochs": 4,
+             "learning_rate": 1e-6, "kl_coef": 0.02, "max_prompt_length": 512, "checkpoint_every": 20,
+             "sample_every": 20, "eval_every": 20, "eval_prompts": 256},
+    # The RM's steps; full fine-tuning DPO wants a rate far below SFT's (Zephyr's 5e-7).
+    "dpo": {"max_steps": 1000, "batch_size": 16, "learning_rate": 5e-7, "warmup_steps": 50, "max_length": 1024,
+            "beta": 0.1, "loss": "listwise", "eval_every": 200, "checkpoint_every": 200, "log_every": 10},
     "evaluate": {"max_prompts": 500, "batch_size": 64},
-    "generate": {"prompts": "auto", "held_out_prompts": "auto", "models": ["ppo"], "batch_size": 64},
+    "generate": {"prompts": "auto", "held_out_prompts": "auto", "models": ["policy"], "batch_size": 64},
 }
 DEFAULT_PRESET = "cpu"
 # On by default: a round whose PPO policy scores below its SFT model on held-out prompts keeps the previous
@@ -158,20 +240,22 @@ PROJECT_SETTINGS = ("max_new_tokens", "chat_template")
 GENERATE_PLATFORM_FIELDS = ("prompts", "held_out_prompts", "models")
 # Fields a round fills in itself: placeholders let the dataclass validate the rest.
 _CLASSES = {"sft": (SFTConfig, {"base": "-"}), "rm": (RewardConfig, {"base": "-"}),
-            "ppo": (PPOConfig, {"policy": "-"}),
+            "ppo": (PPOConfig, {"policy": "-"}), "rloo": (RLOOConfig, {"policy": "-"}),
+            "dpo": (DPOConfig, {"base": "-"}),
             "evaluate": (EvaluateConfig, {"policies": ["-"], "names": ["-"], "reward_model": "-"}),
             "generate": (GenerateConfig, {"model": "-"})}
 
 
 def preset(name: str = DEFAULT_PRESET) -> RoundConfig:
     """A copy of the named preset as a full round config."""
-    return {"preset": name, "gate": DEFAULT_GATE, **copy.deepcopy(PRESETS[name])}
+    return {"preset": name, "gate": DEFAULT_GATE, "path": DEFAULT_PATH, **copy.deepcopy(PRESETS[name])}
 
 
 def validate_round_config(overrides: dict | None, *, default_preset: str = DEFAULT_PRESET) -> RoundConfig:
-    """The preset named in ``overrides`` (else ``default_preset``, the project's) merged with its per-stage
-    overrides, each stage checked by building its config dataclass. Raises ValidationError
-    {"config": {stage: [message]}} listing every problem at once."""
+    """The preset named in ``overrides`` (else ``default_preset``, the project's) merged with its path and
+    per-stage overrides, each stage checked by building its config dataclass (every stage, whatever the path:
+    a round's config stays valid when only its path changes). Raises ValidationError
+    {"config": {stage or "path": [message]}} listing every problem at once."""
     if overrides is None:
         overrides = {}
     if not isinstance(overrides, dict):
@@ -179,17 +263,23 @@ def validate_round_config(overrides: dict | None, *, default_preset: str = DEFAU
     overrides = dict(overrides)
     name = overrides.pop("preset", default_preset)
     gate = overrides.pop("gate", DEFAULT_GATE)
-    if name not in PRESETS:
+    path = overrides.pop("path", DEFAULT_PATH)
+    if not isinstance(name, str) or name not in PRESETS:
         raise ValidationError({"config": {"preset": [f"unknown preset {name!r}; use {', '.join(PRESETS)}"]}})
     errors: dict[str, list[str]] = {}
     unknown = sorted(set(overrides) - set(STAGES))
     if unknown:
-        errors["non_field_errors"] = [f"unknown stage(s): {', '.join(unknown)}; use preset, gate, "
+        errors["non_field_errors"] = [f"unknown stage(s): {', '.join(unknown)}; use preset, gate, path, "
                                       f"{', '.join(STAGES)}"]
     merged = preset(name)
     if not isinstance(gate, bool):
         errors["gate"] = ["must be true or false"]
     merged["gate"] = gate
+    if not isinstance(path, str) or path not in PATHS:
+        errors["path"] = [f"unknown path {path!r}; use " + ", ".join(
+            f'"{known}" ({" → ".join(stages)})' for known, stages in PATHS.items())]
+    else:
+        merged["path"] = path
     for stage, (cls, placeholders) in _CLASSES.items():
         given = overrides.get(stage, {})
         if not isinstance(given, dict):
@@ -213,8 +303,12 @@ def validate_round_config(overrides: dict | None, *, default_preset: str = DEFAU
     if held_out != "auto" and (not isinstance(held_out, int) or isinstance(held_out, bool) or held_out < 0):
         errors.setdefault("generate", []).append('held_out_prompts must be "auto" or an integer >= 0')
     models = generate.get("models")
-    if not isinstance(models, list) or not models or not set(models) <= {"ppo", "sft"}:
-        errors.setdefault("generate", []).append('models must be a non-empty list drawn from "ppo" and "sft"')
+    # The path's own name ("ppo" in a PPO round) is another name for the round's policy.
+    if not isinstance(models, list) or not models or \
+            not all(isinstance(m, str) and m in ("policy", "sft", merged["path"]) for m in models):
+        errors.setdefault("generate", []).append(
+            f'models must be a non-empty list drawn from "policy" (the round\'s {merged["path"]} policy, or the '
+            'one the gate kept) and "sft"')
     if errors:
         raise ValidationError({"config": errors})
     return merged

@@ -1,9 +1,11 @@
 """Training rounds and jobs: every write that starts, advances, cancels or retries them.
 
-A round trains on the labels collected so far, in InstructGPT's order:
-snapshot → SFT → RM → PPO → generate k candidates per next-round prompt → next round's ranking tasks.
-Each stage is one TrainingJob on the ``training`` queue; when a job succeeds, ``on_job_finished`` (run by
-the worker) enqueues the next one, so a failed stage can be retried without redoing finished ones.
+A round trains on the labels collected so far along its path (``loop.config.PATHS``): InstructGPT's
+snapshot → SFT → RM → PPO by default, or SFT → RM → RLOO, or SFT → DPO; then every path evaluates the new
+policy on held-out prompts (the gate), generates k candidates per next-round prompt from the active policy
+and makes the next round's ranking tasks. Each stage is one TrainingJob on the ``training`` queue; when a
+job succeeds, ``on_job_finished`` (run by the worker) enqueues the next one, so a failed stage can be
+retried without redoing finished ones.
 
 Jobs are enqueued by Celery task name, so this module never imports ``annotation.tasks``.
 """
@@ -18,7 +20,7 @@ from rest_framework.exceptions import ValidationError
 
 from ..errors import Conflict
 from ..models import DatasetSnapshot, JobStage, ModelVersion, Project, Round, TrainingJob
-from .config import validate_round_config
+from .config import DEFAULT_PATH, PATHS, validate_round_config
 from .snapshots import create_snapshot
 
 RUN_TRAINING_JOB = "annotation.tasks.run_training_job"
@@ -89,47 +91,69 @@ def on_job_finished(job_id: int) -> None:
 
 def _advance(job: TrainingJob, round: Round) -> None:
     stage_config = round.config or validate_round_config(None)
+    path = stage_config.get("path", DEFAULT_PATH)
     produced = job.result_model
     base = dict(project=job.project, round=round, snapshot=job.snapshot)
     if job.stage == JobStage.SFT:
-        create_job(stage=JobStage.RM, config=stage_config["rm"], inputs=[produced], **base)
+        after_sft = PATHS[path][1]  # the RM, or DPO straight from the rankings
+        create_job(stage=after_sft, config=stage_config[after_sft], inputs=[produced], **base)
     elif job.stage == JobStage.RM:
         sft = job.input_models.get(stage=ModelVersion.Stage.SFT)
-        create_job(stage=JobStage.PPO, config=stage_config["ppo"], inputs=[sft, produced], **base)
-    elif job.stage == JobStage.PPO:
-        sft, rm = job.input_models.get(stage=ModelVersion.Stage.SFT), job.input_models.get(stage=ModelVersion.Stage.RM)
+        create_job(stage=path, config=stage_config[path], inputs=[sft, produced], **base)
+    elif job.stage in (JobStage.PPO, JobStage.RLOO, JobStage.DPO):
+        sft = job.input_models.get(stage=ModelVersion.Stage.SFT)
+        # DPO's path trains no RM: the evaluation scores with the project's latest one (an earlier round's), if
+        # any, beside the judge.
+        rm = job.input_models.filter(stage=ModelVersion.Stage.RM).first() or \
+            ModelVersion.objects.latest_for(job.project, ModelVersion.Stage.RM)
         previous = job.project.active_policy
-        roles = {"ppo": produced.pk, "sft": sft.pk, "rm": rm.pk, "previous": previous.pk if previous else None}
+        roles = {job.stage: produced.pk, "sft": sft.pk, "rm": rm.pk if rm else None,
+                 "previous": previous.pk if previous else None}
         create_job(stage=JobStage.EVALUATE, config={**stage_config["evaluate"], "models": roles},
                    inputs=[m for m in (produced, sft, rm, previous) if m is not None], **base)
     elif job.stage == JobStage.EVALUATE:
-        roles = {name: ModelVersion.objects.filter(pk=pk).first() for name, pk in job.config["models"].items()}
-        adopt, note = gate_decision(job.metrics, gate=stage_config.get("gate", True), previous=roles["previous"])
-        policy = roles["ppo"] if adopt else (roles["previous"] or roles["sft"])
+        roles = {name: ModelVersion.objects.filter(pk=pk).first() if pk else None
+                 for name, pk in job.config["models"].items()}
+        adopt, note = gate_decision(job.metrics, gate=stage_config.get("gate", True), previous=roles["previous"],
+                                    policy=path, scorer=_scorer_name(path, roles["rm"]))
+        policy = roles[path] if adopt else (roles["previous"] or roles["sft"])
         if adopt:
             Project.objects.filter(pk=job.project_id).update(active_policy=policy)
         comparison = {k.removeprefix("summary/"): v for k, v in job.metrics.items() if k.startswith("summary/")}
         Round.objects.filter(pk=round.pk).update(comparison=comparison, gate_note=note)
         generate = dict(stage_config["generate"])
-        chosen = {"ppo": policy, "sft": roles["sft"]}
+        chosen = {"policy": policy, path: policy, "sft": roles["sft"]}
         inputs = list(dict.fromkeys(chosen[name] for name in generate.pop("models")))
         create_job(stage=JobStage.GENERATE, config=generate, inputs=inputs, **base)
     elif job.stage == JobStage.GENERATE:
         Round.objects.filter(pk=round.pk).update(status=Round.Status.FINISHED, finished=timezone.now())
 
 
-def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None) -> tuple[bool, str]:
-    """Whether the round's PPO policy becomes the active policy, and why, from the evaluate job's metrics:
-    it does unless it scored below SFT on the held-out prompts (by the judge where there is one, else by
-    the training RM) and the gate is on."""
-    judge = "summary/ppo_vs_sft/judge_diff" in metrics
-    prefix, by = ("summary/ppo_vs_sft/judge", "the judge") if judge else ("summary/ppo_vs_sft/rm", "the training RM")
+def _scorer_name(path: str, rm: ModelVersion | None) -> str:
+    """What the evaluation's "rm" scores are, for the gate's note: the RM this round trained, or on DPO's
+    path an earlier round's."""
+    if path != "dpo":
+        return "the training RM"
+    return f"the RM of round {rm.round.number}" if rm is not None and rm.round else "an earlier RM"
+
+
+def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None, policy: str = "ppo",
+                  scorer: str = "the training RM") -> tuple[bool, str]:
+    """Whether the round's new policy (of its path: ``policy`` is "ppo", "rloo" or "dpo") becomes the active
+    policy, and why, from the evaluate job's metrics: it does unless it scored below SFT on the held-out
+    prompts (by the judge where there is one, else by ``scorer``, the RM) and the gate is on."""
+    label = policy.upper()
+    judge = f"summary/{policy}_vs_sft/judge_diff" in metrics
+    prefix, by = (f"summary/{policy}_vs_sft/judge", "the judge") if judge else (f"summary/{policy}_vs_sft/rm", scorer)
     if f"{prefix}_diff" not in metrics:
+        if metrics.get("summary/scorers") == 0:
+            return True, (f"Nothing to score {label} against SFT with (no reward model yet and no judge on the "
+                          "project): the new policy is active unchecked.")
         return True, "No held-out prompts to compare on: the new policy is active unchecked."
     diff, stderr, win = metrics[f"{prefix}_diff"], metrics[f"{prefix}_diff_stderr"], metrics[f"{prefix}_win_rate"]
     n, samples = int(metrics.get("summary/prompts", 0)), int(metrics.get("summary/samples_per_prompt", 1))
     each = f" × {samples} samples" if samples > 1 else ""
-    text = (f"PPO against SFT on {n} held-out prompts{each}, by {by}: {diff:+.3f} ± {stderr:.3f} (win rate "
+    text = (f"{label} against SFT on {n} held-out prompts{each}, by {by}: {diff:+.3f} ± {stderr:.3f} (win rate "
             f"{win:.0%}).")
     if diff >= 0:
         return True, f"{text} The new policy is active."

@@ -14,11 +14,21 @@ import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.config import EvaluateConfig, GenerateConfig, PPOConfig, PretrainConfig, RewardConfig, SFTConfig
+from training.config import (
+    DPOConfig,
+    EvaluateConfig,
+    GenerateConfig,
+    PPOConfig,
+    PretrainConfig,
+    RewardConfig,
+    RLOOConfig,
+    SFTConfig,
+)
 from training.data import VERSION, write_jsonl
 
 from ..models import Candidate, JobStage, ModelVersion, Prompt, Round, Task, TaskKind, TrainingJob
 from ..services import create_ranking_tasks
+from .config import PATHS
 from .snapshots import count_comparisons, prompt_payload
 
 
@@ -109,6 +119,33 @@ def run_ppo(job: TrainingJob, out: Path, progress) -> StageOutcome:
     return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.PPO, out, result, sft))
 
 
+def run_rloo(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    """PPO's stage without a critic: the same prompts, held-out evaluation prompts, judge and rollouts."""
+    from training.rloo import train_rloo  # torch: worker only
+
+    sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
+    judge = job.project.judge_model
+    config = RLOOConfig.from_dict({**project_rollouts(job), **job.config, "policy": sft.artifact_path,
+                                   "reward_model": rm.artifact_path, "judge": judge.artifact_path if judge else ""})
+    result = train_rloo(config, _snapshot_file(job, "ppo_prompts.jsonl"), out,
+                        eval_data=_snapshot_file(job, "ppo_eval_prompts.jsonl", optional=True),
+                        on_log=progress.on_log, should_stop=progress.should_stop)
+    return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.RLOO, out, result, sft))
+
+
+def run_dpo(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    """DPO on the snapshot's rankings, as the RM trains on them; the round's SFT model is both the starting
+    policy and the frozen reference."""
+    from training.dpo import train_dpo  # torch: worker only
+
+    sft = _input(job, ModelVersion.Stage.SFT)
+    config = DPOConfig.from_dict({**project_format(job), **job.config, "base": sft.artifact_path})
+    result = train_dpo(config, _snapshot_file(job, "rankings.jsonl"), out,
+                       eval_data=_snapshot_file(job, "rankings_eval.jsonl", optional=True),
+                       on_log=progress.on_log, should_stop=progress.should_stop)
+    return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.DPO, out, result, sft))
+
+
 def run_pretrain(job: TrainingJob, out: Path, progress) -> StageOutcome:
     from training.pretrain import pretrain  # torch: worker only
 
@@ -120,8 +157,10 @@ def run_pretrain(job: TrainingJob, out: Path, progress) -> StageOutcome:
 
 
 def run_evaluate(job: TrainingJob, out: Path, progress) -> StageOutcome:
-    """The round's PPO policy against its SFT model and the previous active policy on the snapshot's
-    held-out (test-split) prompts: training-RM and judge scores, KL to SFT, length, end-of-sequence rate."""
+    """The round's new policy (PPO's, RLOO's or DPO's, named after its stage) against its SFT model and the
+    previous active policy on the snapshot's held-out (test-split) prompts: RM and judge scores, KL to SFT,
+    length, end-of-sequence rate. With neither an RM (DPO's path in a project that never trained one) nor a
+    judge there is nothing to score with: the summary says so (``scorers: 0``) and the gate lets it pass."""
     from training.evaluate import evaluate_policies  # torch: worker only
 
     settings = dict(job.config)
@@ -130,12 +169,16 @@ def run_evaluate(job: TrainingJob, out: Path, progress) -> StageOutcome:
     if prompts is None:
         return StageOutcome("completed", {"prompts": 0})
     models = {m.pk: m for m in job.input_models.all()}
-    names = [name for name in ("ppo", "sft", "previous") if roles.get(name) in models]
     judge = job.project.judge_model
+    rm = models.get(roles.get("rm"))
+    if rm is None and judge is None:
+        return StageOutcome("completed", {"scorers": 0})
+    # A fixed order (a JSON object's keys come back sorted from PostgreSQL): the new policy, SFT, previous.
+    names = [name for name in (*PATHS, "sft", "previous") if roles.get(name) in models]
     config = EvaluateConfig.from_dict({
         **project_rollouts(job), **settings,
         "policies": [models[roles[name]].artifact_path for name in names], "names": names, "baseline": "sft",
-        "reference": models[roles["sft"]].artifact_path, "reward_model": models[roles["rm"]].artifact_path,
+        "reference": models[roles["sft"]].artifact_path, "reward_model": rm.artifact_path if rm else "",
         "judge": judge.artifact_path if judge else ""})
     result = evaluate_policies(config, prompts, out, on_log=progress.on_log, should_stop=progress.should_stop)
     return StageOutcome(result.status, result.summary)
@@ -259,8 +302,9 @@ def read_candidates(path: Path) -> dict[str, list[dict]]:
     return rows
 
 
-RUNNERS = {JobStage.SFT: run_sft, JobStage.RM: run_rm, JobStage.PPO: run_ppo, JobStage.PRETRAIN: run_pretrain,
-           JobStage.EVALUATE: run_evaluate, JobStage.GENERATE: run_generate}
+RUNNERS = {JobStage.SFT: run_sft, JobStage.RM: run_rm, JobStage.PPO: run_ppo, JobStage.RLOO: run_rloo,
+           JobStage.DPO: run_dpo, JobStage.PRETRAIN: run_pretrain, JobStage.EVALUATE: run_evaluate,
+           JobStage.GENERATE: run_generate}
 
 
 def run_stage(job: TrainingJob, out: Path, progress, *, threads: int = 0) -> StageOutcome:

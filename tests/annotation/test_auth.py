@@ -3,14 +3,17 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from django.contrib.auth import get_user_model
 from django.core.cache import cache
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from knox.models import AuthToken
 from rest_framework.test import APIClient
 
 from annotation import services
-from annotation.auth import LoginThrottle, WriteThrottle
+from annotation.auth import LoginThrottle, TokenCache, WriteThrottle
 from tests.factories import make_ranking_task
 
 
@@ -112,3 +115,68 @@ def test_writes_are_throttled_per_user_and_reads_are_not(users, project_a, clien
     assert [alice.post(url, {"kind": "ranking"}).status_code for _ in range(3)] == [204, 204, 429]
     assert alice.get("/api/projects/").status_code == 200
     assert carol.post(url, {"kind": "ranking"}).status_code == 204
+
+
+def _remembered_token(username: str = "alice") -> tuple[str, APIClient]:
+    """A token that has authenticated once, so this process remembers it (``annotation.auth.token_cache``)."""
+    token = AuthToken.objects.create(user=get_user_model().objects.get(username=username))[1]
+    client = APIClient(HTTP_AUTHORIZATION=f"Token {token}")
+    assert client.get("/api/projects/").status_code == 200
+    return token, client
+
+
+def test_a_remembered_token_is_not_looked_up_again(users):
+    _, client = _remembered_token()
+    with CaptureQueriesContext(connection) as queries:
+        assert client.get("/api/me/stats/").status_code == 200
+    assert not [q for q in queries.captured_queries if "knox_authtoken" in q["sql"] or '"auth_user"' in q["sql"]]
+
+
+def test_a_revoked_token_is_refused_at_once_by_the_process_that_revoked_it(users):
+    token, client = _remembered_token()
+    _, other = _remembered_token()
+    key = next(t.token_key for t in AuthToken.objects.all() if token.startswith(t.token_key))
+    assert other.delete(f"/api/auth/tokens/{key}/").status_code == 204
+    assert client.get("/api/projects/").status_code == 401
+    assert other.post("/api/auth/logout/").status_code == 204
+    assert other.get("/api/projects/").status_code == 401
+
+
+def test_a_remembered_token_is_refused_once_it_expires(users, monkeypatch):
+    _, client = _remembered_token()
+    later = timezone.now() + timedelta(days=31)  # past API_TOKEN_TTL_HOURS' 30 days
+    monkeypatch.setattr(timezone, "now", lambda: later)
+    assert client.get("/api/projects/").status_code == 401
+
+
+def test_a_deactivated_users_remembered_token_is_refused_at_once(users):
+    _, client = _remembered_token()
+    users["alice"].is_active = False
+    users["alice"].save()
+    assert client.get("/api/projects/").status_code == 401
+
+
+def test_the_token_cache_forgets_the_least_recently_used_and_the_stale():
+    cache_ = TokenCache(size=2)
+    users_ = {n: get_user_model()(pk=n, username=f"u{n}") for n in (1, 2, 3)}
+
+    def put(n, user, ttl=60, forgotten=0):
+        cache_.put(f"digest {n}", user, AuthToken(digest=f"digest {n}", user=user, expiry=None), ttl,
+                   forgotten=forgotten)
+
+    for n, user in users_.items():
+        put(n, user)
+    assert cache_.get("digest 1") is None and cache_.get("digest 3")[0].pk == 3
+    put(4, users_[1], ttl=0)
+    assert cache_.get("digest 4") is None  # older than its time to live
+
+
+def test_a_token_looked_up_while_another_was_revoked_is_not_remembered():
+    """The lookup may have read a token that a concurrent request was revoking: remembering it would let it
+    in for the cache's lifetime in the very process that revoked it."""
+    cache_ = TokenCache()
+    user = get_user_model()(pk=1, username="u")
+    before = cache_.forgotten
+    cache_.forget(digest="digest 1")  # the revocation lands between the lookup and the put
+    cache_.put("digest 1", user, AuthToken(digest="digest 1", user=user, expiry=None), 60, forgotten=before)
+    assert cache_.get("digest 1") is None

@@ -1,16 +1,19 @@
 """POST /api/projects/{id}/next-task/: which task a labeler gets, leasing, order and expiry."""
 from __future__ import annotations
 
+import re
+import threading
+import time
 from datetime import timedelta
 
 import pytest
-from django.db import connection
+from django.db import connection, connections, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotation import services
-from annotation.models import Task, TaskSlot
-from tests.factories import best_first, demonstration_task, make_prompt, make_ranking_task
+from annotation.models import Role, Task, TaskSlot
+from tests.factories import best_first, demonstration_task, make_project, make_prompt, make_ranking_task, make_user
 
 
 def next_task(client, project, kind="ranking"):
@@ -171,28 +174,61 @@ def test_a_user_with_labels_cannot_be_deleted_and_keeps_their_labels(project_a, 
     assert task.rankings.count() == 1
 
 
-def test_a_held_lease_lost_between_reading_and_renewing_it_is_not_handed_out(project_a, users, monkeypatch):
-    """Regression: the held-lease path ignored its UPDATE's result. If the labeler's lease had expired and
-    another labeler took the slot between the read and the renewing UPDATE, the labeler was told they
-    held a task they no longer held, and their work then ended in a 409."""
+def test_a_held_lease_taken_over_after_it_expired_is_not_handed_out(project_a, users):
     lost = make_ranking_task(project_a, "taken over meanwhile")
     other = make_ranking_task(project_a, "still free")
     services.next_task(user=users["alice"], project=project_a, kind="ranking")
     TaskSlot.objects.filter(task=lost).update(lease_expires=timezone.now() - timedelta(seconds=1))
-    stale = TaskSlot.objects.get(task=lost)
     services.next_task(user=users["carol"], project=project_a, kind="ranking")  # carol takes the expired slot
     assert TaskSlot.objects.get(task=lost).labeler == users["carol"]
-    real, reads = services._my_open_lease, []
-
-    def read_before_the_takeover(**kwargs):  # what alice's read saw just before carol's UPDATE committed
-        reads.append(1)
-        return stale if len(reads) == 1 else real(**kwargs)
-
-    monkeypatch.setattr(services, "_my_open_lease", read_before_the_takeover)
     lease = services.next_task(user=users["alice"], project=project_a, kind="ranking")
     assert lease.task_id == other.pk
     assert TaskSlot.objects.get(task=other).labeler == users["alice"]
     assert TaskSlot.objects.get(task=lost).labeler == users["carol"]
+
+
+def wait_until_a_statement_waits_for_a_lock(seconds: float = 10) -> bool:
+    with connection.cursor() as cursor:
+        for _ in range(int(seconds / 0.01)):
+            cursor.execute("SELECT pg_stat_clear_snapshot()")  # else the view holds still within a transaction
+            cursor.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+            if cursor.fetchone()[0]:
+                return True
+            time.sleep(0.01)
+    return False
+
+
+@pytest.mark.postgres
+def test_a_held_lease_taken_over_while_the_claim_waits_for_it_is_not_handed_out(transactional_db, postgres_db):
+    """Regression: the held-lease path ignored its UPDATE's result. alice's claim picks her expired lease from
+    its snapshot while carol's takeover of that slot is not yet committed; the UPDATE waits for carol's row
+    lock, then finds the slot is carol's. alice must not be told she holds it: she gets the next task."""
+    alice, carol = make_user("alice"), make_user("carol")
+    project = make_project("race", members={alice: Role.LABELER, carol: Role.LABELER})
+    lost, other = make_ranking_task(project), make_ranking_task(project)
+    services.next_task(user=alice, project=project, kind="ranking")
+    TaskSlot.objects.filter(task=lost).update(lease_expires=timezone.now() - timedelta(seconds=1))
+    takeover_open, result = threading.Event(), {}
+
+    def carol_takes_it_over():
+        try:
+            with transaction.atomic():
+                later = timezone.now() + timedelta(hours=1)
+                TaskSlot.objects.filter(task=lost).update(labeler=carol, lease_expires=later)
+                takeover_open.set()
+                result["alice_waited"] = wait_until_a_statement_waits_for_a_lock()  # then commit
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=carol_takes_it_over)
+    thread.start()
+    assert takeover_open.wait(10)
+    lease = services.next_task(user=alice, project=project, kind="ranking")
+    thread.join(10)
+    assert result.get("alice_waited"), "alice's claim never waited for carol's row lock: the race was not run"
+    assert lease.task_id == other.pk
+    assert TaskSlot.objects.get(task=lost).labeler == carol
+    assert TaskSlot.objects.get(task=other).labeler == alice
 
 
 def test_undoing_a_skip_locks_the_labelers_row_first_as_next_task_does(project_a, users):
@@ -204,6 +240,7 @@ def test_undoing_a_skip_locks_the_labelers_row_first_as_next_task_does(project_a
     with CaptureQueriesContext(connection) as queries:
         services.undo_skip(labeler=users["alice"], task=task)
     first = next(q["sql"] for q in queries.captured_queries if "SAVEPOINT" not in q["sql"])
-    assert '"auth_user"' in first and '"id"' in first
-    if connection.features.has_select_for_update:
-        assert "FOR UPDATE" in first
+    if connection.vendor == "postgresql":
+        assert re.fullmatch(r"SELECT .* FROM auth_user WHERE id = \d+ FOR NO KEY UPDATE", first), first
+    else:  # SQLite: every transaction takes the write lock at BEGIN, so the two run one after the other
+        assert connection.settings_dict["OPTIONS"]["transaction_mode"] == "IMMEDIATE"

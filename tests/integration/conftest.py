@@ -16,8 +16,11 @@ TINY_ROUND = {
     "rm": {"max_steps": 4, "batch_size": 2, "max_length": 96, "log_every": 1},
     "ppo": {"iterations": 3, "batch_size": 4, "minibatch_size": 2, "ppo_epochs": 1,
             "checkpoint_every": 1, "sample_every": 1},
+    "rloo": {"iterations": 3, "batch_size": 2, "k": 2, "minibatch_size": 2, "update_epochs": 1,
+             "checkpoint_every": 1, "sample_every": 1},  # PPO's 4 rollouts an iteration
+    "dpo": {"max_steps": 4, "batch_size": 2, "max_length": 96, "log_every": 1, "checkpoint_every": 2},
     "evaluate": {"max_prompts": 4, "batch_size": 8},
-    "generate": {"prompts": 4, "models": ["ppo", "sft"], "batch_size": 8},
+    "generate": {"prompts": 4, "models": ["policy", "sft"], "batch_size": 8},  # the path's policy, and SFT
     "gate": False,  # a tiny PPO policy may lose to SFT by chance: the gate has tests of its own
 }
 # Prompts whose content hash puts them in the test split: the held-out prompts a round evaluates on.

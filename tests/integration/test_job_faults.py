@@ -185,7 +185,7 @@ def test_starting_a_failed_round_again_begins_a_new_run(round_job, sent):
 
 def test_every_preset_checkpoints_every_stage():
     for name, preset in PRESETS.items():
-        for stage in ("sft", "rm", "ppo"):
+        for stage in ("sft", "rm", "ppo", "rloo", "dpo"):
             assert preset[stage].get("checkpoint_every", 0) > 0, (name, stage)
         assert preset["generate"].get("resume", True), name  # generation keeps its finished batches
 

@@ -154,11 +154,11 @@ def test_a_round_config_is_validated_with_clear_errors(loop_project, client_for,
     Membership.objects.create(project=loop_project, user=users["adam"], role="admin")
     response = client_for("adam").post(f"/api/projects/{loop_project.pk}/start-round/",
                                        {"config": {"sft": {"learning_rate": -1}, "ppo": {"minibatch_size": 99},
-                                                   "dpo": {}}})
+                                                   "grpo": {}}})
     assert response.status_code == 400
     errors = response.json()["fields"]["config"]
     assert "learning_rate" in errors["sft"][0] and "minibatch_size" in errors["ppo"][0]
-    assert "dpo" in errors["non_field_errors"][0]
+    assert "grpo" in errors["non_field_errors"][0]
     response = client_for("adam").post(f"/api/projects/{loop_project.pk}/start-round/",
                                        {"config": {"ppo": {"max_new_tokens": 99}, "sft": {"chat_template": True}}})
     errors = response.json()["fields"]["config"]

@@ -2,11 +2,13 @@
 "use strict";
 
 (() => {
-  const CHARTS = [  // [title, metric-name test]
+  const CHARTS = [  // [title, metric-name test]; PPO's and RLOO's rollouts report the same names under ppo/, rloo/
     ["Loss", name => /loss$/.test(name) && !name.startsWith("summary/")],
-    ["RM accuracy", name => name.includes("accuracy")],
-    ["Reward", name => ["ppo/score", "ppo/reward"].includes(name)],
-    ["KL", name => ["ppo/kl", "ppo/kl_penalty"].includes(name)],
+    ["Ranking accuracy (RM; DPO's implicit reward)", name => name.includes("accuracy") && !name.startsWith("summary/")],
+    ["Reward margin, better − worse (RM; DPO's implicit reward)", name => ["train/margin", "eval/margin"].includes(name)],
+    ["Reward", name => /^(ppo|rloo)\/(score|reward)$/.test(name)],
+    ["KL", name => /^(ppo|rloo)\/(kl|kl_penalty)$/.test(name)],
+    ["Policy update (clip fraction, approx. KL)", name => /^(ppo|rloo)\/(clipfrac|approx_kl)$/.test(name)],
     ["Held-out score (training RM, judge)", name => ["eval/score", "eval/judge"].includes(name)],
     ["Held-out KL to SFT (nats per sequence)", name => name === "eval/kl"],
     ["Held-out length (tokens)", name => name === "eval/length"],
@@ -136,10 +138,19 @@
     }
   });
 
+  // The path select writes "path" into the config; a preset keeps the path chosen.
   const presetSelect = document.getElementById("round-preset");
+  const pathSelect = document.getElementById("round-path");
+  const roundConfig = document.getElementById("round-config");
   if (presetSelect) presetSelect.addEventListener("change", () => {
     const presets = JSON.parse(document.getElementById("round-presets").textContent);
-    document.getElementById("round-config").value = JSON.stringify(presets[presetSelect.value], null, 2);
+    roundConfig.value = JSON.stringify({...presets[presetSelect.value], path: pathSelect.value}, null, 2);
+  });
+  if (pathSelect) pathSelect.addEventListener("change", () => {
+    let config;
+    try { config = JSON.parse(roundConfig.value || "{}"); }
+    catch (e) { RL.toast(`The config is not valid JSON: ${e.message}`, {error: true, timeout: 8000}); return; }
+    roundConfig.value = JSON.stringify({...config, path: pathSelect.value}, null, 2);
   });
 
   const newProject = document.getElementById("new-project");
