@@ -5,14 +5,15 @@ and ``datasets`` (about 100 MB per process). Each file is written beside its tar
 so an interrupted export leaves no half-written file under the final name.
 
 The DatasetDict has one split per prompt split (train, validation, test: ``split_for_hash`` of the prompt's
-content hash, so a prompt never changes split between exports). One pass over the rows writes an Arrow
-stream file per split, which ``datasets`` maps into memory (``Dataset.from_file``) and ``save_to_disk``
-copies: no step holds the export in allocated memory. (Reading a Parquet file back with ``from_parquet``
-instead allocated about 250 MB more for a million listwise rows.) The mapped pages ``save_to_disk`` reads
-count in the process's RSS while it runs, as file-backed pages the kernel can drop at any time.
+content hash, so a prompt never changes split between exports). It is written in ``DatasetDict.save_to_disk``'s
+layout directly, which ``datasets.load_from_disk`` reads: one pass over the rows streams each split's single
+shard (an Arrow stream file) into its folder, then the small JSON files follow. Going through ``datasets``
+instead (``Dataset.from_file`` on stream files, then ``save_to_disk``) wrote every row twice and read the
+files back through a memory map whose pages counted in the process's RSS: 1 GB for a million listwise rows.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -22,6 +23,7 @@ from pathlib import Path
 import datasets
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datasets.fingerprint import generate_random_fingerprint
 
 from .exporting import FORMATS, write_jsonl
 from .models import Split
@@ -29,6 +31,7 @@ from .models import Split
 FILE_TYPES = ("jsonl", "parquet", "datasets")
 BATCH = 1_000  # rows held as Python objects before they become Arrow (compact, and no work for the GC)
 ROW_GROUP = 20_000  # rows per Parquet row group
+_SHARD = "data-00000-of-00001.arrow"  # save_to_disk's name for the only shard of a split
 
 _TAIL = [("id", pa.string()), ("labeler", pa.string()), ("prompt_hash", pa.string()), ("split", pa.string())]
 _TURN = pa.struct([("role", pa.string()), ("content", pa.string())])
@@ -96,21 +99,36 @@ def write_parquet(rows: Iterable[dict], out: Path, fmt: str) -> int:
 
 
 def write_dataset_dict(rows: Iterable[dict], out: Path, fmt: str) -> dict[str, int]:
-    """A DatasetDict (``save_to_disk``) with the train, validation and test splits; returns rows per split."""
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".export-") as work:
-        paths = {split: Path(work) / f"{split}.arrow" for split in Split.values}
-        writers = _SplitWriters(paths, SCHEMAS[fmt], open_writer=pa.ipc.new_stream)
-        try:
-            for row in rows:
-                writers.add(row["split"], row)
-        finally:
-            counts = writers.close()
-        info = datasets.DatasetInfo(features=datasets.Features.from_arrow_schema(SCHEMAS[fmt]))
-        splits = {split: datasets.Dataset.from_file(str(path), info=info.copy(), split=split)
-                  for split, path in paths.items()}
-        # An empty split is saved as one empty shard: with none, load_from_disk fails on it.
-        datasets.DatasetDict(splits).save_to_disk(str(out), num_shards={s: 1 for s, n in counts.items() if not n})
+    """A DatasetDict with the train, validation and test splits, in the layout ``DatasetDict.save_to_disk``
+    writes (``out`` must not exist); returns rows per split. Every split has exactly one shard, even when empty
+    (an empty stream file holds just the schema): ``load_from_disk`` fails on a split with none."""
+    features = datasets.Features.from_arrow_schema(SCHEMAS[fmt])
+    folders = {split: out / split for split in Split.values}
+    for folder in folders.values():
+        folder.mkdir(parents=True)
+    # features.arrow_schema is what save_to_disk's ArrowWriter wrote: the same types, plus the features as
+    # "huggingface" metadata.
+    writers = _SplitWriters({split: folder / _SHARD for split, folder in folders.items()}, features.arrow_schema,
+                            open_writer=pa.ipc.new_stream)
+    try:
+        for row in rows:
+            writers.add(row["split"], row)
+    finally:
+        counts = writers.close()
+    (out / "dataset_dict.json").write_text(json.dumps({"splits": list(folders)}))
+    info = datasets.DatasetInfo(features=features)
+    for split, folder in folders.items():
+        info.write_to_directory(str(folder), pretty_print=True)  # dataset_info.json
+        (folder / "state.json").write_text(json.dumps(_state(split), indent=2, sort_keys=True))
     return counts
+
+
+def _state(split: str) -> dict:
+    """The state.json ``Dataset.save_to_disk`` writes for an unformatted dataset of one shard. The fingerprint
+    names the dataset's cached transforms; a random one is what ``datasets`` gives a dataset it cannot hash."""
+    return {"_data_files": [{"filename": _SHARD}], "_fingerprint": generate_random_fingerprint(),
+            "_format_columns": None, "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False,
+            "_split": split}
 
 
 def write_export(rows: Iterable[dict], out: Path, *, fmt: str, file_type: str) -> int:

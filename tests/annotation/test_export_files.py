@@ -80,6 +80,49 @@ def test_an_empty_split_is_an_empty_dataset_with_the_same_columns(labelled, tmp_
 
 
 @pytest.mark.parametrize("format", ["sft", "sft-messages", "trl-pairwise", "listwise", "per-labeler"])
+def test_the_datasetdict_round_trips_the_jsonl_rows_split_by_split(labelled, tmp_path, monkeypatch, format):
+    monkeypatch.setattr(export_files, "BATCH", 3)  # several record batches per split
+    monkeypatch.setattr(export_files, "ROW_GROUP", 7)
+    run_export(labelled, tmp_path / "rows.jsonl", format)
+    run_export(labelled, tmp_path / "rows", format, "datasets")
+    expected = read_jsonl(tmp_path / "rows.jsonl")
+    loaded = datasets.load_from_disk(str(tmp_path / "rows"))
+    assert type(loaded) is datasets.DatasetDict and list(loaded) == ["train", "validation", "test"]
+    for name, split in loaded.items():
+        assert split.split == name
+        assert split.features == datasets.Features.from_arrow_schema(export_files.SCHEMAS[format])
+        assert split.to_list() == [row for row in expected if row["split"] == name]
+
+
+def test_an_empty_split_loads_with_the_features_of_the_others(tmp_path):
+    rows = [{"prompt": f"p{i}", "completion": f"c{i}", "id": f"d{i}", "labeler": "alice", "prompt_hash": "h",
+             "split": "train"} for i in range(5)]
+    assert export_files.write_export(iter(rows), tmp_path / "sft", fmt="sft", file_type="datasets") == 5
+    loaded = datasets.load_from_disk(str(tmp_path / "sft"))
+    assert {name: split.num_rows for name, split in loaded.items()} == {"train": 5, "validation": 0, "test": 0}
+    assert loaded["train"].to_list() == rows
+    assert loaded["validation"].features == loaded["test"].features == loaded["train"].features
+
+
+def test_the_datasetdict_is_written_once_without_a_datasets_copy(labelled, tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("the export must stream the save_to_disk layout itself")
+
+    with monkeypatch.context() as patched:
+        for owner, name in [(datasets.Dataset, "save_to_disk"), (datasets.DatasetDict, "save_to_disk"),
+                            (datasets.Dataset, "from_file")]:
+            patched.setattr(owner, name, refuse)
+        run_export(labelled, tmp_path / "ranks", "listwise", "datasets")
+    assert [p.name for p in tmp_path.iterdir()] == ["ranks"]  # nothing staged is left behind
+    assert sorted(p.name for p in (tmp_path / "ranks").iterdir()) == ["dataset_dict.json", "test", "train",
+                                                                       "validation"]
+    for split in ("train", "validation", "test"):
+        assert sorted(p.name for p in (tmp_path / "ranks" / split).iterdir()) == [
+            "data-00000-of-00001.arrow", "dataset_info.json", "state.json"]
+    assert sum(split.num_rows for split in datasets.load_from_disk(str(tmp_path / "ranks")).values()) == 40
+
+
+@pytest.mark.parametrize("format", ["sft", "sft-messages", "trl-pairwise", "listwise", "per-labeler"])
 def test_parquet_holds_the_same_rows_as_jsonl_in_row_groups(labelled, tmp_path, monkeypatch, format):
     monkeypatch.setattr(export_files, "BATCH", 3)
     monkeypatch.setattr(export_files, "ROW_GROUP", 7)
