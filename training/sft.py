@@ -68,21 +68,24 @@ def lm_eval_loss(model: torch.nn.Module, rows: list[tuple[list[int], int]], pad_
     return {"eval/loss": loss_sum / max(count, 1), "eval/tokens": count}
 
 
-def train_sft(config: SFTConfig, data: Path, out: Path, *, eval_data: Path | None = None,
+def train_sft(config: SFTConfig, data: Path | None, out: Path, *, eval_data: Path | None = None,
               rankings: Path | None = None, on_log: OnLog = no_log, should_stop: ShouldStop = never_stop
               ) -> StageResult:
     """Fine-tune ``config.base`` on the SFT examples in ``data`` (and, with ``config.best_ranked``, on the
     best response of each ranking in ``rankings``); the best model (by eval loss on ``eval_data``, or on
-    the record-hash held-out split) is saved in ``out``."""
+    the record-hash held-out split) is saved in ``out``. ``data`` may be None when the best-ranked
+    responses are all there is to train on (a round that only collected new rankings)."""
     out = Path(out)
     rt = init_runtime(config.device)
     seed_all(config.seed)
 
     if config.best_ranked and rankings is None:
         raise ConfigError("best_ranked needs the rankings file (--rankings)")
-    examples = read_sft(data)
+    examples = read_sft(data) if data is not None else []
     ranked = best_ranked(read_rankings(rankings)) if config.best_ranked else []
     examples += ranked
+    if not examples:
+        raise ConfigError("nothing to train on: no SFT examples and no best-ranked response")
     if eval_data is not None:
         train, held = examples, read_sft(eval_data)
     else:

@@ -7,7 +7,9 @@ default), SFT → RM → RLOO (no critic), or SFT → DPO (no reward model: the 
 
 Each stage's settings are the fields of the training library's config dataclass for that stage
 (``training.config``), less the model paths, which the round fills in from the lineage. ``generate``
-adds two settings of the platform's: how many next-round prompts get candidates, and from which models.
+adds settings of the platform's: how many next-round prompts get candidates, and from which models.
+``sft`` adds two (``SFT_INIT``, ``SFT_DATA``): which model a round's SFT starts from, and whether it trains
+on the whole snapshot or only on what earlier rounds' snapshots did not hold.
 
 Importing this module never imports torch: ``training.config`` is plain dataclasses, so the web process
 validates a round's config when it is submitted, long before a worker runs it.
@@ -38,6 +40,21 @@ PATHS: dict[str, tuple[str, ...]] = {
     "dpo": ("sft", "dpo"),          # no reward model: DPO on the rankings, the round's SFT model as reference
 }
 DEFAULT_PATH = "ppo"
+# Where a round's SFT starts (``sft.init``). From round 2 on, "policy" continues from the best model so far
+# (Llama 2's iterated rejection-sampling fine-tuning); "sft" continued from the last SFT model, which threw
+# the round's RL away (docs/benchmarks.md, "Second run, round 2": round 2's SFT scored below round 1's policy).
+SFT_INIT = {
+    "policy": "the project's active policy, else its latest SFT model, else the base",
+    "sft": "the project's latest SFT model, else the base",
+    "base": "the project's base model",
+}
+# What a round's SFT trains on (``sft.data``): "new" = the demonstrations, and with ``best_ranked`` the
+# best-ranked candidates of the rankings, that no earlier round's snapshot held; "all" = the whole snapshot.
+# A model that already trained on the old examples would only overfit them again.
+SFT_DATA = {
+    "new": "only labels that no earlier round's snapshot held",
+    "all": "the whole snapshot",
+}
 
 
 class RoundConfig(TypedDict):
@@ -61,6 +78,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # quick mode; the tiny base cannot learn human preferences (its RM stays at chance).
     "tiny": {
         "sft": {
+            "init": "sft",            # the tiny base learns nothing from one round's policy, and a tiny round
+            "data": "all",            # has no best-ranked examples: each round's SFT continues the last one
+                                      # on the whole snapshot (the cpu and gpu presets build on the policy)
             "max_steps": 60,          # ~1 epoch of the demo's 300 demonstrations at batch 8, ~1 min on 2 cores
             "batch_size": 8,
             "learning_rate": 3e-4,    # the tiny base is small and under-trained: a high rate moves it
@@ -142,6 +162,10 @@ PRESETS["cpu"] = {
         "max_steps": 30,          # 120 demonstrations at batch 4 (~30k tokens, ~2 min)
         "best_ranked": True,      # and each ranking's best candidate: each round's SFT starts from the best of
                                   # the last policy's samples (rejection sampling, Llama 2), so gains carry over
+        "init": "policy",         # from round 2 on, start from the active policy, the best model so far: from
+                                  # the last SFT model, round 2's SFT scored 0.10 below round 1's policy
+        "data": "new",            # and train only on what is new since the earlier rounds (new demonstrations,
+                                  # the best of the policy's new candidates): the old ones are in it already
         "batch_size": 4,
         "learning_rate": 2e-4,    # LoRA's usual rate; the adapters start at zero
         "warmup_steps": 3,
@@ -210,8 +234,9 @@ PRESETS["cpu"] = {
 }
 # One GPU (tested on none here: this task had no accelerator): full fine-tuning and InstructGPT-sized steps.
 PRESETS["gpu"] = {
+    # From round 2 on, SFT starts from the active policy and trains on the new labels only (as the cpu preset).
     "sft": {"max_steps": 1000, "batch_size": 16, "learning_rate": 2e-5, "warmup_steps": 50, "max_length": 1024,
-            "best_ranked": True,
+            "best_ranked": True, "init": "policy", "data": "new",
             "eval_every": 200, "checkpoint_every": 200, "log_every": 10},
     "rm": {"max_steps": 1000, "batch_size": 16, "learning_rate": 1e-5, "warmup_steps": 50, "max_length": 1024,
            "eval_every": 200, "checkpoint_every": 200, "log_every": 10},
@@ -238,6 +263,8 @@ DEFAULT_GATE = True
 PROJECT_SETTINGS = ("max_new_tokens", "chat_template")
 # Settings of the platform's own, not fields of GenerateConfig.
 GENERATE_PLATFORM_FIELDS = ("prompts", "held_out_prompts", "models")
+SFT_PLATFORM_FIELDS = ("init", "data")
+PLATFORM_FIELDS = {"generate": GENERATE_PLATFORM_FIELDS, "sft": SFT_PLATFORM_FIELDS}
 # Fields a round fills in itself: placeholders let the dataclass validate the rest.
 _CLASSES = {"sft": (SFTConfig, {"base": "-"}), "rm": (RewardConfig, {"base": "-"}),
             "ppo": (PPOConfig, {"policy": "-"}), "rloo": (RLOOConfig, {"policy": "-"}),
@@ -290,11 +317,17 @@ def validate_round_config(overrides: dict | None, *, default_preset: str = DEFAU
                 f"{name} is the project's setting (candidates, PPO rollouts and evaluation share it): "
                 "change it on the project")
         merged[stage].update(given)
-        fields = {k: v for k, v in merged[stage].items() if not (stage == "generate" and k in GENERATE_PLATFORM_FIELDS)}
+        fields = {k: v for k, v in merged[stage].items() if k not in PLATFORM_FIELDS.get(stage, ())}
         try:
             cls.from_dict({**fields, **placeholders})
         except (TypeError, ValueError) as exc:
             errors.setdefault(stage, []).append(str(exc))
+    for name, choices in (("init", SFT_INIT), ("data", SFT_DATA)):
+        value = merged["sft"].get(name)
+        if not isinstance(value, str) or value not in choices:
+            named = [f'"{known}" ({meaning})' for known, meaning in choices.items()]
+            errors.setdefault("sft", []).append(
+                f"{name} must be {', '.join(named[:-1])} or {named[-1]}, not {value!r}")
     generate = merged["generate"]
     prompts = generate.get("prompts")
     if prompts != "auto" and (not isinstance(prompts, int) or isinstance(prompts, bool) or prompts < 1):

@@ -21,7 +21,7 @@ from rest_framework.exceptions import ValidationError
 from ..errors import Conflict
 from ..models import DatasetSnapshot, JobStage, ModelVersion, Project, Round, TrainingJob
 from .config import DEFAULT_PATH, PATHS, validate_round_config
-from .snapshots import create_snapshot
+from .snapshots import count_best_ranked, create_snapshot, earlier_snapshots, new_sft_records
 
 RUN_TRAINING_JOB = "annotation.tasks.run_training_job"
 
@@ -46,18 +46,21 @@ def create_job(*, project: Project, stage: str, config: dict, round: Round | Non
 
 @transaction.atomic
 def start_round(*, project: Project, config: dict | None = None) -> Round:
-    """Snapshot the labels collected so far and start the round's SFT job.
+    """Snapshot the labels collected so far and start the round's SFT job, from the model its ``sft.init``
+    names (``sft_start_model``). With ``sft.data: "new"`` the job trains only on the labels no earlier round's
+    snapshot held (it gets those snapshots' ids); a round with nothing new to train on is refused, as one
+    with an empty snapshot file is.
 
     Locks the project row, so two admins starting a round at once start one. Starting a round that
     failed or was cancelled begins a new run of it: jobs of the earlier run can no longer be retried."""
-    Project.objects.select_for_update().get(pk=project.pk)
+    project = Project.objects.select_for_update().get(pk=project.pk)  # and its active policy as of now
     merged = validate_round_config(config, default_preset=project.round_preset)
     round = Round.objects.current_for(project)
     if round.status == Round.Status.TRAINING:
         raise Conflict(f"Round {round.number} is already training.")
     if round.status == Round.Status.FINISHED:
         round = Round.objects.next_after(round)
-    start_from = ModelVersion.objects.latest_for(project, ModelVersion.Stage.SFT) or project.base_model
+    start_from = sft_start_model(project, merged["sft"]["init"])
     if start_from is None:
         raise ValidationError({"project": ["the project has no base model to start SFT from"]})
     snapshot = create_snapshot(project=project, round=round)
@@ -65,12 +68,42 @@ def start_round(*, project: Project, config: dict | None = None) -> Round:
                if snapshot.files[name]["records"] == 0]
     if missing:
         raise ValidationError({"snapshot": [f"no usable labels for {', '.join(missing)} yet: collect some first"]})
+    sft_config = dict(merged["sft"])
+    if sft_config["data"] == "new":
+        sft_config["exclude_snapshots"] = earlier_snapshots(project, round)
+        _check_new_sft_data(snapshot, sft_config)
     round.status, round.config, round.started, round.finished = Round.Status.TRAINING, merged, timezone.now(), None
     round.run += 1
     round.save()
-    create_job(project=project, stage=JobStage.SFT, config=merged["sft"], round=round, snapshot=snapshot,
+    create_job(project=project, stage=JobStage.SFT, config=sft_config, round=round, snapshot=snapshot,
                inputs=[start_from])
     return round
+
+
+def sft_start_model(project: Project, init: str) -> ModelVersion | None:
+    """The model a round's SFT starts from (``loop.config.SFT_INIT``): "policy", the project's active policy
+    (the best model so far), else its latest SFT model, else the base; "sft", the latest SFT model, else the
+    base; "base", the base. In round 1 all three are the base."""
+    latest_sft = ModelVersion.objects.latest_for(project, ModelVersion.Stage.SFT)
+    if init == "policy":
+        return project.active_policy or latest_sft or project.base_model
+    if init == "sft":
+        return latest_sft or project.base_model
+    return project.base_model
+
+
+def _check_new_sft_data(snapshot: DatasetSnapshot, sft_config: dict) -> None:
+    """Refuse a round whose SFT (``data: "new"``) would have nothing to train on: no new demonstration of a
+    train prompt, and no new ranking with a best-ranked response (or ``best_ranked`` off)."""
+    demos, rankings = new_sft_records(snapshot, sft_config["exclude_snapshots"])
+    best = count_best_ranked(rankings) if sft_config.get("best_ranked") else 0
+    if demos or best:
+        return
+    usable = "" if sft_config.get("best_ranked") else " (best_ranked is off, so rankings add none)"
+    raise ValidationError({"snapshot": [
+        f"nothing new for SFT to train on since the earlier rounds: no new demonstration and no new ranking "
+        f"with a single best response{usable}. Collect new labels first, or start with "
+        f'{{"sft": {{"data": "all"}}}}']})
 
 
 def on_job_finished(job_id: int) -> None:

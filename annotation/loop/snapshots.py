@@ -26,7 +26,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import IntegrityError, transaction
 
-from training.data import VERSION
+from training.data import VERSION, best_ranked, parse_ranking
 
 from ..models import (
     DatasetSnapshot,
@@ -36,6 +36,7 @@ from ..models import (
     Prompt,
     Ranking,
     ReviewStatus,
+    Round,
     Split,
     TaskKind,
 )
@@ -211,6 +212,39 @@ def count_comparisons(snapshot: DatasetSnapshot, name: str = "rankings.jsonl") -
         return 0
     with path.open(encoding="utf-8") as lines:
         return sum(comparisons(json.loads(line)["ranks"]) for line in lines if line.strip())
+
+
+def earlier_snapshots(project: Project, round: Round) -> list[int]:
+    """The snapshots of the project's rounds before ``round``: the labels its earlier SFT models could have
+    trained on. (A snapshot of an earlier run of ``round`` itself is not one of them.)"""
+    return list(DatasetSnapshot.objects.filter(project=project, round__number__lt=round.number)
+                .order_by("id").values_list("id", flat=True))
+
+
+def new_sft_records(snapshot: DatasetSnapshot, exclude: list[int]) -> tuple[list[dict], list[dict]]:
+    """The records of the snapshot's ``sft.jsonl`` (demonstrations) and ``rankings.jsonl`` that none of the
+    snapshots ``exclude`` (their ids) held: what a round's SFT with ``data: "new"`` trains on. Labels are
+    matched by the ids each snapshot recorded, so a corrected label counts as held."""
+    held_demos, held_rankings = set(), set()
+    for demo_ids, ranking_ids in DatasetSnapshot.objects.filter(pk__in=exclude).values_list(
+            "demonstration_ids", "ranking_ids"):
+        held_demos.update(f"demonstration-{i}" for i in demo_ids)
+        held_rankings.update(f"ranking-{i}" for i in ranking_ids)
+    return ([r for r in _records(snapshot, "sft.jsonl") if r["id"] not in held_demos],
+            [r for r in _records(snapshot, "rankings.jsonl") if r["id"] not in held_rankings])
+
+
+def count_best_ranked(rankings: list[dict]) -> int:
+    """How many of these ranking records give SFT a best-ranked example (``training.data.best_ranked``)."""
+    return len(best_ranked(parse_ranking(r) for r in rankings))
+
+
+def _records(snapshot: DatasetSnapshot, name: str) -> list[dict]:
+    path = Path(snapshot.path) / name
+    if not path.exists():
+        return []
+    with path.open(encoding="utf-8") as lines:
+        return [json.loads(line) for line in lines if line.strip()]
 
 
 def snapshot_file(snapshot: DatasetSnapshot, name: str) -> Path | None:

@@ -28,8 +28,8 @@ from training.data import VERSION, write_jsonl
 
 from ..models import Candidate, JobStage, ModelVersion, Prompt, Round, Task, TaskKind, TrainingJob
 from ..services import create_ranking_tasks
-from .config import PATHS
-from .snapshots import count_comparisons, prompt_payload
+from .config import PATHS, SFT_PLATFORM_FIELDS
+from .snapshots import count_comparisons, new_sft_records, prompt_payload
 
 
 @dataclass
@@ -79,18 +79,43 @@ def _register(job: TrainingJob, stage: str, out: Path, result, parent: ModelVers
     )
 
 
+# The models an SFT job may start from, in order of preference (a round gives it exactly one: see
+# ``rounds.sft_start_model``): the SFT model, or the active policy, or the base.
+SFT_STARTS = (ModelVersion.Stage.SFT, ModelVersion.Stage.PPO, ModelVersion.Stage.RLOO, ModelVersion.Stage.DPO,
+              ModelVersion.Stage.BASE)
+
+
 def run_sft(job: TrainingJob, out: Path, progress) -> StageOutcome:
+    """SFT from the job's input model (its parent in the lineage) on the snapshot's demonstrations and, with
+    ``best_ranked``, its rankings' best responses; with ``exclude_snapshots`` (a round's ``data: "new"``) only
+    on those no listed snapshot held, written under ``out/data/`` (the snapshot itself stays as exported)."""
     from training.sft import train_sft  # torch: worker only
 
-    base = _input(job, ModelVersion.Stage.SFT) if job.input_models.filter(stage="sft").exists() else \
-        _input(job, ModelVersion.Stage.BASE)
-    rankings = _snapshot_file(job, "rankings.jsonl", optional=True)
-    config = SFTConfig.from_dict({**project_format(job), **job.config, "base": base.artifact_path})
+    stage = next((s for s in SFT_STARTS if job.input_models.filter(stage=s).exists()), ModelVersion.Stage.BASE)
+    base = _input(job, stage)  # no input at all: says which one it needs
+    settings = {k: v for k, v in job.config.items() if k not in SFT_PLATFORM_FIELDS}
+    exclude = settings.pop("exclude_snapshots", None)
+    if exclude:
+        demos, rankings = _new_sft_files(job, exclude, out / "data")
+    else:
+        demos, rankings = _snapshot_file(job, "sft.jsonl"), _snapshot_file(job, "rankings.jsonl", optional=True)
+    config = SFTConfig.from_dict({**project_format(job), **settings, "base": base.artifact_path})
     config.best_ranked = config.best_ranked and rankings is not None  # a snapshot without rankings adds none
-    result = train_sft(config, _snapshot_file(job, "sft.jsonl"), out,
+    result = train_sft(config, demos, out,
                        eval_data=_snapshot_file(job, "sft_eval.jsonl", optional=True), rankings=rankings,
                        on_log=progress.on_log, should_stop=progress.should_stop)
     return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.SFT, out, result, base))
+
+
+def _new_sft_files(job: TrainingJob, exclude: list[int], folder: Path) -> tuple[Path | None, Path | None]:
+    """The snapshot's demonstrations and rankings that none of the snapshots ``exclude`` held, as files in
+    ``folder`` (None for a file with no records). Rewritten identically when the job resumes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for name, records in zip(("sft.jsonl", "rankings.jsonl"), new_sft_records(job.snapshot, exclude), strict=True):
+        write_jsonl(folder / name, records)
+        files.append(folder / name if records else None)
+    return files[0], files[1]
 
 
 def run_rm(job: TrainingJob, out: Path, progress) -> StageOutcome:

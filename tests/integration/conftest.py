@@ -4,9 +4,10 @@ from __future__ import annotations
 import pytest
 
 from annotation import services
-from annotation.models import ModelVersion, Role
+from annotation.models import ModelVersion, Role, Task
 from annotation.oracles import prefer_polite
 from tests.factories import make_project, make_user
+from tests.integration.oracles import longest_first_no_ties
 from tests.training.conftest import tiny_base  # noqa: F401  (a session fixture: a 2-layer GPT-2 on disk)
 
 # Stage settings small enough for a CI machine: each stage takes seconds.
@@ -64,6 +65,16 @@ def label_everything(project) -> None:
         else:
             services.submit_demonstration(author=user, task=task, seconds_spent=5,
                                           text=f"Thank you for asking about {task.prompt.text[-9:-1]}.")
+
+
+def rank_without_ties(project) -> None:
+    """Rank every open ranking task, longest answer first: the tiny models' short answers would mostly tie
+    under ``label_everything``'s oracle, and a tie teaches DPO (or best-ranked SFT) nothing."""
+    for i, task in enumerate(Task.objects.filter(project=project, status="open", kind="ranking").order_by("id")):
+        candidates = list(task.task_candidates.select_related("candidate").order_by("position"))
+        ranks = longest_first_no_ties(task.prompt.text, [c.candidate.text for c in candidates])
+        services.submit_ranking(labeler=project.labelers[i % 2], task=task, seconds_spent=2, entries=[
+            {"candidate": c.candidate_id, "rank": r} for c, r in zip(candidates, ranks, strict=True)])
 
 
 @pytest.fixture

@@ -11,12 +11,10 @@ import torch
 from django.test import Client
 from safetensors.torch import load_file
 
-from annotation import services
 from annotation.loop import rounds
 from annotation.loop.worker import JobProgress, run_job
 from annotation.models import Candidate, DatasetSnapshot, ModelVersion, Ranking, Round, Task, TrainingJob
-from tests.integration.conftest import HELD_OUT, TINY_ROUND, label_everything
-from tests.integration.oracles import longest_first_no_ties
+from tests.integration.conftest import HELD_OUT, TINY_ROUND, label_everything, rank_without_ties
 from training.models import load_tokenizer
 from training.reward import RewardModel
 
@@ -28,16 +26,6 @@ def stages_of(round_: Round) -> dict[str, TrainingJob]:
     assert all(job.status == "succeeded" for job in jobs.values()), \
         {stage: job.error[-600:] for stage, job in jobs.items()}
     return jobs
-
-
-def rank_without_ties(project) -> None:
-    """Rank every open ranking task, longest answer first: the tiny models' short answers would mostly tie
-    under ``label_everything``'s oracle, and a tie teaches DPO nothing."""
-    for i, task in enumerate(Task.objects.filter(project=project, status="open", kind="ranking").order_by("id")):
-        candidates = list(task.task_candidates.select_related("candidate").order_by("position"))
-        ranks = longest_first_no_ties(task.prompt.text, [c.candidate.text for c in candidates])
-        services.submit_ranking(labeler=project.labelers[i % 2], task=task, seconds_spent=2, entries=[
-            {"candidate": c.candidate_id, "rank": r} for c, r in zip(candidates, ranks, strict=True)])
 
 
 def next_round_models(project, number: int) -> set[ModelVersion]:
