@@ -1,7 +1,6 @@
 """Read import files line by line. A bad line is reported with its number; nothing is dropped silently."""
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
@@ -9,10 +8,9 @@ from rest_framework.exceptions import ValidationError
 
 from .api.serializers import PromptInSerializer
 from .formats import FORMATS, hh_pair_to_item
+from .imports.readers import open_text
 
-
-def _open(path: Path):
-    return gzip.open(path, "rt", encoding="utf-8") if path.suffix == ".gz" else path.open(encoding="utf-8")
+READ_ERRORS = (UnicodeDecodeError, OSError, EOFError)  # not UTF-8 text, a broken gzip stream
 
 
 def read_import_file(path: Path, *, fmt: str = "items", hh_subset: str = "") -> tuple[list[dict], list[int], int]:
@@ -20,8 +18,15 @@ def read_import_file(path: Path, *, fmt: str = "items", hh_subset: str = "") -> 
     every bad line. For hh-rlhf, pairs with identical or empty responses are counted as left out."""
     if fmt not in FORMATS:
         raise ValidationError({"format": [f"unknown format {fmt!r}; use one of {', '.join(FORMATS)}"]})
+    try:
+        return _read(path, fmt, hh_subset)
+    except READ_ERRORS as exc:  # not UTF-8 text, or a broken gzip stream (gzip is known by its bytes, not its name)
+        raise ValidationError({"file": [f"cannot read the file as UTF-8 text (or gzip of it): {exc}"]}) from None
+
+
+def _read(path: Path, fmt: str, hh_subset: str) -> tuple[list[dict], list[int], int]:
     items, line_numbers, errors, left_out = [], [], {}, 0
-    with _open(path) as lines:
+    with open_text(path) as lines:
         for number, line in enumerate(lines, start=1):
             if not line.strip():
                 continue

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.db import InterfaceError, OperationalError
-from django.http import Http404
+from django.http import Http404, JsonResponse
+from django.views import defaults
 from rest_framework import exceptions
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -59,3 +60,12 @@ def exception_handler(exc, context):
         }
     response.data = body
     return response
+
+
+def not_found(request, exception=None):
+    """The site's 404 (``handler404``): under /api/ the API's error body, so that a URL no route matches
+    (``/api/candidates/-3/lineage/``: an id a route's converter refuses) still answers JSON; elsewhere
+    Django's page."""
+    if request.path.startswith("/api/"):
+        return JsonResponse({"status": 404, "code": "not_found", "message": "Not found.", "fields": {}}, status=404)
+    return defaults.page_not_found(request, exception)

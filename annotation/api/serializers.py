@@ -34,6 +34,8 @@ from ..models import (
     validate_messages,
 )
 
+MAX_ID = 2**63 - 1  # the largest database id: a larger number is a 400, never an overflow in the query (500)
+
 
 class ProjectSerializer(serializers.ModelSerializer):
     my_role = serializers.SerializerMethodField()
@@ -101,7 +103,7 @@ class MembershipSerializer(serializers.ModelSerializer):
 class MemberRoleSerializer(serializers.Serializer):
     """Change a member's role (project admins), or add a user (site staff only)."""
 
-    user = serializers.IntegerField(min_value=1)
+    user = serializers.IntegerField(max_value=MAX_ID, min_value=1)
     role = serializers.ChoiceField(choices=Role.choices)
 
 
@@ -165,11 +167,11 @@ class PromptInSerializer(serializers.Serializer):
 
 
 class PromptCreateSerializer(PromptInSerializer):
-    project = serializers.IntegerField()
+    project = serializers.IntegerField(max_value=MAX_ID)
 
 
 class BulkPromptSerializer(serializers.Serializer):
-    project = serializers.IntegerField()
+    project = serializers.IntegerField(max_value=MAX_ID)
     items = PromptInSerializer(many=True, min_length=1, max_length=5000)
 
 
@@ -302,7 +304,7 @@ class GoldOutSerializer(serializers.ModelSerializer):
 
 
 class EntrySerializer(serializers.Serializer):
-    candidate = serializers.IntegerField()
+    candidate = serializers.IntegerField(max_value=MAX_ID)
     rank = serializers.IntegerField(min_value=1, max_value=MAX_K)
     fails_instruction = serializers.BooleanField(default=False)
     hallucination = serializers.BooleanField(default=False)
@@ -330,7 +332,7 @@ class PromptWritingTokenSerializer(serializers.Serializer):
     """What next-task answers for kind prompt_writing: a client token to submit the written prompt with."""
 
     kind = serializers.ChoiceField(choices=[TaskKind.PROMPT_WRITING])
-    project = serializers.IntegerField()
+    project = serializers.IntegerField(max_value=MAX_ID)
     client_token = serializers.UUIDField()
 
 
@@ -427,14 +429,16 @@ class TrainingJobDetailSerializer(TrainingJobSerializer):
 class StartStageSerializer(serializers.Serializer):
     stage = serializers.ChoiceField(choices=JobStage.choices)
     config = serializers.JSONField(required=False, default=dict)
-    inputs = serializers.ListField(child=serializers.IntegerField(), required=False, default=list)
+    inputs = serializers.ListField(child=serializers.IntegerField(max_value=MAX_ID), required=False, default=list)
 
 
 class ExportQuerySerializer(serializers.Serializer):
     """The query of a training-ready export (see annotation.exporting for the formats and columns)."""
     format = serializers.ChoiceField(choices=exporting.FORMATS)
-    snapshot = serializers.IntegerField(required=False, min_value=1, help_text="A snapshot's labels, not live ones.")
-    round = serializers.IntegerField(required=False, min_value=1, help_text="Round 1 includes imported tasks.")
+    snapshot = serializers.IntegerField(max_value=MAX_ID, required=False, min_value=1,
+                                        help_text="A snapshot's labels, not live ones.")
+    round = serializers.IntegerField(max_value=MAX_ID, required=False, min_value=1,
+                                     help_text="Round 1 includes imported tasks.")
     status = serializers.ChoiceField(choices=ReviewStatus.choices, required=False,
                                      help_text="Review status; without it, rejected labels are left out.")
     labeler = serializers.CharField(required=False, max_length=150, help_text="A labeler's username.")
@@ -479,14 +483,14 @@ class ReviewDecisionSerializer(serializers.Serializer):
     decision = serializers.ChoiceField(choices=list(reviews.DECISIONS))
     reason = serializers.CharField(required=False, allow_blank=True, default="", max_length=10_000,
                                    help_text="Required to reject; the labeler reads it.")
-    revision = serializers.IntegerField(
+    revision = serializers.IntegerField(max_value=MAX_ID,
         required=False, min_value=1, help_text="The revision you reviewed: 409 if the label changed since.")
 
 
 class DemonstrationEditSerializer(serializers.Serializer):
     text = serializers.CharField(max_length=100_000, trim_whitespace=False)
     reason = serializers.CharField(max_length=10_000, help_text="Why you edit it; the labeler reads it.")
-    revision = serializers.IntegerField(
+    revision = serializers.IntegerField(max_value=MAX_ID,
         required=False, min_value=1, help_text="The revision you edited: 409 if the label changed since.")
 
 

@@ -178,7 +178,9 @@ class ProjectViewSet(viewsets.ModelViewSet):
         report = import_upload(project=project, upload=data["file"], fmt=data["format"], source=data.get("source"))
         return Response(report, status=201 if any(report["created"].values()) else 200)
 
-    @extend_schema(request=s.MemberRoleSerializer, responses=s.MembershipSerializer(many=True))
+    @extend_schema(methods=["GET"], responses=s.MembershipSerializer(many=True))
+    @extend_schema(methods=["POST"], request=s.MemberRoleSerializer,
+                   responses={201: s.MembershipSerializer, 200: s.MembershipSerializer})
     @action(detail=True, methods=["get", "post"], pagination_class=None)
     def members(self, request, pk=None):
         """List members (reviewers and admins), or change a member's role (admins). New members come by

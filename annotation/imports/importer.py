@@ -31,13 +31,12 @@ from rest_framework.exceptions import APIException, ValidationError
 
 from .. import services
 from ..api.serializers import PromptInSerializer
-from ..importing import format_errors
+from ..importing import READ_ERRORS, format_errors
 from ..models import Candidate, Demonstration, Membership, Project, Prompt, Ranking, Role, Task, TaskKind
 from .readers import DEFAULT_SOURCES, READERS, SOURCE_NAME, BadLine, LeftOut, Ranked, Record, Written
 
 MAX_REPORTED_LINES = 1000  # a wholly wrong file must not make an error body as large as itself
 AUTHOR_UNSAFE = re.compile(r"[^\w.@+-]")  # what Django's username validator refuses
-READ_ERRORS = (UnicodeDecodeError, OSError, EOFError)  # not UTF-8 text, a broken gzip stream
 
 Progress = Callable[[int, int], None]
 

@@ -7,6 +7,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerSplitVie
 from annotation.api.views import health
 from annotation.health import readiness
 
+handler404 = "annotation.api.errors.not_found"  # JSON under /api/
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("healthz", health, name="health"),

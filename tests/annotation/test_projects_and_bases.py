@@ -2,6 +2,7 @@
 API and manage.py. sam is a site admin; adam administers project A; alice labels A."""
 from __future__ import annotations
 
+import gzip
 import json
 import shutil
 from pathlib import Path
@@ -78,6 +79,29 @@ def test_a_bad_line_in_the_prompt_file_creates_nothing(registered, client_for, t
     assert response.status_code == 400
     assert set(response.json()["fields"]["lines"]) == {"2", "3"}
     assert not Project.objects.filter(name="Broken").exists() and not Prompt.objects.exists()
+
+
+@pytest.mark.parametrize("content", [b"\x1f\x8b\x08not really gzip", b'{"text": "caf\xe9"}\n'],
+                         ids=["broken gzip without a .gz name", "not UTF-8"])
+def test_an_unreadable_prompt_file_is_a_clear_400_and_creates_nothing(registered, client_for, tmp_path, content):
+    path = tmp_path / "prompts"
+    path.write_bytes(content)
+    with path.open("rb") as upload:
+        response = client_for("sam").post("/api/projects/", {"name": "Unreadable", "prompts": upload},
+                                          format="multipart")
+    assert response.status_code == 400
+    assert "cannot read the file as UTF-8 text" in response.json()["fields"]["file"][0]
+    assert not Project.objects.filter(name="Unreadable").exists() and not Prompt.objects.exists()
+
+
+def test_a_gzip_prompt_file_is_read_whatever_its_name(registered, client_for, tmp_path):
+    path = tmp_path / "prompts.upload"
+    path.write_bytes(gzip.compress(json.dumps({"text": "Explain tides."}).encode() + b"\n"))
+    with path.open("rb") as upload:
+        response = client_for("sam").post("/api/projects/", {"name": "Zipped", "prompts": upload},
+                                          format="multipart")
+    assert response.status_code == 201, response.json()
+    assert response.json()["imported"]["created"] == 1
 
 
 def test_a_project_cannot_start_from_another_projects_model(registered, client_for, project_a, project_b):
