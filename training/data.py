@@ -278,3 +278,12 @@ def render_plain(prompt: Prompt) -> str:
 
 def prompt_messages(prompt: Prompt) -> list[Message]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
+def train_and_held_rankings(data: str | Path, eval_data: str | Path | None, eval_fraction: float
+                            ) -> tuple[list[RankingExample], list[RankingExample]]:
+    """(training, held-out) rankings: ``eval_data`` when given, else the record-hash split of ``data``."""
+    examples = read_rankings(data)
+    if eval_data is not None:
+        return examples, read_rankings(eval_data)
+    return split_by_hash(examples, eval_fraction)

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from training.config import DPOConfig
-from training.data import RankingExample, read_rankings, split_by_hash
+from training.data import RankingExample, train_and_held_rankings
 from training.encoding import encode_group
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
 from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
@@ -225,11 +225,7 @@ def train_dpo(config: DPOConfig, data: Path, out: Path, *, eval_data: Path | Non
     rt = init_runtime(config.device)
     seed_all(config.seed)
 
-    examples = read_rankings(data)
-    if eval_data is not None:
-        train, held = examples, read_rankings(eval_data)
-    else:
-        train, held = split_by_hash(examples, config.eval_fraction)
+    train, held = train_and_held_rankings(data, eval_data, config.eval_fraction)
     tokenizer = load_tokenizer(config.base)
     pad = tokenizer.pad_token_id
     train_groups = [encode_ranking(tokenizer, e, config) for e in train]

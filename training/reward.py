@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from training.config import RewardConfig
-from training.data import RankingExample, read_rankings, read_sft, split_by_hash
+from training.data import RankingExample, read_sft, train_and_held_rankings
 from training.encoding import encode_group, encode_pair
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
 from training.models import add_lora, count_parameters, load_tokenizer, servable, train_top_layers
@@ -374,11 +374,7 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     rt = init_runtime(config.device)
     seed_all(config.seed)
 
-    examples = read_rankings(data)
-    if eval_data is not None:
-        train, held = examples, read_rankings(eval_data)
-    else:
-        train, held = split_by_hash(examples, config.eval_fraction)
+    train, held = train_and_held_rankings(data, eval_data, config.eval_fraction)
     tokenizer = load_tokenizer(config.base)
     train_groups = [encode_ranking(tokenizer, e, config) for e in train]
     held_groups = [encode_ranking(tokenizer, e, config) for e in held]

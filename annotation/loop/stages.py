@@ -130,13 +130,20 @@ def run_rm(job: TrainingJob, out: Path, progress) -> StageOutcome:
     return StageOutcome(result.status, result.summary, _register(job, ModelVersion.Stage.RM, out, result, sft))
 
 
+def _rl_config(job: TrainingJob, config_class):
+    """(the round's SFT model, the PPO or RLOO config): the policy starts from SFT and is scored by the round's
+    RM, the project's judge (if any) watches, with the project's rollout settings and the job's overrides."""
+    sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
+    judge = job.project.judge_model
+    return sft, config_class.from_dict({**project_rollouts(job), **job.config, "policy": sft.artifact_path,
+                                        "reward_model": rm.artifact_path,
+                                        "judge": judge.artifact_path if judge else ""})
+
+
 def run_ppo(job: TrainingJob, out: Path, progress) -> StageOutcome:
     from training.ppo import train_ppo  # torch: worker only
 
-    sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
-    judge = job.project.judge_model
-    config = PPOConfig.from_dict({**project_rollouts(job), **job.config, "policy": sft.artifact_path,
-                                  "reward_model": rm.artifact_path, "judge": judge.artifact_path if judge else ""})
+    sft, config = _rl_config(job, PPOConfig)
     result = train_ppo(config, _snapshot_file(job, "ppo_prompts.jsonl"), out,
                        ptx_data=_snapshot_file(job, "sft.jsonl", optional=True),
                        eval_data=_snapshot_file(job, "ppo_eval_prompts.jsonl", optional=True),
@@ -148,10 +155,7 @@ def run_rloo(job: TrainingJob, out: Path, progress) -> StageOutcome:
     """PPO's stage without a critic: the same prompts, held-out evaluation prompts, judge and rollouts."""
     from training.rloo import train_rloo  # torch: worker only
 
-    sft, rm = _input(job, ModelVersion.Stage.SFT), _input(job, ModelVersion.Stage.RM)
-    judge = job.project.judge_model
-    config = RLOOConfig.from_dict({**project_rollouts(job), **job.config, "policy": sft.artifact_path,
-                                   "reward_model": rm.artifact_path, "judge": judge.artifact_path if judge else ""})
+    sft, config = _rl_config(job, RLOOConfig)
     result = train_rloo(config, _snapshot_file(job, "ppo_prompts.jsonl"), out,
                         eval_data=_snapshot_file(job, "ppo_eval_prompts.jsonl", optional=True),
                         on_log=progress.on_log, should_stop=progress.should_stop)
