@@ -46,6 +46,7 @@ from training.models import (
     train_top_layers,
 )
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
+from training.reward import RewardModel
 from training.runtime import init_runtime, seed_all, unwrap, wrap
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
@@ -364,8 +365,6 @@ def _load_models(config: PPOConfig, reward_fn: RewardFn | None, rt) -> Models:
         ref = copy.deepcopy(actor).eval().requires_grad_(False)
     reward_model = None
     if config.reward_model:
-        from training.reward import RewardModel
-
         reward_model = RewardModel.from_pretrained(config.reward_model, rt.device).eval().requires_grad_(False)
         critic = ValueModel.from_reward_model(reward_model)
     elif reward_fn is not None:
@@ -621,40 +620,60 @@ def _load_checkpoint(path: Path, models: Models, optimizers, kl: KLController, e
     return state["iteration"]
 
 
-def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardFn | None = None,
-              ptx_data: Path | None = None, eval_data: Path | None = None, on_log: OnLog = no_log,
-              should_stop: ShouldStop = never_stop) -> StageResult:
-    """Optimise ``config.policy`` against ``config.reward_model`` (or any ``reward_fn``) on the PPO-prompt
-    file ``prompts``; the policy is saved to ``out`` with metrics.jsonl, samples.jsonl and summary.json.
-    With ``eval_data`` (held-out prompts), ``eval/*`` metrics are logged before training (the SFT policy),
-    every ``eval_every`` iterations and at the end (``held_out_metrics``).
+# --- the iteration loop shared by the online RL stages (PPO here, RLOO in training.rloo) -------------------
 
-    Resumes from ``out/checkpoints/last.pt`` (with the same result as an uninterrupted run for a fixed
-    seed); stops within one optimizer step when ``should_stop()`` is true.
-    """
-    out = Path(out)
+@dataclass
+class RLStage:
+    """What one online RL algorithm plugs into ``run_rl_iterations``: its rollout, its update and its
+    metrics; ``save(iteration)`` writes its checkpoint (on the main process only); ``shown`` is how many
+    rollout rows go into samples.jsonl at each sampled iteration."""
+    name: str
+    rollout: Callable[[list[PPOPrompt], float, torch.Generator, dict[str, float]], Rollout]
+    update: Callable[[Rollout], tuple[dict[str, float], bool]]
+    metrics: Callable[[Rollout, float], dict[str, float]]
+    save: Callable[[int], None]
+    shown: int = 4
+
+
+@dataclass
+class RLRun:
+    status: str  # "completed" or "stopped"
+    iteration: int  # the last iteration done
+    last: dict[str, float]  # the last iteration's metrics
+    held: dict[str, float]  # the last held-out evaluation (``eval/*``), empty without held-out prompts
+    timings: dict[str, float]  # seconds in generation, scoring and training
+
+    def time_shares(self) -> dict[str, float]:
+        total = sum(self.timings.values()) or 1.0
+        return {f"time_share/{k}": round(v / total, 3) for k, v in self.timings.items()}
+
+
+def load_judge(config: PPOConfig | RLOOConfig, held_out: list[PPOPrompt], rt):
+    """The independent judge reward model (never trained on), loaded only when there are held-out prompts."""
+    if not (held_out and config.judge):
+        return None
+    return RewardModel.from_pretrained(config.judge, rt.device).eval().requires_grad_(False)
+
+
+def start_rl(config: PPOConfig | RLOOConfig, prompts: Path):
+    """The runtime (seeded per rank) and the training prompts of an online RL stage."""
     rt = init_runtime(config.device)
     seed_all(config.seed + rt.rank)
     records = read_ppo_prompts(prompts)
     if len(records) < config.batch_size:
         raise ValueError(f"{prompts} has {len(records)} prompts, fewer than batch_size={config.batch_size}")
-    models = _load_models(config, reward_fn, rt)
-    optimizers = (_optimizer(models.actor, config.learning_rate, config),
-                  _optimizer(models.critic, config.critic_learning_rate, config))
-    kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
-    ema = EMA(unwrap(models.actor), config.ema_decay) if config.ema_decay > 0 else None
-    ptx = _ptx_stream(config, ptx_data, models.tokenizer, config.seed)
-    checkpoint = out / CHECKPOINT
-    start = 0
-    if config.resume and checkpoint.exists():
-        start = _load_checkpoint(checkpoint, models, optimizers, kl, ema, ptx, rt.device)
-    reporter = Reporter(out, "ppo", config, on_log, main=rt.is_main, append=start > 0)
-    held_out = read_ppo_prompts(eval_data)[:config.eval_prompts] if eval_data else []
-    judge = None
-    if held_out and config.judge:
-        from training.reward import RewardModel
+    return rt, records
 
-        judge = RewardModel.from_pretrained(config.judge, rt.device).eval().requires_grad_(False)
+
+def run_rl_iterations(stage: RLStage, config: PPOConfig | RLOOConfig, models: Models, records: list[PPOPrompt],
+                      kl: KLController, reporter: Reporter, rt, *, start: int, out: Path,
+                      reward_fn: RewardFn | None, eval_data: Path | None, should_stop: ShouldStop) -> RLRun:
+    """Iterations ``start + 1 … config.iterations``: rollout → update → β → log → samples → held-out
+    evaluation (before training, every ``eval_every`` iterations and at the end) → checkpoint every
+    ``checkpoint_every`` iterations and when stopped. Prompt order and sampling depend only on (seed,
+    iteration, rank), so a resumed run draws what the uninterrupted one would have. Writes samples.jsonl."""
+    held_out = read_ppo_prompts(eval_data)[:config.eval_prompts] if eval_data else []
+    judge = load_judge(config, held_out, rt)
 
     def evaluate(step: int) -> dict[str, float]:
         started = time.perf_counter()
@@ -670,45 +689,84 @@ def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardF
         if rt.any(should_stop()):
             status, iteration = "stopped", iteration - 1
             break
-        # Prompt order and sampling depend only on (seed, iteration, rank): a resumed run draws the same.
         rng = random.Random(config.seed * 1_000_003 + iteration * 97 + rt.rank)
         batch = rng.sample(records, config.batch_size)
         generator = torch.Generator(device=rt.device).manual_seed(config.seed * 100_003 + iteration * 31 + rt.rank)
         torch.manual_seed(config.seed * 7_919 + iteration)
         before = dict(timings)
-        rollout = make_rollout(models, batch, config, kl.value, generator, reward_fn, timings)
+        rollout = stage.rollout(batch, kl.value, generator, timings)
         started = time.perf_counter()
-        update, stopped = ppo_update(models, rollout, config, optimizers, ptx, ema, rt, should_stop)
+        update, stopped = stage.update(rollout)
         timings["training"] += time.perf_counter() - started
-        last = {**rollout_metrics(rollout, kl.value), **update,
+        last = {**stage.metrics(rollout, kl.value), **update,
                 **{f"time/{k}": timings[k] - before[k] for k in timings}}
-        update_from_all_ranks(kl, last["ppo/kl"], config.batch_size, rt.all_sum)
+        update_from_all_ranks(kl, last[f"{stage.name}/kl"], len(rollout.prompts), rt.all_sum)
         reporter.log(iteration, config.iterations, last)
         if rt.is_main and (iteration % config.sample_every == 0 or iteration == 1):
-            shown = zip(rollout.prompts[:4], rollout.responses[:4], rollout.raw_scores[:4].tolist(), strict=True)
+            shown = zip(rollout.prompts[:stage.shown], rollout.responses[:stage.shown],
+                        rollout.raw_scores[:stage.shown].tolist(), strict=True)
             samples += [{"iteration": iteration, "prompt": p, "response": r, "score": round(s, 4)} for p, r, s in shown]
         if stopped:
             status = "stopped"
             break
         if held_out and (iteration == config.iterations or (config.eval_every and iteration % config.eval_every == 0)):
             held = evaluate(iteration)
-        if iteration % config.checkpoint_every == 0 and rt.is_main:
+        if iteration % config.checkpoint_every == 0:
+            stage.save(iteration)
+    if status == "stopped":
+        stage.save(iteration)
+    if rt.is_main and samples:
+        write_jsonl(out / SAMPLES_FILE, samples)
+    return RLRun(status, iteration, last, held, timings)
+
+
+def train_ppo(config: PPOConfig, prompts: Path, out: Path, *, reward_fn: RewardFn | None = None,
+              ptx_data: Path | None = None, eval_data: Path | None = None, on_log: OnLog = no_log,
+              should_stop: ShouldStop = never_stop) -> StageResult:
+    """Optimise ``config.policy`` against ``config.reward_model`` (or any ``reward_fn``) on the PPO-prompt
+    file ``prompts``; the policy is saved to ``out`` with metrics.jsonl, samples.jsonl and summary.json.
+    With ``eval_data`` (held-out prompts), ``eval/*`` metrics are logged before training (the SFT policy),
+    every ``eval_every`` iterations and at the end (``held_out_metrics``).
+
+    Resumes from ``out/checkpoints/last.pt`` (with the same result as an uninterrupted run for a fixed
+    seed); stops within one optimizer step when ``should_stop()`` is true.
+    """
+    out = Path(out)
+    rt, records = start_rl(config, prompts)
+    models = _load_models(config, reward_fn, rt)
+    optimizers = (_optimizer(models.actor, config.learning_rate, config),
+                  _optimizer(models.critic, config.critic_learning_rate, config))
+    kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
+    ema = EMA(unwrap(models.actor), config.ema_decay) if config.ema_decay > 0 else None
+    ptx = _ptx_stream(config, ptx_data, models.tokenizer, config.seed)
+    checkpoint = out / CHECKPOINT
+    start = 0
+    if config.resume and checkpoint.exists():
+        start = _load_checkpoint(checkpoint, models, optimizers, kl, ema, ptx, rt.device)
+    reporter = Reporter(out, "ppo", config, on_log, main=rt.is_main, append=start > 0)
+
+    def save(iteration: int) -> None:
+        if rt.is_main:
             _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema, ptx)
+
+    stage = RLStage(
+        "ppo",
+        rollout=lambda batch, beta, generator, timings: make_rollout(models, batch, config, beta, generator,
+                                                                      reward_fn, timings),
+        update=lambda rollout: ppo_update(models, rollout, config, optimizers, ptx, ema, rt, should_stop),
+        metrics=rollout_metrics, save=save)
+    run = run_rl_iterations(stage, config, models, records, kl, reporter, rt, start=start, out=out,
+                            reward_fn=reward_fn, eval_data=eval_data, should_stop=should_stop)
     if rt.is_main:
-        if status == "stopped":
-            _save_checkpoint(checkpoint, models, optimizers, kl, iteration, ema, ptx)
-        write_jsonl(out / SAMPLES_FILE, samples) if samples else None
         actor = unwrap(models.actor)
         if ema is not None:
             actor = copy.deepcopy(actor)
             ema.copy_to(actor)
         save_pretrained(actor, models.tokenizer, out)
     rt.barrier()
-    total = sum(timings.values()) or 1.0
-    summary = {"iterations": iteration, "final_kl_coef": kl.value, "parameters": count_parameters(unwrap(models.actor)),
-               **{k: v for k, v in last.items()}, **held,
-               **{f"time_share/{k}": round(v / total, 3) for k, v in timings.items()}}
-    result = reporter.finish(status, iteration, summary, model=unwrap(models.actor))
+    summary = {"iterations": run.iteration, "final_kl_coef": kl.value,
+               "parameters": count_parameters(unwrap(models.actor)), **run.last, **run.held, **run.time_shares()}
+    result = reporter.finish(run.status, run.iteration, summary, model=unwrap(models.actor))
     rt.close()
     return result
 

@@ -27,32 +27,30 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import random
-import time
 from pathlib import Path
 
 import torch
 
 from training.config import RLOOConfig
-from training.data import read_ppo_prompts, write_jsonl
-from training.kl import KLController, update_from_all_ranks
+from training.kl import KLController
 from training.loop import CHECKPOINT, load_checkpoint, save_checkpoint
 from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
 from training.ppo import (
-    SAMPLES_FILE,
     Models,
     RewardFn,
+    RLStage,
     Rollout,
-    held_out_metrics,
     make_rollout,
     masked_mean,
     policy_loss,
     rollout_metrics,
+    run_rl_iterations,
     sequence_logprobs,
+    start_rl,
 )
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.reward import RewardModel
-from training.runtime import init_runtime, seed_all, unwrap, wrap
+from training.runtime import unwrap, wrap
 
 # --- math: a small pure function ------------------------------------------------------------------------
 
@@ -157,11 +155,7 @@ def train_rloo(config: RLOOConfig, prompts: Path, out: Path, *, reward_fn: Rewar
     seed); stops within one optimizer step when ``should_stop()`` is true.
     """
     out = Path(out)
-    rt = init_runtime(config.device)
-    seed_all(config.seed + rt.rank)
-    records = read_ppo_prompts(prompts)
-    if len(records) < config.batch_size:
-        raise ValueError(f"{prompts} has {len(records)} prompts, fewer than batch_size={config.batch_size}")
+    rt, records = start_rl(config, prompts)
     models = _load_models(config, reward_fn, rt)
     trainable = [p for p in models.actor.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=config.adam_betas, weight_decay=0.0)
@@ -172,63 +166,24 @@ def train_rloo(config: RLOOConfig, prompts: Path, out: Path, *, reward_fn: Rewar
         state = load_checkpoint(checkpoint, models.actor, optimizer, rt.device)
         start, kl.value = state["step"], state["beta"]
     reporter = Reporter(out, "rloo", config, on_log, main=rt.is_main, append=start > 0)
-    held_out = read_ppo_prompts(eval_data)[:config.eval_prompts] if eval_data else []
-    judge = None
-    if held_out and config.judge:
-        judge = RewardModel.from_pretrained(config.judge, rt.device).eval().requires_grad_(False)
 
-    def evaluate(step: int) -> dict[str, float]:
-        started = time.perf_counter()
-        metrics = held_out_metrics(models, held_out, config, judge, reward_fn, rt)
-        reporter.log(step, config.iterations, {**metrics, "time/eval": time.perf_counter() - started})
-        return metrics
-
-    def save_state(iteration: int) -> None:
+    def save(iteration: int) -> None:
         if rt.is_main:
             save_checkpoint(checkpoint, models.actor, optimizer, iteration, {"beta": kl.value})
 
-    held = evaluate(0) if held_out and start == 0 else {}
-    samples = []
-    timings = {"generation": 0.0, "scoring": 0.0, "training": 0.0}
-    status, iteration, last = "completed", start, {}
-    for iteration in range(start + 1, config.iterations + 1):
-        if rt.any(should_stop()):
-            status, iteration = "stopped", iteration - 1
-            break
-        # Prompt order and sampling depend only on (seed, iteration, rank): a resumed run draws the same.
-        rng = random.Random(config.seed * 1_000_003 + iteration * 97 + rt.rank)
-        batch = rng.sample(records, config.batch_size)
-        generator = torch.Generator(device=rt.device).manual_seed(config.seed * 100_003 + iteration * 31 + rt.rank)
-        torch.manual_seed(config.seed * 7_919 + iteration)
-        before = dict(timings)
-        rollout = rloo_rollout(models, batch, config, kl.value, generator, reward_fn, timings)
-        started = time.perf_counter()
-        update, stopped = rloo_update(models, rollout, config, optimizer, rt, should_stop)
-        timings["training"] += time.perf_counter() - started
-        last = {**rloo_metrics(rollout, kl.value), **update, **{f"time/{k}": timings[k] - before[k] for k in timings}}
-        update_from_all_ranks(kl, last["rloo/kl"], len(rollout.prompts), rt.all_sum)
-        reporter.log(iteration, config.iterations, last)
-        if rt.is_main and (iteration % config.sample_every == 0 or iteration == 1):
-            shown = zip(rollout.prompts[:config.k], rollout.responses[:config.k],
-                        rollout.raw_scores[:config.k].tolist(), strict=True)
-            samples += [{"iteration": iteration, "prompt": p, "response": r, "score": round(s, 4)} for p, r, s in shown]
-        if stopped:
-            status = "stopped"
-            break
-        if held_out and (iteration == config.iterations or (config.eval_every and iteration % config.eval_every == 0)):
-            held = evaluate(iteration)
-        if iteration % config.checkpoint_every == 0 or iteration == config.iterations:
-            save_state(iteration)
-    if status == "stopped":
-        save_state(iteration)
+    stage = RLStage(
+        "rloo",
+        rollout=lambda batch, beta, generator, timings: rloo_rollout(models, batch, config, beta, generator,
+                                                                      reward_fn, timings),
+        update=lambda rollout: rloo_update(models, rollout, config, optimizer, rt, should_stop),
+        metrics=rloo_metrics, save=save, shown=config.k)
+    run = run_rl_iterations(stage, config, models, records, kl, reporter, rt, start=start, out=out,
+                            reward_fn=reward_fn, eval_data=eval_data, should_stop=should_stop)
     if rt.is_main:
-        write_jsonl(out / SAMPLES_FILE, samples) if samples else None
         save_pretrained(unwrap(models.actor), models.tokenizer, out)
     rt.barrier()
-    total = sum(timings.values()) or 1.0
-    summary = {"iterations": iteration, "samples_per_prompt": config.k, "final_kl_coef": kl.value,
-               "parameters": count_parameters(unwrap(models.actor)), **last, **held,
-               **{f"time_share/{k}": round(v / total, 3) for k, v in timings.items()}}
-    result = reporter.finish(status, iteration, summary, model=unwrap(models.actor))
+    summary = {"iterations": run.iteration, "samples_per_prompt": config.k, "final_kl_coef": kl.value,
+               "parameters": count_parameters(unwrap(models.actor)), **run.last, **run.held, **run.time_shares()}
+    result = reporter.finish(run.status, run.iteration, summary, model=unwrap(models.actor))
     rt.close()
     return result
