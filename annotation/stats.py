@@ -8,20 +8,30 @@ from django.utils import timezone
 
 from .models import Demonstration, Project, Prompt, Ranking, Skip, TaskKind, TaskSlot
 
+WAITING_CAP = 1000
+"""The home page counts waiting tasks up to this many per kind, then says "1000+": counting them all would
+read every open slot of the project on every visit, so the count is a bounded read of the queue."""
 
-def waiting_counts(*, user, project: Project) -> dict[str, int]:
+
+def waiting_counts(*, user, project: Project) -> dict[str, int | bool]:
     """Tasks of each kind the user could get now: open slots they may claim, plus their own leases. Gold
     tasks are not counted: they are only served in place of an ordinary task (``services.next_task``), and
-    a count that included them would give them away."""
+    a count that included them would give them away.
+
+    The count reads at most ``WAITING_CAP × overlap + 1`` slots, unordered, so its cost does not grow with the
+    queue; ``{kind}_more`` is true when there may be more than the count says."""
     now = timezone.now()
-    counts = {}
+    counts: dict[str, int | bool] = {}
+    limit = WAITING_CAP * max(project.overlap, 1)
     for kind in (TaskKind.DEMONSTRATION, TaskKind.RANKING):
         if not project.kind_enabled(kind):
             continue
         claimable = TaskSlot.objects.claimable_by(user=user, project=project, kind=kind, now=now)
-        claimable = claimable.filter(task__is_gold=False).values("task_id").distinct().count()
+        slots = list(claimable.filter(task__is_gold=False).order_by().values_list("task_id", flat=True)[:limit + 1])
         held = TaskSlot.objects.filter(labeler=user, project=project, kind=kind, status=TaskSlot.Status.LEASED).count()
-        counts[kind] = claimable + held
+        tasks = min(len(set(slots)), WAITING_CAP)
+        counts[kind] = tasks + held
+        counts[f"{kind}_more"] = len(slots) > limit or len(set(slots)) > WAITING_CAP
     return counts
 
 

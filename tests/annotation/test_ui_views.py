@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from django.test import Client
 
-from annotation import services
+from annotation import services, stats
 from annotation.models import TaskSlot
 from tests.factories import best_first, make_ranking_task
 
@@ -117,3 +117,15 @@ def test_training_pages_are_for_project_admins(browser_for, project_a, settings,
     assert browser_for("rita").get(f"/manage/projects/{project_a.pk}/").status_code == 403
     assert browser_for("alice").get(f"/manage/jobs/{job.pk}/").status_code == 404
     assert browser_for("bob").get(f"/manage/projects/{project_a.pk}/").status_code == 404
+
+
+
+def test_the_home_page_counts_waiting_tasks_up_to_a_cap_and_then_says_more(browser_for, project_a, monkeypatch):
+    for i in range(5):
+        make_ranking_task(project_a, f"Waiting {i}")
+    client = browser_for("alice")
+    assert '<span class="count">5</span>' in client.get("/").content.decode()
+    monkeypatch.setattr(stats, "WAITING_CAP", 3)  # the count stops reading the queue after 3 tasks
+    assert '<span class="count">3+</span>' in client.get("/").content.decode()
+    monkeypatch.setattr(stats, "WAITING_CAP", 5)  # exactly at the cap is not "more"
+    assert '<span class="count">5</span>' in client.get("/").content.decode()
