@@ -6,7 +6,9 @@
   restarted under load;
 - ``Gunicorn``: the web server exactly as production starts it (``platform/gunicorn.conf.py``);
 - ``seed``: one project with its ranking (and demonstration) tasks and labelers with API tokens, made in a
-  child process (``python bench/harness.py _seed …``) so the caller never imports Django;
+  child process (``python bench/harness.py _seed …``) so the caller never imports Django; ``seed_more`` adds
+  ranking tasks to an existing project;
+- ``SqliteDB`` and ``copy_sqlite``: the checks below on a SQLite file, and a consistent copy of one;
 - ``Client`` and ``Labeler``: a keep-alive HTTP connection that resends a request which got no answer
   (both calls are idempotent: next-task returns the held task, a resubmitted label returns the first one
   with 200), and a thread repeating next-task → submit with it;
@@ -18,6 +20,7 @@ import argparse
 import http.client
 import json
 import os
+import select
 import shutil
 import signal
 import socket
@@ -56,7 +59,8 @@ def _words(rng, n: int) -> str:
 
 def seed_main(argv: list[str]) -> None:
     """Create one project, its ranking tasks, ``--demonstrations`` demonstration tasks (prompts without
-    candidates) and its labelers; print {project, tokens, users} as JSON."""
+    candidates) and its labelers; print {project, tokens, users} as JSON. With ``--project``, add
+    ``--tasks`` more ranking tasks (numbered from ``--start``) to that existing project instead."""
     p = argparse.ArgumentParser(prog="harness.py _seed")
     p.add_argument("--name", required=True)
     p.add_argument("--tasks", type=int, required=True)
@@ -65,6 +69,8 @@ def seed_main(argv: list[str]) -> None:
     p.add_argument("--overlap", type=int, default=1)
     p.add_argument("--k", type=int, default=4)
     p.add_argument("--chunk", type=int, default=1000)
+    p.add_argument("--project", type=int, help="add tasks to this project (no new project, no labelers)")
+    p.add_argument("--start", type=int, default=0, help="number of the first task (prompt texts must be new)")
     args = p.parse_args(argv)
     _django_setup()
 
@@ -77,9 +83,15 @@ def seed_main(argv: list[str]) -> None:
     from annotation import services
     from annotation.models import Membership, Project, Role
 
-    rng = random.Random(args.name)
+    rng = random.Random(args.name if args.start == 0 else f"{args.name}/{args.start}")
     User = get_user_model()
     started = time.perf_counter()
+    if args.project is not None:
+        project = Project.objects.get(pk=args.project)
+        _seed_tasks(project, args.name, range(args.start, args.start + args.tasks), project.k, args.chunk, rng)
+        print(json.dumps({"project": project.pk, "tasks_added": args.tasks,
+                          "seed_seconds": round(time.perf_counter() - started, 2)}))
+        return
     project = Project.objects.create(
         name=args.name, k=args.k, overlap=args.overlap, lease_seconds=900,
         demonstrations_enabled=False, rankings_enabled=True, prompt_writing_enabled=False,
@@ -90,15 +102,7 @@ def seed_main(argv: list[str]) -> None:
         )
         Membership.objects.bulk_create(Membership(project=project, user=u, role=Role.LABELER) for u in users)
         tokens = [AuthToken.objects.create(user=u)[1] for u in users]  # the secrets: only digests are stored
-    for start in range(0, args.tasks, args.chunk):
-        items = [
-            {
-                "text": f"[{args.name} #{i}] " + _words(rng, 30),
-                "candidates": [_words(rng, 80) for _ in range(args.k)],
-            }
-            for i in range(start, min(start + args.chunk, args.tasks))
-        ]
-        services.bulk_create_prompts(project=project, items=items)
+    _seed_tasks(project, args.name, range(args.start, args.start + args.tasks), args.k, args.chunk, rng)
     if args.demonstrations:
         # Enabled only now, so the ranking prompts above got no demonstration task (seeding stays quick).
         project.demonstrations_enabled = True
@@ -113,6 +117,18 @@ def seed_main(argv: list[str]) -> None:
     }))
 
 
+def _seed_tasks(project, name: str, numbers: range, k: int, chunk: int, rng) -> None:
+    """Ranking tasks through the import path (``services.bulk_create_prompts``), ``chunk`` prompts a call."""
+    from annotation import services
+
+    for start in range(numbers.start, numbers.stop, chunk):
+        items = [
+            {"text": f"[{name} #{i}] " + _words(rng, 30), "candidates": [_words(rng, 80) for _ in range(k)]}
+            for i in range(start, min(start + chunk, numbers.stop))
+        ]
+        services.bulk_create_prompts(project=project, items=items)
+
+
 def run_child(env: dict, *args: str, capture: bool = True) -> str:
     r = subprocess.run([sys.executable, *args], cwd=ROOT, env=env, text=True,
                        stdout=subprocess.PIPE if capture else subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -124,6 +140,13 @@ def run_child(env: dict, *args: str, capture: bool = True) -> str:
 def seed(env: dict, name: str, tasks: int, labelers: int, overlap: int, demonstrations: int = 0) -> dict:
     out = run_child(env, __file__, "_seed", "--name", name, "--tasks", str(tasks), "--labelers", str(labelers),
                     "--overlap", str(overlap), "--demonstrations", str(demonstrations))
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def seed_more(env: dict, project: int, name: str, start: int, tasks: int) -> dict:
+    """Add ``tasks`` ranking tasks, numbered from ``start``, to an existing project (see ``seed_main``)."""
+    out = run_child(env, __file__, "_seed", "--name", name, "--tasks", str(tasks), "--labelers", "0",
+                    "--project", str(project), "--start", str(start))
     return json.loads(out.strip().splitlines()[-1])
 
 
@@ -146,10 +169,11 @@ def pg_bin() -> Path:
 
 
 class Postgres:
-    def __init__(self, tmp: Path, port: int, fast: bool):
+    def __init__(self, tmp: Path, port: int, fast: bool, extra_options: Sequence[str] = ()):
         self.dir = tmp / "pg"
         self.port = port
         self.fast = fast
+        self.extra_options = list(extra_options)  # more ``-c name=value`` server settings
         self.bin = pg_bin()
         self.started = False
         self.as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
@@ -170,6 +194,7 @@ class Postgres:
                 "-c log_line_prefix='%m [%p] '"]
         if self.fast:  # the test suite's settings (scripts/lib.sh): not durable, not production
             opts.append("-c fsync=off -c synchronous_commit=off -c full_page_writes=off")
+        opts += [f"-c {o}" for o in self.extra_options]
         self.options = " ".join(opts)
         self.started = True  # from here on, stop() must run
         self._start()
@@ -191,12 +216,17 @@ class Postgres:
         time.sleep(down_seconds)
         self._start()
 
-    def create_database(self, name: str) -> str:
-        """A new, empty database; returns its DATABASE_URL."""
-        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rlhf", name],
-                       check=True)
+    def create_database(self, name: str, template: str | None = None) -> str:
+        """A new database, empty or a copy of ``template`` (which nobody may be connected to); returns its
+        DATABASE_URL."""
+        subprocess.run([str(self.bin / "createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rlhf",
+                        *(["-T", template] if template else []), name], check=True)
         self.url = f"postgres://rlhf@127.0.0.1:{self.port}/{name}"
         return self.url
+
+    def drop_database(self, name: str) -> None:
+        subprocess.run([str(self.bin / "dropdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "rlhf",
+                        "--if-exists", "--force", name], check=True)
 
     @property
     def log_path(self) -> Path:
@@ -219,17 +249,56 @@ class Postgres:
             if r.returncode == 0:
                 return
 
-    def connect(self):
+    def connect(self, dbname: str | None = None):
+        """An autocommit psycopg connection to the last database created (or to ``dbname``)."""
         import psycopg
 
-        return psycopg.connect(self.url, autocommit=True)
+        url = self.url if dbname is None else f"postgres://rlhf@127.0.0.1:{self.port}/{dbname}"
+        return psycopg.connect(url, autocommit=True)
+
+
+class SqliteDB:
+    """A SQLite file opened like ``Postgres.connect()``'s connection, for the checks below: ``execute`` takes
+    psycopg's ``%s`` placeholders (the checks' SQL is written for both engines), and it is a context manager
+    that closes the file."""
+
+    def __init__(self, path: Path | str):
+        import sqlite3
+
+        self.conn = sqlite3.connect(str(path), timeout=60, isolation_level=None)
+
+    def execute(self, sql: str, params: Sequence = ()):
+        return self.conn.execute(sql.replace("%s", "?"), tuple(params))
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> SqliteDB:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def copy_sqlite(src: Path | str, dst: Path | str) -> None:
+    """Copy a SQLite database consistently (the backup API: WAL content included), replacing ``dst``."""
+    import sqlite3
+
+    Path(dst).parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        Path(f"{dst}{suffix}").unlink(missing_ok=True)
+    with sqlite3.connect(str(src)) as a, sqlite3.connect(str(dst)) as b:
+        a.backup(b)
+    a.close()
+    b.close()
 
 
 class Gunicorn:
     def __init__(self, tmp: Path, port: int, env: dict, workers: int, threads: int, app: str,
-                 throttle_writes: str | None = "1000000/min"):
+                 throttle_writes: str | None = "1000000/min", database: str = "postgresql"):
         self.port = port
         self.app = app
+        self.database = database  # the vendor /healthz must report ("postgresql" or "sqlite")
         # The benchmark's labelers are machines: the per-user write throttle (for people and runaway
         # scripts) would cap them, so it is lifted here unless the caller set one (None: the app's own).
         self.env = {**env, "GUNICORN_WORKERS": str(workers), "GUNICORN_THREADS": str(threads)}
@@ -258,8 +327,8 @@ class Gunicorn:
                 conn.close()
                 if r.status == 200:
                     info = json.loads(body)
-                    if info.get("database") != "postgresql":
-                        raise RuntimeError(f"gunicorn is not using PostgreSQL: {info}")
+                    if info.get("database") != self.database:
+                        raise RuntimeError(f"gunicorn is not using {self.database}: {info}")
                     return
             except OSError:
                 pass
@@ -326,32 +395,62 @@ class Client:
     pause. Every attempt is logged."""
 
     def __init__(self, port: int, token: str, *, timeout: float = 60.0, attempts: int = 2,
-                 retry_statuses: Sequence[int] = ()):
+                 retry_statuses: Sequence[int] = (), scheme: str = "Token", check_dropped: bool = False):
         self.port, self.timeout, self.attempts, self.retry_statuses = port, timeout, attempts, set(retry_statuses)
-        self.headers = {"Authorization": f"Token {token}", "Content-Type": "application/json",
+        # Before reusing the connection, see whether the server closed it meanwhile, and if so open a new one
+        # (as urllib3's pool does): a server without keep-alive then costs reconnects, not failed requests.
+        # Also send a request again, once, when it failed on such a connection before any answer came.
+        self.check_dropped = check_dropped
+        self.dropped_by_server = 0  # connections found closed before a request
+        self.stale_retries = 0  # requests sent again because the connection was found closed while sending
+        self.answered_on_conn = 0
+        self.headers = {"Authorization": f"{scheme} {token}", "Content-Type": "application/json",
                         "Accept": "application/json"}
         self.conn: http.client.HTTPConnection | None = None
+        self.connects = 0  # connections opened: 1 when keep-alive held throughout
 
     def post(self, path: str, body: dict, log_to: list[Call]) -> tuple[object, bytes]:
-        payload = json.dumps(body).encode()
+        return self.request("POST", path, body, log_to)
+
+    def request(self, method: str, path: str, body: dict | None, log_to: list[Call]) -> tuple[object, bytes]:
+        payload = None if body is None else json.dumps(body).encode()
         status: object = None
         data = b""
-        for attempt in range(1, self.attempts + 1):
+        attempt = stale_retried = 0
+        while attempt < self.attempts:
+            attempt += 1
             if attempt > 2 or (attempt == 2 and status in self.retry_statuses):
                 time.sleep(min(0.1 * 2 ** (attempt - 2), 2.0))
+            if self.conn is not None and self.check_dropped and _dropped(self.conn):
+                self.dropped_by_server += 1
+                self.close()
             if self.conn is None:
                 self.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout)
+                self.connects += 1
+                self.answered_on_conn = 0
             t0 = time.perf_counter()
             try:
-                self.conn.request("POST", path, payload, self.headers)
+                self.conn.request(method, path, payload, self.headers)
                 r = self.conn.getresponse()
                 data = r.read()
             except (OSError, http.client.HTTPException) as exc:
+                reused = self.answered_on_conn > 0
+                self.close()
+                if (self.check_dropped and reused and not stale_retried
+                        and isinstance(exc, (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError))):
+                    # A kept-alive connection the server had closed after its last answer (a server without
+                    # keep-alive): nothing of this request was read, so it goes again on a new connection, once,
+                    # without using up an attempt (curl does the same).
+                    stale_retried = 1
+                    self.stale_retries += 1
+                    log_to.append((t0, time.perf_counter() - t0, f"stale:{type(exc).__name__}"))
+                    attempt -= 1
+                    continue
                 status, data = f"conn:{type(exc).__name__}", b""
                 log_to.append((t0, time.perf_counter() - t0, status))
-                self.close()
                 continue
             status = r.status
+            self.answered_on_conn += 1
             log_to.append((t0, time.perf_counter() - t0, status))
             if r.getheader("Connection", "").lower() == "close":
                 self.close()
@@ -363,6 +462,14 @@ class Client:
         if self.conn is not None:
             self.conn.close()
             self.conn = None
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """Whether an idle connection was closed by the server: readable with no request pending means EOF (or a
+    reset)."""
+    if conn.sock is None:
+        return False
+    return bool(select.select([conn.sock], [], [], 0)[0])
 
 
 def submission(idx: int, task: dict) -> tuple[str, dict]:
