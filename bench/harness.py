@@ -293,7 +293,40 @@ def copy_sqlite(src: Path | str, dst: Path | str) -> None:
     b.close()
 
 
-class Gunicorn:
+class ServerProcess:
+    """A server started in its own session (process group), logging to ``log_path``; ``stop`` ends the group."""
+
+    log_path: Path
+    proc: subprocess.Popen | None = None
+    stop_timeout = 25.0
+
+    def launch(self, cmd: list[str], cwd: Path, env: dict) -> None:
+        self._log = open(self.log_path, "a")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=self.stop_timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+        finally:
+            self._log.close()
+
+
+class Gunicorn(ServerProcess):
     def __init__(self, tmp: Path, port: int, env: dict, workers: int, threads: int, app: str,
                  throttle_writes: str | None = "1000000/min", database: str = "postgresql"):
         self.port = port
@@ -309,12 +342,8 @@ class Gunicorn:
 
     def start(self) -> None:
         gunicorn = Path(sys.executable).parent / "gunicorn"
-        self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen(
-            [str(gunicorn), "-c", str(ROOT / "platform" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{self.port}",
-             self.app],
-            cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+        self.launch([str(gunicorn), "-c", str(ROOT / "platform" / "gunicorn.conf.py"), "--bind",
+                     f"127.0.0.1:{self.port}", self.app], ROOT, self.env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -339,25 +368,25 @@ class Gunicorn:
         """The worker processes' ids (the master's children)."""
         return children(self.proc.pid) if self.proc is not None else []
 
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
 
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=25)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        finally:
-            self._log.close()
+
+def tear_down(stop: threading.Event, tmp: Path, keep_logs: Path | None, logs: Sequence[Path], servers: Sequence,
+              pg: Postgres | None) -> None:
+    """A benchmark's end, on success, error or Ctrl-C: stop the labelers and every server, keep the logs
+    when asked (``keep_logs``), stop PostgreSQL and remove the temporary directory."""
+    stop.set()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
+    for server in servers:
+        if server is not None:
+            server.stop()
+    if keep_logs:
+        keep_logs.mkdir(parents=True, exist_ok=True)
+        for src in [*logs, *([pg.log_path] if pg else [])]:
+            if src.exists():
+                shutil.copy(src, keep_logs / src.name)
+    if pg is not None:
+        pg.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def proc_table() -> dict[int, tuple[int, int]]:

@@ -36,7 +36,6 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -62,6 +61,7 @@ from harness import (  # bench/harness.py, beside this file (shared with the loa
     run_child,
     seed,
     status_counts,
+    tear_down,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -460,17 +460,7 @@ def main() -> int:
         stop.set()
         return 130
     finally:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
-        if args.keep_logs:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for src in (tmp / "gunicorn.log", pg.log_path):
-                if src.exists():
-                    shutil.copy(src, args.keep_logs / src.name)
-        if gun is not None:
-            gun.stop()
-        pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(stop, tmp, args.keep_logs, [tmp / "gunicorn.log"], [gun], pg)
         log("stopped gunicorn and PostgreSQL; removed " + str(tmp))
 
 

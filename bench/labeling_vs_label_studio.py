@@ -93,6 +93,7 @@ from harness import (  # bench/harness.py, beside this file
     Gunicorn,
     Labeler,
     Postgres,
+    ServerProcess,
     SqliteDB,
     _words,
     copy_sqlite,
@@ -102,6 +103,7 @@ from harness import (  # bench/harness.py, beside this file
     run_child,
     seed,
     status_counts,
+    tear_down,
 )
 from labeling_cycle import git_state, log, machine_busy_seconds, median_of, wait_for_quiet
 
@@ -189,7 +191,7 @@ def http_json(port: int, method: str, path: str, body=None, headers: dict | None
         return r.status, data[:2000].decode(errors="replace")
 
 
-class LabelStudio:
+class LabelStudio(ServerProcess):
     """Label Studio under uWSGI (its deploy/uwsgi.ini settings) on a loopback port."""
 
     def __init__(self, tmp: Path, name: str, env: dict, venv: Path, processes: int, threads: int):
@@ -197,7 +199,7 @@ class LabelStudio:
         self.processes, self.threads = processes, threads
         self.port = free_port()
         self.log_path = tmp / f"uwsgi-{name}.log"
-        self.proc: subprocess.Popen | None = None
+        self.stop_timeout = 30.0  # die-on-term
 
     @staticmethod
     def package_dir(venv: Path) -> Path:
@@ -217,10 +219,7 @@ class LabelStudio:
 
     def start(self) -> None:
         ini = self.ini()
-        self._log = open(self.log_path, "a")
-        self.proc = subprocess.Popen([str(self.venv / "bin" / "uwsgi"), "--ini", str(ini)], cwd=self.tmp,
-                                     env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.launch([str(self.venv / "bin" / "uwsgi"), "--ini", str(ini)], self.tmp, self.env)
         deadline = time.monotonic() + 180  # lazy-apps: each worker imports Label Studio itself
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -234,25 +233,6 @@ class LabelStudio:
             time.sleep(0.5)
         raise RuntimeError(f"Label Studio did not answer /health/ within 180 s:\n{self.tail()}")
 
-    def tail(self, n: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # die-on-term
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
-        finally:
-            self._log.close()
 
 
 def ls_ranking(idx: int, task: dict) -> list[str]:
@@ -862,18 +842,7 @@ def main() -> int:
         stop.set()
         return 130
     finally:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
-        for server in list(bench.servers):
-            server.stop()
-        if args.keep_logs:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for src in [*tmp.glob("*.log"), *([pg.log_path] if pg else [])]:
-                if src.exists():
-                    shutil.copy(src, args.keep_logs / src.name)
-        if pg is not None:
-            pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(stop, tmp, args.keep_logs, list(tmp.glob("*.log")), list(bench.servers), pg)
         log("stopped every server; removed " + str(tmp))
 
 

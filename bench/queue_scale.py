@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import statistics
 import sys
@@ -63,6 +62,7 @@ from harness import (  # bench/harness.py, beside this file
     run_child,
     seed,
     seed_more,
+    tear_down,
 )
 from labeling_cycle import git_state, log, median_of, wait_for_quiet
 from labeling_vs_label_studio import drive
@@ -391,16 +391,7 @@ def main() -> int:
         stop.set()
         return 130
     finally:
-        stop.set()
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not skip the cleanup
-        if args.keep_logs:
-            args.keep_logs.mkdir(parents=True, exist_ok=True)
-            for src in (tmp / "gunicorn.log", *([pg.log_path] if pg else [])):
-                if src.exists():
-                    shutil.copy(src, args.keep_logs / src.name)
-        if pg is not None:
-            pg.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+        tear_down(stop, tmp, args.keep_logs, [tmp / "gunicorn.log"], [], pg)
         log("stopped gunicorn and PostgreSQL; removed " + str(tmp))
 
 
