@@ -34,8 +34,8 @@ Bradley-Terry loss pulls the two rewards together (the sum of the two losses is 
 ``tie`` is false on every other row.
 
 Aggregation (``trl-pairwise``, ``listwise``): ``labelers`` (default) gives each ranking's own rows;
-``consensus`` gives one set of rows per task from ``agreement.consensus_ranking`` (Borda) over the task's
-selected rankings, with the consensus rank gap as the margin.
+``consensus`` gives one set of rows per task from the Borda consensus (``agreement.borda_ranking``, the ranks
+of ``consensus_ranking``) over the task's selected rankings, with the consensus rank gap as the margin.
 
 Memory stays flat: labels are read in id (or task, id) order through ``.iterator()``, with one bounded
 query for the entries of each chunk of ``CHUNK`` rankings, and rows are yielded one at a time.
@@ -54,7 +54,7 @@ from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from rest_framework.exceptions import ValidationError
 
-from .agreement import consensus_ranking
+from .agreement import borda_ranking, consensus_ranking
 from .models import (
     DatasetSnapshot,
     Demonstration,
@@ -298,14 +298,17 @@ def usable(texts: list[str], ranks: list[int]) -> tuple[list[str], list[int]]:
     return [t for t, _ in kept], dense_ranks([-r for _, r in kept])
 
 
-def _consensus(group: list[RankingLabel], *, raw: bool) -> tuple[list[str], list[int], list[float]]:
+def _consensus(group: list[RankingLabel], *, raw: bool) -> tuple[list[str], list[int], list[float] | None]:
     """Texts, consensus ranks and confidence over the group's rankings of one task. Every ranking of a task
-    ranks the same candidates, in the same (candidate id) order."""
+    ranks the same candidates, in the same (candidate id) order. ``raw`` (per-labeler) keeps every candidate
+    and gives the confidence; otherwise empty answers are left out and the confidence, which no training
+    format shows and which took longer than the ranks, is None."""
     texts = group[0].texts
     keep = [i for i, text in enumerate(texts) if raw or text.strip()]
     if not keep:
         return [], [], []
-    ranks, confidence = consensus_ranking([[label.ranks[i] for i in keep] for label in group])
+    table = [[label.ranks[i] for i in keep] for label in group]
+    ranks, confidence = consensus_ranking(table) if raw else (borda_ranking(table), None)
     return [texts[i] for i in keep], ranks, confidence
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from scipy.stats import friedmanchisquare
 
-from annotation.agreement import consensus_ranking, kendall_w, krippendorff_alpha
+from annotation.agreement import average_ranks, borda_ranking, consensus_ranking, kendall_w, krippendorff_alpha
 
 # --- Kendall's W ---------------------------------------------------------------------------------------
 
@@ -292,3 +292,20 @@ def test_consensus_rejects_rows_of_different_lengths():
 def test_consensus_rejects_an_unknown_method():
     with pytest.raises(ValueError, match="method must be one of"):
         consensus_ranking([[1, 2]], "kemeny")
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_borda_ranking_is_the_borda_consensus_without_its_confidence(seed):
+    ranks = _random_ranks(np.random.default_rng(seed)).tolist()
+    assert borda_ranking(ranks) == consensus_ranking(ranks)[0]
+    assert borda_ranking([[3, 1, 4, 2], [2, 1, 4, 3]]) == [2, 1, 3, 2]  # rank sums 5, 2, 8, 5
+    assert borda_ranking([[1, 2, 2, 3], [2, 1, 3, 3]]) == [1, 2, 3, 4]  # 1 + 2, 2.5 + 1, 2.5 + 3.5, 4 + 3.5
+    with pytest.raises(ValueError, match="same items"):
+        borda_ranking([[1, 2], [1, 2, 3]])
+
+
+def test_average_ranks_are_floats_with_or_without_ties():
+    assert average_ranks([3, 1, 4, 2]) == [3.0, 1.0, 4.0, 2.0]
+    assert all(type(rank) is float for rank in average_ranks([3, 1, 4, 2]))
+    assert average_ranks([1, 2, 2, 3]) == [1.0, 2.5, 2.5, 4.0]
+    assert average_ranks([0.5, -1, 7.25]) == [2.0, 1.0, 3.0]

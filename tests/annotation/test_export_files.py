@@ -5,9 +5,11 @@ alice labels project A; adam administers it.
 """
 from __future__ import annotations
 
+import gc
 import json
 
 import datasets
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from django.core.management import CommandError, call_command
@@ -153,3 +155,21 @@ def test_a_datasetdict_never_overwrites_an_existing_directory(labelled, tmp_path
     with pytest.raises(CommandError, match="already exists"):
         run_export(labelled, tmp_path / "taken", "listwise", "datasets")
     assert [p.name for p in (tmp_path / "taken").iterdir()] == ["keep.txt"]
+
+
+def test_an_export_runs_with_the_old_objects_frozen_and_arrow_on_malloc_and_puts_both_back(tmp_path):
+    pool = pa.default_memory_pool()
+    seen = []
+
+    def rows():
+        seen.append((gc.get_freeze_count() > 0, pa.default_memory_pool().backend_name))
+        yield {"prompt": "p", "completion": "c", "id": "demonstration-1", "labeler": "alice", "prompt_hash": "h",
+               "split": "train"}
+
+    for file_type in ("jsonl", "parquet", "datasets"):
+        assert export_files.write_export(rows(), tmp_path / f"out-{file_type}", fmt="sft", file_type=file_type) == 1
+    assert seen == [(True, "system")] * 3
+    assert gc.get_freeze_count() == 0 and pa.default_memory_pool().backend_name == pool.backend_name
+    with pytest.raises(FileExistsError):  # put back when the export fails too
+        export_files.write_export(rows(), tmp_path / "out-datasets", fmt="sft", file_type="datasets")
+    assert gc.get_freeze_count() == 0 and pa.default_memory_pool().backend_name == pool.backend_name

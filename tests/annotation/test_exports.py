@@ -241,6 +241,36 @@ def test_the_per_labeler_export_lists_each_labelers_raw_ranks_beside_the_consens
     assert [r["labeler"] for r in row["rankings"]] == ["alice", "carol"]  # rejected: left out by default
 
 
+
+def test_each_labelers_ranking_keeps_its_ranks_and_its_tasks_texts_across_chunks(three_way, users, lena, monkeypatch):
+    """Three labelers rank three tasks, one labeler after the other, so a task's rankings are neither
+    consecutive ids nor in one chunk of two: every row still has its own labeler's ranks and its task's prompt
+    and texts, and the chunk size changes no export."""
+    labelers = {"alice": users["alice"], "carol": users["carol"], "lena": lena}
+    tasks = [make_ranking_task(three_way, f"shared prompt {i}") for i in range(3)]
+    orders = [[1, 2, 3, 4], [4, 3, 2, 1], [2, 1, 4, 3]]
+    submitted = {}
+    for j, name in enumerate(labelers):
+        for i, task in enumerate(tasks):
+            ranks = orders[(i + j) % 3]
+            submitted[f"ranking-{rank(task, labelers[name], ranks).pk}"] = (name, task, ranks)
+    exports = [("listwise", {}), ("listwise", {"aggregate": "consensus"}), ("trl-pairwise", {}),
+               ("trl-pairwise", {"aggregate": "consensus", "ties": "both"}), ("per-labeler", {})]
+    whole = [export(three_way, format, **options) for format, options in exports]
+    monkeypatch.setattr(exporting, "CHUNK", 2)
+    assert [export(three_way, format, **options) for format, options in exports] == whole
+    listwise, consensus = whole[0], whole[1]
+    assert sorted(row["id"] for row in listwise) == sorted(submitted)
+    for row in listwise:
+        name, task, ranks = submitted[row["id"]]
+        assert (row["labeler"], row["prompt"], row["responses"], row["ranks"]) == (
+            name, task.prompt.text, texts_of(task), ranks)
+    assert [row["id"] for row in consensus] == [f"task-{task.pk}" for task in tasks]
+    for row, task in zip(consensus, tasks, strict=True):
+        table = [ranks for _, of, ranks in submitted.values() if of == task]
+        assert (row["prompt"], row["responses"]) == (task.prompt.text, texts_of(task))
+        assert row["ranks"] == consensus_ranking(table)[0] == [2, 1, 4, 3]  # rank sums 7, 6, 9, 8
+
 # -- filters ----------------------------------------------------------------------------------------
 
 def test_rejected_labels_are_left_out_by_default_and_exported_only_when_asked_for(labelled):
