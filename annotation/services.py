@@ -13,7 +13,7 @@ import hmac
 import json
 import random
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -40,13 +40,16 @@ from .models import (
     Ranking,
     RankingEntry,
     Role,
+    Round,
     Skip,
     Task,
     TaskCandidate,
     TaskKind,
     TaskSlot,
+    TrainingJob,
     content_hash,
     render_messages,
+    split_for_hash,
     validate_messages,
 )
 
@@ -162,23 +165,51 @@ def _clean_candidates(project: Project, raw: Sequence[CandidateInput | str] | No
     return cleaned
 
 
+@dataclass(frozen=True)
+class NewTask:
+    """A task for ``create_tasks`` to make: its kind, the prompt and (ranking) candidates it shows, its
+    overlap (the project's when not given), round and generate job, and the seed of its candidates' order
+    (the task's id when not given)."""
+
+    prompt: Prompt
+    kind: str
+    candidates: Sequence[Candidate] = ()
+    round: Round | None = None
+    overlap: int | None = None
+    shuffle_seed: int | None = None
+    source_job: TrainingJob | None = None
+
+
+def _free_slots(task: Task, indexes: Iterable[int]) -> list[TaskSlot]:
+    """Unsaved free slots of ``task``, carrying its project, kind and place in the queue (done count, open,
+    gold: the ``TaskSlot.task_*`` copy that the ``slot_queue`` index orders by)."""
+    return [TaskSlot(task=task, project_id=task.project_id, kind=task.kind, index=i, task_done_count=task.done_count,
+                     task_open=task.status == Task.Status.OPEN, task_is_gold=task.is_gold) for i in indexes]
+
+
+def create_tasks(specs: Sequence[NewTask]) -> list[Task]:
+    """Tasks, each with ``overlap`` free slots; a ranking task shows its candidates in a shuffled, fixed
+    order. One bulk insert per table (tasks, slots, candidate places) whatever the number of tasks."""
+    tasks = Task.objects.bulk_create(
+        Task(project=spec.prompt.project, kind=spec.kind, prompt=spec.prompt, round=spec.round,
+             target_overlap=spec.overlap or spec.prompt.project.overlap, source_job=spec.source_job)
+        for spec in specs
+    )
+    TaskSlot.objects.bulk_create(slot for task in tasks for slot in _free_slots(task, range(task.target_overlap)))
+    places = []
+    for spec, task in zip(specs, tasks, strict=True):
+        order = list(spec.candidates)
+        random.Random(spec.shuffle_seed if spec.shuffle_seed is not None else task.pk).shuffle(order)
+        places += [TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate(order)]
+    TaskCandidate.objects.bulk_create(places)
+    return tasks
+
+
 def create_task(*, prompt: Prompt, kind: str, candidates: Sequence[Candidate] = (), round=None,
                 overlap: int | None = None, shuffle_seed: int | None = None, source_job=None) -> Task:
     """A task with ``overlap`` free slots; ranking candidates are shown in a shuffled, fixed order."""
-    project = prompt.project
-    overlap = overlap or project.overlap
-    task = Task.objects.create(project=project, kind=kind, prompt=prompt, round=round, target_overlap=overlap,
-                               source_job=source_job)
-    TaskSlot.objects.bulk_create(
-        TaskSlot(task=task, project=project, kind=kind, index=i) for i in range(overlap)
-    )
-    if candidates:
-        order = list(candidates)
-        random.Random(shuffle_seed if shuffle_seed is not None else task.pk).shuffle(order)
-        TaskCandidate.objects.bulk_create(
-            TaskCandidate(task=task, candidate=c, position=i) for i, c in enumerate(order)
-        )
-    return task
+    return create_tasks([NewTask(prompt=prompt, kind=kind, candidates=candidates, round=round, overlap=overlap,
+                                 shuffle_seed=shuffle_seed, source_job=source_job)])[0]
 
 
 @transaction.atomic
@@ -191,58 +222,123 @@ def create_ranking_tasks(*, source_job, round, proposals: Sequence[tuple[Prompt,
     batch impossible even for two deliveries at once."""
     if Task.objects.filter(source_job=source_job).exists():
         return 0
-    created = 0
-    for prompt, candidates in proposals:
-        if len(candidates) < prompt.project.k:
-            continue
+    kept = [(prompt, candidates) for prompt, candidates in proposals if len(candidates) >= prompt.project.k]
+    for _, candidates in kept:
         for candidate in candidates:
             # Model output is untrusted text: PostgreSQL refuses NUL characters, so they are replaced.
             candidate.text = candidate.text.replace("\x00", "\ufffd")
-        Candidate.objects.bulk_create(candidates)
-        create_task(prompt=prompt, kind=TaskKind.RANKING, candidates=candidates, round=round,
-                    shuffle_seed=source_job.pk * 100_003 + prompt.pk, source_job=source_job)
-        created += 1
-    return created
+    Candidate.objects.bulk_create(candidate for _, candidates in kept for candidate in candidates)
+    create_tasks([NewTask(prompt=prompt, kind=TaskKind.RANKING, candidates=candidates, round=round,
+                          shuffle_seed=source_job.pk * 100_003 + prompt.pk, source_job=source_job)
+                  for prompt, candidates in kept])
+    return len(kept)
+
+
+@dataclass(frozen=True)
+class _CleanPrompt:
+    """A checked prompt item: its content, its content hash and its candidates."""
+
+    text: str
+    messages: list[dict] | None
+    digest: str
+    candidates: list[CandidateInput]
+    language: str
+    tags: list[str]
+
+
+def _clean_prompt(project: Project, item: PromptInput) -> _CleanPrompt:
+    text, messages = _clean_prompt_content(item)
+    candidates = _clean_candidates(project, item.get("candidates"))
+    return _CleanPrompt(text=text, messages=messages, digest=content_hash(text, messages), candidates=candidates,
+                        language=item.get("language") or "en", tags=list(item.get("tags") or []))
+
+
+def _insert_prompts(project: Project, items: Sequence[_CleanPrompt], *, source: str, author=None,
+                    client_token: uuid.UUID | None = None) -> list[Prompt]:
+    """New prompts with everything a prompt gets: its candidates, a demonstration task when the project
+    collects demonstrations, and a ranking task of its candidates when it has them (each task with the
+    project's overlap of free slots). One bulk insert per table whatever the number of prompts."""
+    prompts = Prompt.objects.bulk_create(
+        Prompt(project=project, text=item.text, messages=item.messages, source=source, author=author,
+               language=item.language, tags=item.tags, client_token=client_token,
+               content_hash=item.digest, split=split_for_hash(item.digest))
+        for item in items
+    )
+    candidates = iter(Candidate.objects.bulk_create(
+        Candidate(prompt=prompt, text=c["text"], origin=c.get("origin", Candidate.Origin.IMPORTED))
+        for prompt, item in zip(prompts, items, strict=True) for c in item.candidates
+    ))
+    tasks = []
+    for prompt, item in zip(prompts, items, strict=True):
+        if project.demonstrations_enabled:
+            tasks.append(NewTask(prompt=prompt, kind=TaskKind.DEMONSTRATION))
+        if item.candidates:
+            tasks.append(NewTask(prompt=prompt, kind=TaskKind.RANKING,
+                                 candidates=[next(candidates) for _ in item.candidates]))
+    create_tasks(tasks)
+    return prompts
+
+
+def _prompts_with_hashes(project: Project, digests: Iterable[str]) -> dict[str, Prompt]:
+    return {p.content_hash: p for p in Prompt.objects.filter(project=project, content_hash__in=digests)}
 
 
 def _prompt_with_hash(project: Project, digest: str) -> Prompt | None:
-    return Prompt.objects.filter(project=project, content_hash=digest).first()
+    return _prompts_with_hashes(project, [digest]).get(digest)
 
 
 def _prompt_with_token(author, client_token: uuid.UUID) -> Prompt | None:
     return Prompt.objects.filter(author=author, client_token=client_token).first()
 
 
-def _create_prompt_with_tasks(*, project: Project, item: PromptInput, source: str, author=None,
-                              client_token: uuid.UUID | None = None) -> tuple[Prompt, bool]:
-    text, messages = _clean_prompt_content(item)
-    candidates = _clean_candidates(project, item.get("candidates"))
-    digest = content_hash(text, messages)
-    existing = _prompt_with_hash(project, digest)
+def _get_or_create_prompt(project: Project, item: _CleanPrompt, *, source: str, author=None,
+                          client_token: uuid.UUID | None = None) -> tuple[Prompt, bool]:
+    existing = _prompt_with_hash(project, item.digest)
     if existing is not None:
         return existing, False
     try:
         with transaction.atomic():
-            prompt = Prompt.objects.create(
-                project=project, text=text, messages=messages, source=source, author=author,
-                language=item.get("language") or "en", tags=list(item.get("tags") or []), client_token=client_token,
-            )
+            (prompt,) = _insert_prompts(project, [item], source=source, author=author, client_token=client_token)
     except IntegrityError:
         # A concurrent request created the same prompt between the read above and this insert (the
         # unique index made this one wait for it): that prompt is the one, as if it had been found.
-        existing = Prompt.objects.filter(project=project, content_hash=digest).first()
+        existing = _prompt_with_hash(project, item.digest)
         if existing is None:
             raise
         return existing, False
-    if project.demonstrations_enabled:
-        create_task(prompt=prompt, kind=TaskKind.DEMONSTRATION)
-    if candidates:
-        rows = Candidate.objects.bulk_create(
-            Candidate(prompt=prompt, text=c["text"], origin=c.get("origin", Candidate.Origin.IMPORTED))
-            for c in candidates
-        )
-        create_task(prompt=prompt, kind=TaskKind.RANKING, candidates=rows)
     return prompt, True
+
+
+def _create_prompt_with_tasks(*, project: Project, item: PromptInput, source: str, author=None,
+                              client_token: uuid.UUID | None = None) -> tuple[Prompt, bool]:
+    return _get_or_create_prompt(project, _clean_prompt(project, item), source=source, author=author,
+                                 client_token=client_token)
+
+
+def _get_or_create_chunk(project: Project, items: Sequence[_CleanPrompt], *, source: str,
+                         author=None) -> list[tuple[Prompt, bool]]:
+    """``get_or_create_prompts`` for one chunk: one query for the prompts already there, then one bulk insert
+    per table for the new ones."""
+    found = _prompts_with_hashes(project, {item.digest for item in items})
+    new: dict[str, _CleanPrompt] = {}
+    for item in items:
+        if item.digest not in found:
+            new.setdefault(item.digest, item)  # the first item with this content makes the prompt
+    if new:
+        try:
+            with transaction.atomic():
+                found.update((p.content_hash, p)
+                             for p in _insert_prompts(project, list(new.values()), source=source, author=author))
+        except IntegrityError:
+            # A concurrent import created one of these prompts since the read above: one at a time, each
+            # finds it.
+            return [_get_or_create_prompt(project, item, source=source, author=author) for item in items]
+    fresh = set(new)
+    pairs = []
+    for item in items:
+        pairs.append((found[item.digest], item.digest in fresh))
+        fresh.discard(item.digest)  # a repeat of an item earlier in the chunk finds its prompt
+    return pairs
 
 
 @dataclass
@@ -251,34 +347,51 @@ class BulkResult:
     duplicates: list[Prompt]
 
 
+BULK_CHUNK = 1000  # prompt items per round of bulk inserts: a few statements each, and bounded memory
+
+
+@transaction.atomic
+def get_or_create_prompts(*, project: Project, items: Sequence[PromptInput], source: str, author=None,
+                          on_progress=None) -> list[tuple[Prompt, bool]]:
+    """Each item's prompt, in order, and whether this call created it (with its tasks, see
+    ``_insert_prompts``): a prompt whose content is already in the project, or that an earlier item of
+    ``items`` created, is found, not made again. Written ``BULK_CHUNK`` items at a time with a few
+    statements each whatever their number; ``on_progress(done, total)`` after each. All or nothing; a bad
+    item raises its ValidationError, so check them first (``bulk_create_prompts`` does)."""
+    pairs = []
+    for start in range(0, len(items), BULK_CHUNK):
+        chunk = [_clean_prompt(project, item) for item in items[start:start + BULK_CHUNK]]
+        pairs += _get_or_create_chunk(project, chunk, source=source, author=author)
+        if on_progress is not None:
+            on_progress(start + len(chunk), len(items))
+    return pairs
+
+
 @transaction.atomic
 def bulk_create_prompts(*, project: Project, items: Sequence[PromptInput], author=None,
                         source: str = Prompt.Source.IMPORTED, line_numbers: Sequence[int] | None = None,
                         on_progress=None) -> BulkResult:
     """Create prompts (and their demonstration / ranking tasks) all or nothing.
 
-    A prompt whose content already exists in the project is reported as a duplicate, not created again,
-    so a retried import creates nothing new. Errors name the item's index (or line, when
-    ``first_line`` is given) and roll the whole import back.
+    Every item is checked before anything is written: errors name the item's index (or line, when
+    ``line_numbers`` are given) and nothing is created. A prompt whose content already exists in the
+    project, or repeats an earlier item, is reported as a duplicate, not created again, so a retried
+    import creates nothing new. Written in chunks (``get_or_create_prompts``), ``on_progress(done, total)``
+    after each.
     """
-    created, duplicates, errors = [], [], {}
+    errors = {}
     for i, item in enumerate(items):
-        where = str(line_numbers[i] if line_numbers is not None else i)
         try:
-            with transaction.atomic():
-                prompt, was_created = _create_prompt_with_tasks(
-                    project=project, item=item, source=source, author=author
-                )
+            _clean_prompt(project, item)
         except ValidationError as exc:
-            errors[where] = exc.detail
-            continue
-        (created if was_created else duplicates).append(prompt)
-        if on_progress is not None:
-            on_progress(i + 1, len(items))
+            errors[str(line_numbers[i] if line_numbers is not None else i)] = exc.detail
     if errors:
-        transaction.set_rollback(True)
         raise ValidationError({"lines" if line_numbers is not None else "items": errors})
-    return BulkResult(created=created, duplicates=duplicates)
+    result = BulkResult(created=[], duplicates=[])
+    for prompt, created in get_or_create_prompts(project=project, items=items, source=source, author=author,
+                                                 on_progress=on_progress):
+        (result.created if created else result.duplicates).append(prompt)
+    return result
 
 
 def delete_unlabeled(*, obj: Prompt | Project) -> None:

@@ -153,7 +153,7 @@ def _check_file(project: Project, path: Path, fmt: str, source: str) -> int:
 def _write_file(project: Project, path: Path, fmt: str, source: str, total: int,
                 on_progress: Progress | None) -> ImportReport:
     """Pass 2, inside the caller's transaction: any error rolls the whole file back."""
-    writer, errors, done = _Writer(project, source), _LineErrors(), 0
+    writer = _Writer(project, source, on_progress=on_progress, total=total)
     left_out: Counter[str] = Counter()
     records, last_line = 0, None
     for entry in READERS[fmt](path, source):
@@ -163,18 +163,17 @@ def _write_file(project: Project, path: Path, fmt: str, source: str, total: int,
             left_out[entry.reason] += 1
             continue
         if isinstance(entry, BadLine):  # the file changed since it was checked
-            errors.add(entry.line, entry.errors)
+            writer.errors.add(entry.line, entry.errors)
             continue
         try:
-            with transaction.atomic():
-                writer.write(entry, clean_record(project, entry))
+            item = clean_record(project, entry)
         except APIException as exc:
-            writer.forget_users()  # rolled back with the record
-            errors.add(entry.line, exc.detail)
-        done += 1
-        if on_progress is not None:
-            on_progress(done, total)
-    errors.raise_any()
+            writer.errors.add(entry.line, exc.detail)
+            writer.progress()
+            continue
+        writer.add(entry, item)
+    writer.flush()
+    writer.errors.raise_any()
     return writer.report(fmt=fmt, records=records, left_out=left_out)
 
 
@@ -183,10 +182,16 @@ def _tied_pairs(ranks: list[int]) -> int:
 
 
 class _Writer:
-    """Writes records through the services and counts what it created and what was already there."""
+    """Writes records through the services and counts what it created and what was already there.
 
-    def __init__(self, project: Project, source: str):
+    Records wait in a batch of ``services.BULK_CHUNK``: the batch's prompts are found or created together
+    (a few statements, ``services.get_or_create_prompts``), then each record's labels are written."""
+
+    def __init__(self, project: Project, source: str, *, on_progress: Progress | None = None, total: int = 0):
         self.project, self.source = project, source
+        self.on_progress, self.total, self.done = on_progress, total, 0
+        self.errors = _LineErrors()
+        self.batch: list[tuple[Record, dict[str, Any]]] = []
         self.users: dict[str, Any] = {}
         # Prompts with a larger id were created by this import (ids only grow), so finding one again
         # (a prompt with several pairs) is no duplicate.
@@ -197,9 +202,33 @@ class _Writer:
         self.by_k: Counter[int] = Counter()
         self.ties: Counter[str] = Counter()
 
-    def write(self, record: Record, item: dict[str, Any]) -> None:
-        prompt, created = services._create_prompt_with_tasks(project=self.project, item=item,
-                                                             source=Prompt.Source.IMPORTED)
+    def progress(self) -> None:
+        self.done += 1
+        if self.on_progress is not None:
+            self.on_progress(self.done, self.total)
+
+    def add(self, record: Record, item: dict[str, Any]) -> None:
+        """A checked record, written with its batch."""
+        self.batch.append((record, item))
+        if len(self.batch) >= services.BULK_CHUNK:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.batch = self.batch, []
+        if not batch:
+            return
+        prompts = services.get_or_create_prompts(project=self.project, items=[item for _, item in batch],
+                                                 source=Prompt.Source.IMPORTED)
+        for (record, item), (prompt, created) in zip(batch, prompts, strict=True):
+            try:
+                with transaction.atomic():
+                    self.write(record, item, prompt, created)
+            except APIException as exc:
+                self.forget_users()  # rolled back with the record
+                self.errors.add(record.line, exc.detail)
+            self.progress()
+
+    def write(self, record: Record, item: dict[str, Any], prompt: Prompt, created: bool) -> None:
         if created:
             self.created["prompts"] += 1
             self.created["candidates"] += len(item.get("candidates") or ())
