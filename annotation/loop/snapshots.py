@@ -25,6 +25,7 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Prefetch
 
 from training.data import VERSION, best_ranked, parse_ranking
 
@@ -35,6 +36,7 @@ from ..models import (
     Project,
     Prompt,
     Ranking,
+    RankingEntry,
     ReviewStatus,
     Round,
     Split,
@@ -48,6 +50,9 @@ FILES = ("sft.jsonl", "sft_eval.jsonl", "rankings.jsonl", "rankings_eval.jsonl",
 
 def prompt_payload(prompt: Prompt):
     return prompt.messages if prompt.messages else prompt.text
+
+
+PREFETCH_CHUNK = 1000  # rankings whose entries are read by one query
 
 
 def _demonstrations(project: Project, ids: list[int] | None):
@@ -64,7 +69,13 @@ def _rankings(project: Project, ids: list[int] | None, include_gold: bool = Fals
         rows = rows.exclude(task__is_gold=True)
     if ids is not None:
         rows = Ranking.objects.filter(pk__in=ids)
-    return rows.select_related("task__prompt").prefetch_related("entries__candidate").order_by("id")
+    # The entries come with their candidates by a join, and are fetched PREFETCH_CHUNK rankings at a time
+    # (``iterator``): a prefetch of ``entries__candidate`` over a whole project made SQLite refuse the query
+    # (Django 5.2 asks for the candidates as one ``id = … OR id = …`` per candidate: "Expression tree is
+    # too large" from about 1,000 rankings), and one IN list of every ranking would outgrow SQLite's
+    # variable limit on a large project.
+    entries = Prefetch("entries", queryset=RankingEntry.objects.select_related("candidate"))
+    return rows.select_related("task__prompt").prefetch_related(entries).order_by("id").iterator(PREFETCH_CHUNK)
 
 
 def _revision_contents(field: str, numbers: dict[int, int]) -> dict[int, dict]:

@@ -8,8 +8,8 @@ import pytest
 
 from annotation import services
 from annotation.loop.snapshots import create_snapshot, verify_snapshot
-from annotation.models import DatasetSnapshot
-from tests.factories import best_first, demonstration_task, make_prompt, make_ranking_task
+from annotation.models import DatasetSnapshot, Task, TaskKind
+from tests.factories import best_first, bulk_ranking_tasks, demonstration_task, make_prompt, make_ranking_task
 
 
 @pytest.fixture
@@ -103,4 +103,17 @@ def test_an_empty_candidate_is_left_out_of_its_ranking_so_the_reward_model_can_t
     if snapshot.files["rankings_eval.jsonl"]["records"]:
         rankings += read_rankings(root / "rankings_eval.jsonl")
     assert sorted(r.k for r in rankings) == [3] + [4] * 6
+    assert verify_snapshot(snapshot)
+
+
+def test_a_project_with_hundreds_of_rankings_makes_a_snapshot(project_a, users, settings, tmp_path):
+    # Regression: loading the rankings' candidates through a prefetch asked SQLite for one "id = ? OR ..."
+    # term per candidate, and from about 1,000 candidates SQLite refused ("Expression tree is too large").
+    settings.ARTIFACT_ROOT = tmp_path / "artifacts"
+    bulk_ranking_tasks(project_a, 300)
+    for task in Task.objects.filter(project=project_a, kind=TaskKind.RANKING):
+        services.submit_ranking(labeler=users["alice"], task=task, entries=best_first(task), seconds_spent=1)
+    snapshot = create_snapshot(project=project_a)
+    records = sum(snapshot.files[name]["records"] for name in ("rankings.jsonl", "rankings_eval.jsonl"))
+    assert len(snapshot.ranking_ids) == records == 300
     assert verify_snapshot(snapshot)
