@@ -370,6 +370,16 @@ class Gunicorn(ServerProcess):
 
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP behave like Ctrl-C: the benchmark stops, cleans up (``tear_down``) and exits."""
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGHUP, _interrupt)
+
+
 def tear_down(stop: threading.Event, tmp: Path, keep_logs: Path | None, logs: Sequence[Path], servers: Sequence,
               pg: Postgres | None) -> None:
     """A benchmark's end, on success, error or Ctrl-C: stop the labelers and every server, keep the logs

@@ -36,7 +36,6 @@ import argparse
 import http.client
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,7 @@ from harness import (  # bench/harness.py, beside this file (shared with the loa
     run_child,
     seed,
     status_counts,
+    stop_on_signals,
     tear_down,
 )
 
@@ -378,11 +378,7 @@ def main() -> int:
     gun: Gunicorn | None = None
     stop = threading.Event()
 
-    def on_signal(signum, frame):  # SIGTERM/SIGHUP behave like Ctrl-C: stop, clean up, exit
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    stop_on_signals()
     try:
         log(f"starting PostgreSQL {pg.bin.parent.name} on 127.0.0.1:{pg.port} in {tmp}"
             + (" (fsync off)" if args.fast_pg else ""))

@@ -76,7 +76,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -103,6 +102,7 @@ from harness import (  # bench/harness.py, beside this file
     run_child,
     seed,
     status_counts,
+    stop_on_signals,
     tear_down,
 )
 from labeling_cycle import git_state, log, machine_busy_seconds, median_of, wait_for_quiet
@@ -775,11 +775,7 @@ def main() -> int:
     stop = threading.Event()
     bench = Bench(args, tmp, pg, stop)
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    stop_on_signals()
     started = time.perf_counter()
     try:
         if pg is not None:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import statistics
 import sys
 import tempfile
@@ -62,6 +61,7 @@ from harness import (  # bench/harness.py, beside this file
     run_child,
     seed,
     seed_more,
+    stop_on_signals,
     tear_down,
 )
 from labeling_cycle import git_state, log, median_of, wait_for_quiet
@@ -356,11 +356,7 @@ def main() -> int:
     for var in ("GUNICORN_ACCESSLOG", "DATABASE_URL", "VAR_DIR"):
         base_env.pop(var, None)
 
-    def on_signal(signum, frame):
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
+    stop_on_signals()
     started = time.perf_counter()
     try:
         if pg is not None:
