@@ -147,10 +147,10 @@ def _advance(job: TrainingJob, round: Round) -> None:
     elif job.stage == JobStage.EVALUATE:
         roles = {name: ModelVersion.objects.filter(pk=pk).first() if pk else None
                  for name, pk in job.config["models"].items()}
-        adopt, note = gate_decision(job.metrics, gate=stage_config.get("gate", True), previous=roles["previous"],
-                                    policy=path, scorer=_scorer_name(path, roles["rm"]))
-        policy = roles[path] if adopt else (roles["previous"] or roles["sft"])
-        if adopt:
+        kept, note = gate_decision(job.metrics, gate=stage_config.get("gate", True), previous=roles["previous"],
+                                   sft=roles["sft"], policy=path, scorer=_scorer_name(path, roles["rm"]))
+        policy = {"new": roles[path], "sft": roles["sft"], "previous": roles["previous"]}[kept]
+        if policy != roles["previous"]:
             Project.objects.filter(pk=job.project_id).update(active_policy=policy)
         comparison = {k.removeprefix("summary/"): v for k, v in job.metrics.items() if k.startswith("summary/")}
         Round.objects.filter(pk=round.pk).update(comparison=comparison, gate_note=note)
@@ -170,30 +170,53 @@ def _scorer_name(path: str, rm: ModelVersion | None) -> str:
     return f"the RM of round {rm.round.number}" if rm is not None and rm.round else "an earlier RM"
 
 
-def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None, policy: str = "ppo",
-                  scorer: str = "the training RM") -> tuple[bool, str]:
-    """Whether the round's new policy (of its path: ``policy`` is "ppo", "rloo" or "dpo") becomes the active
-    policy, and why, from the evaluate job's metrics: it does unless it scored below SFT on the held-out
-    prompts (by the judge where there is one, else by ``scorer``, the RM) and the gate is on."""
+# What a gate can keep: the round's new policy, its SFT model, or the policy that was active before it.
+GATE_CHOICES = ("new", "sft", "previous")
+
+
+def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None, sft: ModelVersion | None = None,
+                  policy: str = "ppo", scorer: str = "the training RM") -> tuple[str, str]:
+    """Which model becomes the active policy after the round (one of ``GATE_CHOICES``), and why, from the
+    evaluate job's metrics: with the gate on, the one that scored best on the held-out prompts (by the judge
+    where there is one, else by ``scorer``, the RM) among the round's new policy (of its path: ``policy`` is
+    "ppo", "rloo" or "dpo"), its SFT model and the previous active policy, each paired against SFT on the
+    same prompts; a tie goes to the newer model. With the gate off, or nothing to compare with, the new policy.
+
+    A new policy that loses to SFT is not kept; nor is the previous policy when the round's SFT model (in
+    later rounds trained from that very policy) beats it, as a gate that compared the new policy with SFT
+    alone once did."""
     label = policy.upper()
     judge = f"summary/{policy}_vs_sft/judge_diff" in metrics
-    prefix, by = (f"summary/{policy}_vs_sft/judge", "the judge") if judge else (f"summary/{policy}_vs_sft/rm", scorer)
+    key, by = ("judge", "the judge") if judge else ("rm", scorer)
+    prefix = f"summary/{policy}_vs_sft/{key}"
     if f"{prefix}_diff" not in metrics:
         if metrics.get("summary/scorers") == 0:
-            return True, (f"Nothing to score {label} against SFT with (no reward model yet and no judge on the "
-                          "project): the new policy is active unchecked.")
-        return True, "No held-out prompts to compare on: the new policy is active unchecked."
-    diff, stderr, win = metrics[f"{prefix}_diff"], metrics[f"{prefix}_diff_stderr"], metrics[f"{prefix}_win_rate"]
+            return "new", (f"Nothing to score {label} against SFT with (no reward model yet and no judge on the "
+                           "project): the new policy is active unchecked.")
+        return "new", "No held-out prompts to compare on: the new policy is active unchecked."
     n, samples = int(metrics.get("summary/prompts", 0)), int(metrics.get("summary/samples_per_prompt", 1))
     each = f" × {samples} samples" if samples > 1 else ""
-    text = (f"{label} against SFT on {n} held-out prompts{each}, by {by}: {diff:+.3f} ± {stderr:.3f} (win rate "
-            f"{win:.0%}).")
-    if diff >= 0:
-        return True, f"{text} The new policy is active."
+    text = f"{label} against SFT on {n} held-out prompts{each}, by {by}: {_paired_text(metrics, prefix)}."
+    diffs = {"new": metrics[f"{prefix}_diff"], "sft": 0.0}
+    previous_prefix = f"summary/previous_vs_sft/{key}"
+    if previous is not None and f"{previous_prefix}_diff" in metrics:
+        diffs["previous"] = metrics[f"{previous_prefix}_diff"]
+        text += f" The previous policy ({previous}) against SFT: {_paired_text(metrics, previous_prefix)}."
     if not gate:
-        return True, f"{text} It lost to SFT, but the gate is off: the new policy is active anyway."
-    kept = f"the previous policy ({previous})" if previous else "the SFT model"
-    return False, f"{text} It lost to SFT, so the round keeps {kept} for the next round's candidates."
+        return "new", f"{text} The gate is off: the new policy is active."
+    kept = max(diffs, key=lambda name: (diffs[name], -GATE_CHOICES.index(name)))
+    if kept == "new":
+        return kept, f"{text} The new policy scored best: it is active."
+    if kept == "sft":
+        return kept, (f"{text} The round's SFT model ({sft or 'SFT'}) scored best: it becomes the active policy and "
+                      "makes the next round's candidates.")
+    return kept, (f"{text} The previous policy scored best: the round keeps it ({previous}) for the next "
+                  "round's candidates.")
+
+
+def _paired_text(metrics: dict, prefix: str) -> str:
+    return (f"{metrics[f'{prefix}_diff']:+.3f} ± {metrics[f'{prefix}_diff_stderr']:.3f} "
+            f"(win rate {metrics[f'{prefix}_win_rate']:.0%})")
 
 
 @transaction.atomic
