@@ -82,8 +82,8 @@ def evaluate_policies(config: EvaluateConfig, prompts: Path, out: Path, *, on_lo
     score the samples. Writes ``out/samples.jsonl`` (every prompt with each policy's list of samples and scores)
     and a summary with, per policy, ``{name}/rm``, ``/rm_stderr``, ``/judge``, ``/judge_stderr``,
     ``/kl`` (nats per sequence to ``reference``), ``/length`` (tokens), ``/eos_rate`` (ended with EOS) and
-    ``/ended_rate`` (EOS or a stop rule), and for each policy against ``baseline``
-    ``{name}_vs_{baseline}/{rm|judge}_{diff|diff_stderr|win_rate}``."""
+    ``/ended_rate`` (EOS or a stop rule), and for each policy against ``baseline``, then for every two other
+    policies (``comparisons``), ``{name}_vs_{other}/{rm|judge}_{diff|diff_stderr|win_rate}``."""
     out = Path(out)
     rt = init_runtime(config.device)
     records = read_ppo_prompts(prompts)[:config.max_prompts]
@@ -125,20 +125,27 @@ def evaluate_policies(config: EvaluateConfig, prompts: Path, out: Path, *, on_lo
         reporter.log(step, steps, {"evaluate/seconds": time.perf_counter() - started})
     for name, group_list in groups.items():
         summary.update(policy_summary(name, group_list))
-    if config.baseline:
-        for name in config.names:
-            if name == config.baseline:
-                continue
-            for judge_name in ("rm", "judge"):
-                if judge_name in groups[name][0][0]:
-                    pair = paired(prompt_means(groups[name], judge_name),
-                                  prompt_means(groups[config.baseline], judge_name))
-                    summary.update({f"{name}_vs_{config.baseline}/{judge_name}_{k}": v for k, v in pair.items()})
+    for name, other in comparisons(config.names, config.baseline):
+        for judge_name in ("rm", "judge"):
+            if judge_name in groups[name][0][0]:
+                pair = paired(prompt_means(groups[name], judge_name), prompt_means(groups[other], judge_name))
+                summary.update({f"{name}_vs_{other}/{judge_name}_{k}": v for k, v in pair.items()})
     if rt.is_main:
         write_jsonl(out / SAMPLES_FILE, ({"prompt": p, **{n: [{k: v for k, v in c.items() if k != "token_ids"}
                                                               for c in groups[n][i]] for n in groups}}
                                          for i, p in enumerate(texts)))
     return reporter.finish("completed", steps, summary)  # the summary, not a chart point: one value each
+
+
+def comparisons(names: list[str], baseline: str) -> list[tuple[str, str]]:
+    """The paired comparisons a summary reports: every policy against ``baseline``, then every other two
+    policies directly, the one listed first against the later one (e.g. a round's new policy against the
+    previous one: the difference of their two differences from the baseline has a wider standard error)."""
+    if not baseline:
+        return []
+    others = [name for name in names if name != baseline]
+    return [(name, baseline) for name in others] + [
+        (a, b) for i, a in enumerate(others) for b in others[i + 1:]]
 
 
 def prompt_means(groups: list[list[dict]], key: str) -> list[float]:

@@ -11,6 +11,8 @@ Jobs are enqueued by Celery task name, so this module never imports ``annotation
 """
 from __future__ import annotations
 
+import math
+
 from celery import current_app
 from django.conf import settings
 from django.db import transaction
@@ -172,19 +174,25 @@ def _scorer_name(path: str, rm: ModelVersion | None) -> str:
 
 # What a gate can keep: the round's new policy, its SFT model, or the policy that was active before it.
 GATE_CHOICES = ("new", "sft", "previous")
+# The gate replaces the round's new policy only on evidence: another model must beat it on the held-out prompts
+# by more than this many standard errors of their paired difference. The scores it decides by are noisy (an
+# RM at ~60 % held-out accuracy, a few dozen prompts): deciding on the sign alone once swapped the best model
+# of a closed-loop run for a worse one on a difference of 0.1 standard errors (session 7's round 2).
+GATE_EVIDENCE_SE = 2.0
 
 
 def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None, sft: ModelVersion | None = None,
                   policy: str = "ppo", scorer: str = "the training RM") -> tuple[str, str]:
     """Which model becomes the active policy after the round (one of ``GATE_CHOICES``), and why, from the
-    evaluate job's metrics: with the gate on, the one that scored best on the held-out prompts (by the judge
-    where there is one, else by ``scorer``, the RM) among the round's new policy (of its path: ``policy`` is
-    "ppo", "rloo" or "dpo"), its SFT model and the previous active policy, each paired against SFT on the
-    same prompts; a tie goes to the newer model. With the gate off, or nothing to compare with, the new policy.
+    evaluate job's metrics (by the judge where there is one, else by ``scorer``, the RM). With the gate on, the
+    round's new policy (of its path: ``policy`` is "ppo", "rloo" or "dpo") stays active unless its SFT model or
+    the previous active policy beats it on the held-out prompts by more than ``GATE_EVIDENCE_SE`` standard errors
+    of the paired difference (against the previous policy, the evaluation's direct pairing; from an evaluation
+    without one, the difference of both models' differences from SFT). Of several that do, the one that scores
+    best against SFT, a tie going to the newer. With the gate off, or nothing to compare with, the new policy.
 
-    A new policy that loses to SFT is not kept; nor is the previous policy when the round's SFT model (in
-    later rounds trained from that very policy) beats it, as a gate that compared the new policy with SFT
-    alone once did."""
+    So a new policy that clearly loses is not kept, nor is the previous policy when the round's SFT model (in
+    later rounds trained from that very policy) clearly beats it."""
     label = policy.upper()
     judge = f"summary/{policy}_vs_sft/judge_diff" in metrics
     key, by = ("judge", "the judge") if judge else ("rm", scorer)
@@ -197,21 +205,33 @@ def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None, s
     n, samples = int(metrics.get("summary/prompts", 0)), int(metrics.get("summary/samples_per_prompt", 1))
     each = f" × {samples} samples" if samples > 1 else ""
     text = f"{label} against SFT on {n} held-out prompts{each}, by {by}: {_paired_text(metrics, prefix)}."
-    diffs = {"new": metrics[f"{prefix}_diff"], "sft": 0.0}
+    new_diff, new_stderr = metrics[f"{prefix}_diff"], metrics[f"{prefix}_diff_stderr"]
+    scores = {"sft": 0.0}  # against SFT
+    margins = {"sft": (-new_diff, new_stderr)}  # (how far each beats the new policy, its standard error)
     previous_prefix = f"summary/previous_vs_sft/{key}"
     if previous is not None and f"{previous_prefix}_diff" in metrics:
-        diffs["previous"] = metrics[f"{previous_prefix}_diff"]
+        scores["previous"] = metrics[f"{previous_prefix}_diff"]
         text += f" The previous policy ({previous}) against SFT: {_paired_text(metrics, previous_prefix)}."
+        direct = f"summary/{policy}_vs_previous/{key}"
+        if f"{direct}_diff" in metrics:
+            text += f" {label} against the previous policy: {_paired_text(metrics, direct)}."
+            margins["previous"] = (-metrics[f"{direct}_diff"], metrics[f"{direct}_diff_stderr"])
+        else:
+            margins["previous"] = (scores["previous"] - new_diff,
+                                   math.hypot(new_stderr, metrics[f"{previous_prefix}_diff_stderr"]))
     if not gate:
         return "new", f"{text} The gate is off: the new policy is active."
-    kept = max(diffs, key=lambda name: (diffs[name], -GATE_CHOICES.index(name)))
-    if kept == "new":
-        return kept, f"{text} The new policy scored best: it is active."
+    beaten_by = [name for name, (margin, stderr) in margins.items() if margin > GATE_EVIDENCE_SE * stderr]
+    if not beaten_by:
+        who = "Neither SFT nor the previous policy beats" if len(margins) > 1 else "SFT does not beat"
+        return "new", f"{text} {who} it by more than {GATE_EVIDENCE_SE:g} standard errors: the new policy is active."
+    kept = max(beaten_by, key=lambda name: (scores[name], -GATE_CHOICES.index(name)))
+    why = f"beats the new policy by more than {GATE_EVIDENCE_SE:g} standard errors"
     if kept == "sft":
-        return kept, (f"{text} The round's SFT model ({sft or 'SFT'}) scored best: it becomes the active policy and "
+        return kept, (f"{text} The round's SFT model ({sft or 'SFT'}) {why}: it becomes the active policy and "
                       "makes the next round's candidates.")
-    return kept, (f"{text} The previous policy scored best: the round keeps it ({previous}) for the next "
-                  "round's candidates.")
+    return kept, (f"{text} The previous policy {why}: the round keeps it ({previous}) for the next round's "
+                  "candidates.")
 
 
 def _paired_text(metrics: dict, prefix: str) -> str:

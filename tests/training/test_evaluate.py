@@ -8,7 +8,7 @@ import torch
 
 from tests.training.conftest import write_jsonl
 from training.config import ConfigError, EvaluateConfig
-from training.evaluate import SAMPLES_FILE, evaluate_policies, mean_stderr, paired
+from training.evaluate import SAMPLES_FILE, comparisons, evaluate_policies, mean_stderr, paired
 
 
 def test_mean_and_standard_error_match_hand_computation():
@@ -88,6 +88,25 @@ def test_another_policy_has_a_positive_kl_to_the_reference(models, held_out, tmp
     assert s["other/kl"] > 0.01 and abs(s["base/kl"]) < 1e-4
     assert "other_vs_base/rm_diff" in s and "other_vs_base/judge_diff" not in s
     assert 0.0 <= s["other/eos_rate"] <= s["other/ended_rate"] <= 1.0
+
+
+def test_every_policy_is_paired_with_the_baseline_and_then_with_each_other_directly():
+    assert comparisons(["ppo", "sft", "previous"], "sft") == [("ppo", "sft"), ("previous", "sft"), ("ppo", "previous")]
+    assert comparisons(["a", "b", "c", "d"], "a") == [("b", "a"), ("c", "a"), ("d", "a"), ("b", "c"), ("b", "d"),
+                                                        ("c", "d")]
+    assert comparisons(["a", "b"], "") == []
+
+
+def test_two_policies_other_than_the_baseline_are_paired_prompt_by_prompt(models, held_out, tmp_path):
+    config = EvaluateConfig(policies=[models["other"], models["base"], models["base"]], names=["new", "sft", "old"],
+                            baseline="sft", reward_model=models["rm"], max_new_tokens=8, samples=2, device="cpu")
+    s = evaluate_policies(config, held_out, tmp_path / "out").summary
+    rows = [json.loads(line) for line in (tmp_path / "out" / SAMPLES_FILE).read_text().splitlines()]
+    means = {n: [sum(c["rm"] for c in row[n]) / 2 for row in rows] for n in ("new", "old")}
+    assert {k: s[f"new_vs_old/rm_{k}"] for k in ("diff", "diff_stderr", "win_rate")} == pytest.approx(
+        paired(means["new"], means["old"]))
+    # the direct pairing's standard error is that of the per-prompt differences, not a sum of the two others
+    assert s["new_vs_old/rm_diff"] == pytest.approx(s["new_vs_sft/rm_diff"] - s["old_vs_sft/rm_diff"])
 
 
 def test_the_config_says_what_is_missing():
