@@ -176,7 +176,8 @@ def evaluate(args) -> None:
             "per_prompt": [round(x, 4) for x in scores[name]]}
         print(name, json.dumps({k: v for k, v in results["policies"][name].items() if k != "per_prompt"}), flush=True)
     steps = [("policy_r1", "base"), ("policy_r2", "policy_r1"), ("policy_r2", "base"),
-             ("r1_ppo", "r1_sft"), ("r2_ppo", "r2_sft"), ("r1_sft", "base"), ("r2_sft", "policy_r1")]
+             ("r1_ppo", "r1_sft"), ("r2_ppo", "r2_sft"), ("r1_sft", "base"), ("r2_sft", "policy_r1"),
+             ("r2_ppo", "policy_r1")]
     for a, b in steps:
         if a in scores and b in scores:
             results["paired"][f"{a} - {b}"] = {k: round(v, 4) for k, v in paired(scores[a], scores[b]).items()}
