@@ -38,24 +38,19 @@ Aggregation (``trl-pairwise``, ``listwise``): ``labelers`` (default) gives each 
 of ``consensus_ranking``) over the task's selected rankings, with the consensus rank gap as the margin.
 
 Memory stays flat: labels are read in id (or task, id) order through ``.iterator()``, with one bounded
-query for the entries of each chunk of ``CHUNK`` rankings, and rows are yielded one at a time. Outside a
-transaction the chunks are read a chunk or two ahead in a thread of their own (``read_ahead``), so that the
-database's work overlaps the writing of rows.
+query for the entries of each chunk of ``CHUNK`` rankings, and rows are yielded one at a time.
 """
 from __future__ import annotations
 
-import queue
-import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from itertools import groupby, islice
 from operator import attrgetter
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple
 
 import orjson
 from django.contrib.auth import get_user_model
-from django.db import connection, connections
 from django.db.models import Q, QuerySet
 from rest_framework.exceptions import ValidationError
 
@@ -81,7 +76,6 @@ AGGREGATES = ("labelers", "consensus")
 CHUNK = 900
 
 Progress = Callable[[int], None]
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -221,17 +215,8 @@ def _ranking_query(project: Project, options: ExportOptions) -> QuerySet:
 
 
 def _rankings(project: Project, options: ExportOptions, *, by_task: bool, progress: Progress) -> Iterator[RankingLabel]:
-    """Rankings in id order (or task, id), each with its entries, read a chunk or two ahead in a thread of
-    their own (``read_ahead``); ``progress`` is called here, after each chunk's rankings."""
-    for labels, read in read_ahead(lambda: _ranking_chunks(project, options, by_task=by_task)):
-        yield from labels
-        progress(read)
-
-
-def _ranking_chunks(project: Project, options: ExportOptions, *, by_task: bool
-                    ) -> Iterator[tuple[list[RankingLabel], int]]:
-    """The rankings of each chunk of ``CHUNK``, with how many were read. The rankings stream through one query;
-    the entries of each chunk of them come from one more, which selects the chunk's rankings again by their id
+    """Rankings in id order (or task, id), each with its entries. The rankings stream through one query; the
+    entries of each chunk of them come from one more, which selects the chunk's rankings again by their id
     (or task id) range in a subquery, so that no query carries a list of ids."""
     selected = _in_sorted(options.snapshot.ranking_ids) if options.snapshot is not None else None
     rankings = _ranking_query(project, options)
@@ -252,58 +237,11 @@ def _ranking_chunks(project: Project, options: ExportOptions, *, by_task: bool
                 found[ranking_id] = texts, ranks
             texts.append(text)
             ranks.append(rank)
-        yield [RankingLabel(ranking_id, task_id, labeler, status, PromptInfo(text, None, digest, split),
-                            *found[ranking_id])
-               for ranking_id, task_id, labeler, status, text, digest, split in chunk
-               if ranking_id in found and (selected is None or selected(ranking_id))], len(chunk)
-
-
-def read_ahead(produce: Callable[[], Iterator[T]], *, depth: int = 2) -> Iterator[T]:
-    """The items of ``produce()``, computed in a thread of their own up to ``depth`` items ahead of the caller:
-    the database runs the next chunk's queries (SQLite and psycopg release the GIL while they do) while the
-    caller turns this chunk into rows and files, so an export uses both of a small machine's cores. The
-    thread reads through its own database connection, closed when it ends; so inside a transaction, whose
-    uncommitted rows another connection cannot see, everything stays in the caller's thread. An error in
-    the thread is raised in the caller; a caller that stops early stops the thread."""
-    if connection.in_atomic_block:
-        yield from produce()
-        return
-    items: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-
-    def put(message: tuple) -> bool:
-        while not stop.is_set():
-            try:
-                items.put(message, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    def run() -> None:
-        try:
-            for item in produce():
-                if not put((True, item)):
-                    return
-            put((False, None))
-        except BaseException as error:  # noqa: BLE001 (raised again in the caller's thread)
-            put((False, error))
-        finally:
-            connections.close_all()  # this thread's connections only
-
-    reader = threading.Thread(target=run, name="export-reader", daemon=True)
-    reader.start()
-    try:
-        while True:
-            more, item = items.get()
-            if not more:
-                if item is not None:
-                    raise item
-                return
-            yield item
-    finally:
-        stop.set()
-        reader.join()
+        for ranking_id, task_id, labeler, status, text, digest, split in chunk:
+            if ranking_id in found and (selected is None or selected(ranking_id)):
+                yield RankingLabel(ranking_id, task_id, labeler, status, PromptInfo(text, None, digest, split),
+                                   *found[ranking_id])
+        progress(len(chunk))
 
 
 def _demonstration_query(project: Project, options: ExportOptions) -> QuerySet:

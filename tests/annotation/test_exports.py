@@ -5,13 +5,11 @@ alice, carol and lena label project A (lena only here, for a third ranking per t
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
-import threading
 from pathlib import Path
 
 import pytest
-from django.db import connection, transaction
+from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from rest_framework.exceptions import ValidationError
 
@@ -338,57 +336,6 @@ def test_an_export_reads_rankings_in_bounded_chunks_not_one_query_per_label(labe
     progress = []
     list(exporting.rows(labelled, options, on_progress=progress.append))
     assert progress == [2, 2, 2]
-
-
-def test_outside_a_transaction_the_rankings_are_read_ahead_in_a_thread_of_their_own(labelled, transactional_db,
-                                                                                   monkeypatch):
-    """An export outside a transaction reads its chunks in another thread, through another connection (the
-    database works while this thread writes rows); it gives exactly the rows and the progress it gives inside
-    one, where every read stays in this thread."""
-    monkeypatch.setattr(exporting, "CHUNK", 2)
-    threads = []
-    chunks = exporting._ranking_chunks
-
-    def recorded(*args, **kwargs):
-        threads.append(threading.current_thread().name)
-        return chunks(*args, **kwargs)
-
-    monkeypatch.setattr(exporting, "_ranking_chunks", recorded)
-    options = export_options(project=labelled, format="listwise")
-    progress = []
-    ahead = list(exporting.rows(labelled, options, on_progress=progress.append))
-    assert threads == ["export-reader"] and progress == [2, 2, 2]
-    with transaction.atomic():
-        inline = list(exporting.rows(labelled, options, on_progress=progress.append))
-    assert threads == ["export-reader", threading.current_thread().name] and progress == [2, 2, 2] * 2
-    assert ahead == inline and len(ahead) == 5  # 7 rankings: one rejected, one all tied (no row)
-    for format in ("trl-pairwise", "per-labeler", "sft"):
-        with transaction.atomic():
-            inline = export(labelled, format)
-        assert export(labelled, format) == inline
-
-
-def test_reading_ahead_raises_the_readers_error_here_and_stops_the_reader_when_the_caller_stops():
-    def failing():
-        yield 1
-        raise ValueError("the database went away")
-
-    items = exporting.read_ahead(failing)
-    assert next(items) == 1
-    with pytest.raises(ValueError, match="went away"):
-        next(items)
-    produced = []
-
-    def endless():
-        for i in itertools.count():
-            produced.append(i)
-            yield i
-
-    items = exporting.read_ahead(endless, depth=2)
-    assert [next(items), next(items)] == [0, 1]
-    items.close()  # joins the reader, which was blocked on a full queue
-    assert len(produced) <= 2 + 2 + 1
-    assert not any(thread.name == "export-reader" for thread in threading.enumerate())
 
 
 def test_prompts_with_the_same_hash_keep_the_same_split_in_every_export(labelled):
