@@ -110,8 +110,8 @@ def test_the_first_update_starts_at_the_reference_with_an_importance_ratio_of_on
 
 def count_e(prompts: list[str], responses: list[str]) -> list[float]:
     """A reward every sample earns some of, so a group's samples differ and the advantages are never all zero
-    (a target word the tiny base may never sample gives no gradient at all: a transformers release changed its
-    samples, and one test then trained on nothing)."""
+    (a target word the tiny base may never sample gives no gradient at all: after a dependency update, with
+    transformers 5.24.0, its samples at seed 3 held no "cat", and the test trained on nothing)."""
     return [float(r.lower().count("e")) for r in responses]
 
 
