@@ -191,8 +191,8 @@ def gate_decision(metrics: dict, *, gate: bool, previous: ModelVersion | None, s
     without one, the difference of both models' differences from SFT). Of several that do, the one that scores
     best against SFT, a tie going to the newer. With the gate off, or nothing to compare with, the new policy.
 
-    So a new policy that clearly loses is not kept, nor is the previous policy when the round's SFT model (in
-    later rounds trained from that very policy) clearly beats it."""
+    So a new policy that clearly loses is not kept, and when it clearly loses to both, the previous policy is not
+    kept over a round SFT model (in later rounds trained from that very policy) that scores above it."""
     label = policy.upper()
     judge = f"summary/{policy}_vs_sft/judge_diff" in metrics
     key, by = ("judge", "the judge") if judge else ("rm", scorer)
