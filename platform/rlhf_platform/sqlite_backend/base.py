@@ -1,0 +1,99 @@
+"""Django's SQLite backend with a write queue that hands the write lock straight to the next writer.
+
+Every transaction begins with ``BEGIN IMMEDIATE`` (settings: ``transaction_mode``), so SQLite lets one
+writer at a time in. A connection that finds the database locked waits in SQLite's busy handler, which
+*polls*: it sleeps 1, 2, 5, 10 … and then 100 ms between tries, and nothing wakes it when the lock frees.
+Under 16 concurrent labelers on the 2-core machine those sleeps, not the work, set the tail (p99 about a
+second for a request of about 20 ms of CPU, with the CPUs not fully busy: docs/benchmarks.md, issue 13).
+
+Here a transaction first queues for the write lock, and the queue wakes the next writer the moment the
+holder commits, rolls back or closes:
+- within a process, on a ``threading.Lock`` (gunicorn's threads), for at most the connection's
+  ``timeout``; past that the transaction goes on to SQLite's own busy handler, as before, so that a
+  thread waiting on another thread that holds the lock gets SQLite's "database is locked" and never hangs;
+- between processes (gunicorn's workers, the Celery worker, management commands), on an exclusive
+  ``flock`` of a file beside the database (``NAME`` + ``-writelock``), which the kernel also releases when
+  a process dies.
+The queue only orders writers; SQLite's lock still guarantees correctness (statements outside a
+transaction, and other programs, still go through the busy handler). In-memory databases skip it.
+"""
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+
+from django.db.backends.sqlite3 import base
+
+_process_queues: dict[str, threading.Lock] = {}
+_process_queues_guard = threading.Lock()
+
+
+def _process_queue(path: str) -> threading.Lock:
+    with _process_queues_guard:
+        return _process_queues.setdefault(path, threading.Lock())
+
+
+class DatabaseWrapper(base.DatabaseWrapper):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._lock_file = None   # this connection's open lock file, and the process that opened it
+        self._lock_pid = None    # (after a fork the file is shared with the parent: reopen it)
+        self._held = None        # the process queue's lock while this connection holds the write lock
+
+    def _write_lock_path(self) -> str | None:
+        return None if self.is_in_memory_db() else f"{self.settings_dict['NAME']}-writelock"
+
+    def _take_write_lock(self) -> None:
+        path = self._write_lock_path()
+        if path is None or self._held is not None:
+            return
+        queue = _process_queue(path)
+        if not queue.acquire(timeout=float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))):
+            return  # held too long by another thread of this process: leave it to SQLite's busy handler
+        try:
+            if self._lock_file is None or self._lock_pid != os.getpid():
+                self._lock_file = open(path, "a+b")  # noqa: SIM115 (kept open as long as the connection)
+                self._lock_pid = os.getpid()
+            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+        except BaseException:
+            queue.release()
+            raise
+        self._held = queue
+
+    def _release_write_lock(self) -> None:
+        queue, self._held = self._held, None
+        if queue is not None:
+            try:
+                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            finally:
+                queue.release()
+
+    def _start_transaction_under_autocommit(self):
+        self._take_write_lock()
+        try:
+            super()._start_transaction_under_autocommit()
+        except BaseException:
+            self._release_write_lock()
+            raise
+
+    def _commit(self):
+        try:
+            return super()._commit()
+        finally:
+            self._release_write_lock()
+
+    def _rollback(self):
+        try:
+            return super()._rollback()
+        finally:
+            self._release_write_lock()
+
+    def _close(self):
+        try:
+            return super()._close()
+        finally:
+            self._release_write_lock()
+            if self._lock_file is not None and self._lock_pid == os.getpid():
+                self._lock_file.close()
+            self._lock_file = None
