@@ -6,14 +6,15 @@ writer at a time in. A connection that finds the database locked waits in SQLite
 Under 16 concurrent labelers on the 2-core machine those sleeps, not the work, set the tail (p99 about a
 second for a request of about 20 ms of CPU, with the CPUs not fully busy: docs/benchmarks.md, issue 13).
 
-Here a transaction first queues for the write lock, and the queue wakes the next writer the moment the
-holder commits, rolls back or closes:
+Here a transaction first queues for the write lock, and the queue hands it on as soon as the holder
+commits, rolls back or closes:
 - within a process, on a ``threading.Lock`` (gunicorn's threads), for at most the connection's
   ``timeout``; past that the transaction goes on to SQLite's own busy handler, as before, so that a
   thread waiting on another thread that holds the lock gets SQLite's "database is locked" and never hangs;
 - between processes (gunicorn's workers, the Celery worker, management commands), on an exclusive
   ``flock`` of a file beside the database (``NAME`` + ``-writelock``), which the kernel also releases when
-  a process dies.
+  a process dies. Only one thread per process waits for it, trying every 4 ms at most (not 100), for at
+  most the same ``timeout``.
 The queue only orders writers; SQLite's lock still guarantees correctness (statements outside a
 transaction, and other programs, still go through the busy handler). In-memory databases skip it.
 """
@@ -22,16 +23,44 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 
 from django.db.backends.sqlite3 import base
 
+MAX_PAUSE = 0.004  # between tries for another process's lock (SQLite's busy handler: up to 100 ms)
 _process_queues: dict[str, threading.Lock] = {}
 _process_queues_guard = threading.Lock()
+
+
+def _flock_before(fd: int, deadline: float) -> bool:
+    """An exclusive flock, tried every few milliseconds until ``deadline`` (``flock`` itself cannot time
+    out, and a process that waits forever on one that waits on it would hang instead of failing)."""
+    pause = 0.0005
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(pause)
+            pause = min(2 * pause, MAX_PAUSE)
 
 
 def _process_queue(path: str) -> threading.Lock:
     with _process_queues_guard:
         return _process_queues.setdefault(path, threading.Lock())
+
+
+def _fresh_queues_in_child() -> None:
+    """A forked child (a gunicorn or Celery worker) starts with queues of its own: a lock some thread of the
+    parent held at the fork would otherwise stay held forever in the child."""
+    global _process_queues_guard
+    _process_queues.clear()
+    _process_queues_guard = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_fresh_queues_in_child)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
@@ -46,16 +75,21 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _take_write_lock(self) -> None:
         path = self._write_lock_path()
+        if self._lock_pid != os.getpid():  # a connection object inherited through fork(): nothing of it is ours
+            self._lock_file, self._lock_pid, self._held = None, None, None
         if path is None or self._held is not None:
             return
+        deadline = time.monotonic() + float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))
         queue = _process_queue(path)
-        if not queue.acquire(timeout=float(self.settings_dict.get("OPTIONS", {}).get("timeout", 5))):
+        if not queue.acquire(timeout=max(deadline - time.monotonic(), 0)):
             return  # held too long by another thread of this process: leave it to SQLite's busy handler
         try:
             if self._lock_file is None or self._lock_pid != os.getpid():
                 self._lock_file = open(path, "a+b")  # noqa: SIM115 (kept open as long as the connection)
                 self._lock_pid = os.getpid()
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+            if not _flock_before(self._lock_file.fileno(), deadline):
+                queue.release()
+                return  # the same: SQLite's busy handler decides
         except BaseException:
             queue.release()
             raise
@@ -63,7 +97,7 @@ class DatabaseWrapper(base.DatabaseWrapper):
 
     def _release_write_lock(self) -> None:
         queue, self._held = self._held, None
-        if queue is not None:
+        if queue is not None and self._lock_pid == os.getpid():  # never unlock a parent's lock from a child
             try:
                 fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
             finally:
