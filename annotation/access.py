@@ -27,6 +27,7 @@ from .models import (
     TaskSlot,
     TrainingJob,
 )
+from .prepared import PreparedQuery
 
 ROLE_ORDER = {Role.LABELER: 0, Role.REVIEWER: 1, Role.ADMIN: 2}
 STAFF_ROLE = Role.ADMIN
@@ -51,8 +52,16 @@ def projects_with_role(user) -> QuerySet:
     return _with_role(projects_visible_to(user), user, "pk")
 
 
+# Every labeling request runs one of these two: built and compiled once (annotation/prepared.py).
+_PROJECT_WITH_ROLE = PreparedQuery(
+    lambda user, project: _with_role(Project.objects.all(), user, "pk").filter(pk=project), "user", "project")
+_TASK_WITH_ROLE = PreparedQuery(
+    lambda user, task: _with_role(Task.objects.select_related("project", "prompt"), user, "project_id").filter(pk=task),
+    "user", "task")
+
+
 def access_project_by_id(user, project_id: int, *, min_role: str = Role.LABELER) -> Project:
-    project = _with_role(Project.objects.all(), user, "pk").filter(pk=project_id).first()
+    project = _PROJECT_WITH_ROLE.get(user=user.pk, project=project_id)
     if project is None:
         raise Http404("No such project.")
     role = STAFF_ROLE if user.is_staff else project.user_role
@@ -63,7 +72,7 @@ def access_project_by_id(user, project_id: int, *, min_role: str = Role.LABELER)
 
 def access_task_by_id(user, task_id: int, *, min_role: str = Role.LABELER) -> Task:
     """A task of a project the user belongs to, with its project and the user's role loaded."""
-    task = _with_role(Task.objects.select_related("project", "prompt"), user, "project_id").filter(pk=task_id).first()
+    task = _TASK_WITH_ROLE.get(user=user.pk, task=task_id)
     if task is None:
         raise Http404("No such task.")
     role = STAFF_ROLE if user.is_staff else task.user_role

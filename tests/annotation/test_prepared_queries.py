@@ -1,0 +1,87 @@
+"""A prepared query compiles its SQL once and returns what the ORM returns for the same queryset."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+from django.db import connections
+from django.db.models import Model
+
+from annotation import access
+from annotation.models import Role, Task
+from annotation.prepared import PreparedQuery
+from tests.factories import make_ranking_task
+
+
+def _fields(obj: Model) -> dict:
+    return {f.attname: getattr(obj, f.attname) for f in obj._meta.concrete_fields}
+
+
+@pytest.fixture
+def task(project_a):
+    return make_ranking_task(project_a)
+
+
+def test_a_task_with_its_role_is_the_same_as_the_orm_gives(users, task):
+    labeler = users["alice"]
+    Task.objects.filter(pk=task.pk).update(gold_ranks={"1": 2})  # a JSON column: converted as the ORM does
+    orm = (access._with_role(Task.objects.select_related("project", "prompt"), labeler, "project_id")
+           .filter(pk=task.pk).first())
+    prepared = access._TASK_WITH_ROLE.get(user=labeler.pk, task=task.pk)
+    assert _fields(prepared) == _fields(orm)
+    assert prepared.user_role == orm.user_role == Role.LABELER
+    # select_related: the project and prompt come with it, converted as the ORM converts them
+    assert Task.project.is_cached(prepared) and Task.prompt.is_cached(prepared)
+    assert _fields(prepared.project) == _fields(orm.project)
+    assert _fields(prepared.prompt) == _fields(orm.prompt)
+    assert prepared.created == orm.created and prepared.created.tzinfo is not None
+    assert prepared.gold_ranks == orm.gold_ranks == {"1": 2}
+    assert not prepared._state.adding and prepared._state.db == "default"
+
+
+def test_someone_outside_the_project_gets_the_task_without_a_role(users, task):
+    outsider = users["olga"]
+    assert access._TASK_WITH_ROLE.get(user=outsider.pk, task=task.pk).user_role is None
+
+
+@pytest.mark.parametrize("bad", [None, "abc", "1.5", 2 ** 63, -(2 ** 63) - 1, 10 ** 30])
+def test_an_id_that_is_not_an_integer_in_range_finds_nothing(users, task, bad):
+    assert access._TASK_WITH_ROLE.get(user=users["alice"].pk, task=bad) is None
+
+
+def test_a_missing_row_is_none(users, task):
+    assert access._PROJECT_WITH_ROLE.get(user=users["alice"].pk, project=task.project_id + 1000) is None
+
+
+def test_the_queryset_is_built_once_per_thread_and_each_call_is_one_statement(
+        users, task, django_assert_num_queries):
+    builds = []
+
+    def build(user, task):
+        builds.append(1)
+        return access._with_role(Task.objects.select_related("project"), user, "project_id").filter(pk=task)
+
+    query = PreparedQuery(build, "user", "task")
+    for _ in range(3):
+        with django_assert_num_queries(1):
+            assert query.get(user=users["alice"].pk, task=task.pk).pk == task.pk
+    assert len(builds) == 1
+
+    found = []
+
+    def other_thread():
+        try:
+            found.append(query.get(user=users["alice"].pk, task=task.pk))
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    thread.join()
+    assert len(builds) == 2  # compiled again with that thread's own connection
+
+
+def test_a_query_that_ignores_a_parameter_is_refused(users, task):
+    query = PreparedQuery(lambda user, task: Task.objects.filter(pk=task), "user", "task")
+    with pytest.raises(ValueError, match="user"):
+        query.get(user=1, task=task.pk)
