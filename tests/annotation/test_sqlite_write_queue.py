@@ -57,18 +57,40 @@ def test_a_writer_in_another_thread_gets_the_lock_as_soon_as_the_holder_commits(
     assert got - released["at"] < LATE, f"got the lock {1000 * (got - released['at']):.0f} ms after the commit"
 
 
-def test_a_writer_in_another_process_gets_the_lock_as_soon_as_the_holder_commits():
+def _holder_process(hold: str) -> subprocess.Popen:
+    """Another process that takes the write lock, says "held", waits (``hold``: Python code) and commits,
+    then prints the time it committed."""
     code = (
         "import sys, time; sys.path[:0] = [sys.argv[1], sys.argv[1] + '/platform']\n"
         "import django; django.setup()\n"
         "from django.db import transaction\n"
         "with transaction.atomic():\n"
-        f"    print('held', flush=True); time.sleep({HOLD})\n"
+        f"    print('held', flush=True); {hold}\n"
         "print(time.time(), flush=True)\n"
     )
     env = {**os.environ, "DJANGO_SETTINGS_MODULE": "rlhf_platform.settings",
            "DATABASE_URL": f"sqlite:///{connection.settings_dict['NAME']}"}
-    child = subprocess.Popen([sys.executable, "-c", code, str(ROOT)], env=env, stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", code, str(ROOT)], env=env, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+
+
+@pytest.fixture
+def short_timeout():
+    """The queue's wait (then SQLite's busy handler) cut to 0.3 s, for the connections opened from now on."""
+    options = connection.settings_dict.setdefault("OPTIONS", {})
+    saved = options.get("timeout")
+    options["timeout"] = 0.3
+    connection.close()
+    yield
+    connection.close()
+    if saved is None:
+        options.pop("timeout")
+    else:
+        options["timeout"] = saved
+
+
+def test_a_writer_in_another_process_gets_the_lock_as_soon_as_the_holder_commits():
+    child = _holder_process(f"time.sleep({HOLD})")
     try:
         assert child.stdout.readline().strip() == "held"
         with transaction.atomic():
@@ -79,10 +101,29 @@ def test_a_writer_in_another_process_gets_the_lock_as_soon_as_the_holder_commits
     assert got - released < LATE, f"got the lock {1000 * (got - released):.0f} ms after the commit"
 
 
-def test_a_thread_waiting_on_a_transaction_that_never_ends_gets_database_is_locked_not_a_hang():
-    options = connection.settings_dict.setdefault("OPTIONS", {})
-    saved = options.get("timeout")
-    options["timeout"] = 0.3  # the queue's wait, then SQLite's own busy handler
+def test_a_process_waiting_on_a_transaction_that_never_ends_gets_database_is_locked_not_a_hang(short_timeout):
+    child = _holder_process("sys.stdin.readline()")
+    try:
+        assert child.stdout.readline().strip() == "held"
+        with connection.cursor() as cursor:
+            cursor.execute("PRAGMA busy_timeout = 300")
+        started = time.monotonic()
+        with pytest.raises(OperationalError, match="database is locked"), transaction.atomic():
+            pass
+        assert time.monotonic() - started < 5
+        child.stdin.write("\n")
+        child.stdin.flush()
+        float(child.stdout.readline())  # committed
+    finally:
+        child.wait(30)
+    # the lock the queue gave up on was handed back: the next transaction gets it at once
+    started = time.monotonic()
+    with transaction.atomic():
+        pass
+    assert time.monotonic() - started < 0.2
+
+
+def test_a_thread_waiting_on_a_transaction_that_never_ends_gets_database_is_locked_not_a_hang(short_timeout):
     held, done, outcome = threading.Event(), threading.Event(), {}
 
     def holder():
@@ -109,10 +150,6 @@ def test_a_thread_waiting_on_a_transaction_that_never_ends_gets_database_is_lock
     finally:
         done.set()
         thread.join()
-        if saved is None:
-            options.pop("timeout")
-        else:
-            options["timeout"] = saved
 
 
 def test_a_transaction_that_fails_to_begin_or_rolls_back_leaves_the_lock_free():

@@ -13,8 +13,7 @@ commits, rolls back or closes:
   thread waiting on another thread that holds the lock gets SQLite's "database is locked" and never hangs;
 - between processes (gunicorn's workers, the Celery worker, management commands), on an exclusive
   ``flock`` of a file beside the database (``NAME`` + ``-writelock``), which the kernel also releases when
-  a process dies. Only one thread per process waits for it, trying every 4 ms at most (not 100), for at
-  most the same ``timeout``.
+  a process dies. Only one thread per process waits for it, for at most the same ``timeout``.
 The queue only orders writers; SQLite's lock still guarantees correctness (statements outside a
 transaction, and other programs, still go through the busy handler). In-memory databases skip it.
 """
@@ -27,24 +26,43 @@ import time
 
 from django.db.backends.sqlite3 import base
 
-MAX_PAUSE = 0.004  # between tries for another process's lock (SQLite's busy handler: up to 100 ms)
 _process_queues: dict[str, threading.Lock] = {}
 _process_queues_guard = threading.Lock()
 
 
 def _flock_before(fd: int, deadline: float) -> bool:
-    """An exclusive flock, tried every few milliseconds until ``deadline`` (``flock`` itself cannot time
-    out, and a process that waits forever on one that waits on it would hang instead of failing)."""
-    pause = 0.0005
-    while True:
+    """An exclusive flock of ``fd``'s file, or False once ``deadline`` passes. ``flock`` itself cannot time
+    out (and a process waiting forever on one that waits on it would hang instead of failing), and polling
+    it costs CPU, so a helper thread waits in the kernel, which wakes it as soon as the lock is free, while
+    the caller waits for the helper with a timeout. A helper that gets the lock after its caller gave up
+    unlocks it at once."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        pass
+    own = os.dup(fd)  # the same open file (and lock), closed by the helper whatever happens to ``fd``
+    got, guard, gave_up = threading.Event(), threading.Lock(), []
+
+    def wait() -> None:
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(own, fcntl.LOCK_EX)
+            with guard:
+                if gave_up:
+                    fcntl.flock(own, fcntl.LOCK_UN)
+                else:
+                    got.set()
+        finally:
+            os.close(own)
+
+    threading.Thread(target=wait, name="sqlite-write-queue", daemon=True).start()
+    if got.wait(max(deadline - time.monotonic(), 0)):
+        return True
+    with guard:
+        if got.is_set():
             return True
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(pause)
-            pause = min(2 * pause, MAX_PAUSE)
+        gave_up.append(True)
+    return False
 
 
 def _process_queue(path: str) -> threading.Lock:
