@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
 
-import psycopg
 from django.contrib.auth import get_user_model
 from django.db import connection
-from django.db.backends.utils import CursorDebugWrapper
+
+from .prepared import statement_cursor as _cursor
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,6 @@ class Lost:
 
 
 LOST = Lost()
-PREPARE_AFTER = 2  # runs of a statement on a connection before psycopg prepares it (PostgreSQL)
 
 _TASK_COLUMNS = """t.id, t.kind, t.project_id, t.round_id, t.target_overlap, t.done_count, t.status, t.is_gold,
        pr.overlap, p.id, p.text, p.messages, p.language, c.id, c.text"""
@@ -166,33 +165,6 @@ def _task_row(rows: list[tuple]) -> TaskRow:
         prompt_language=first[12],
         candidates=tuple(CandidateRow(id=row[13], text=row[14]) for row in rows if row[13] is not None),
     )
-
-
-def _cursor():
-    """A cursor for the queue's statements. On PostgreSQL one that binds parameters on the server, so that
-    psycopg prepares a statement once it has run ``PREPARE_AFTER`` times on a connection: its plan is then
-    made once per connection instead of on every call (planning the claim costs about four times running it;
-    this saves about 2 ms of database CPU per labeling cycle). Django's own cursors bind on the client and
-    never prepare, so no other query changes. Django leaves preparing off for connection poolers that cannot
-    keep prepared statements (PgBouncer in transaction mode); setting ``prepare_threshold`` in the database's
-    OPTIONS (None: never) overrides this for the queue too."""
-    if connection.vendor != "postgresql":
-        return connection.cursor()
-    connection.ensure_connection()
-    raw = connection.connection
-    if raw.prepare_threshold is None and "prepare_threshold" not in connection.settings_dict["OPTIONS"]:
-        raw.prepare_threshold = PREPARE_AFTER
-    cursor = psycopg.Cursor(raw)
-    return _LoggedCursor(cursor, connection) if connection.queries_logged else connection.make_cursor(cursor)
-
-
-class _LoggedCursor(CursorDebugWrapper):
-    """When queries are logged (DEBUG, tests), log each statement with its parameters in, as Django's own
-    cursors do; a server-binding cursor would otherwise show ``$1`` placeholders, or nothing once prepared."""
-
-    def execute(self, sql, params=None):
-        with self.debug_sql(self.db.ops.compose_sql(sql, params)):
-            return self._execute_with_wrappers(sql, params, many=False, executor=self._execute)
 
 
 def lock_labeler(*, user_id: int, project_id: int, count_served: bool = False) -> int:

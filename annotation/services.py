@@ -28,6 +28,7 @@ from knox.models import AuthToken
 from rest_framework.exceptions import ValidationError
 
 from . import queue
+from .prepared import PreparedInsert
 from .errors import Conflict
 from .models import (
     Candidate,
@@ -580,6 +581,9 @@ def _ranking_differences(ranking: Ranking, entries: Sequence[EntryInput], commen
     return fields + (["comment"] if ranking.comment != comment else [])
 
 
+_INSERT_RANKING, _INSERT_ENTRIES, _INSERT_REVISION = (PreparedInsert(m) for m in (Ranking, RankingEntry, LabelRevision))
+
+
 def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], seconds_spent: float,
                    comment: str = "") -> tuple[Ranking, bool]:
     """Record a ranking; returns (ranking, created).
@@ -605,16 +609,17 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
                 return existing, False
             raise Conflict(f"You already ranked this task differently ({', '.join(differ)}); "
                            "correct it from your history instead.")
-        ranking = Ranking.objects.create(
+        # Three INSERTs without the ORM's save path (``PreparedInsert``: the same values, less CPU).
+        [ranking] = _INSERT_RANKING.insert([Ranking(
             task=task, slot_id=slot.id, labeler=labeler, comment=comment, seconds_spent=seconds_spent,
-            shown_order=order)
-        rows = RankingEntry.objects.bulk_create(
+            shown_order=order)])
+        rows = _INSERT_ENTRIES.insert([
             RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
                          **{f: bool(e.get(f, False)) for f in LABEL_FIELDS})
             for e in entries
-        )
-        LabelRevision.objects.create(ranking=ranking, number=1, content=ranking_content(comment, entries),
-                                     author=labeler, seconds_spent=seconds_spent)
+        ])
+        _INSERT_REVISION.insert([LabelRevision(ranking=ranking, number=1, content=ranking_content(comment, entries),
+                                               author=labeler, seconds_spent=seconds_spent)])
         queue.finish_slot(slot_id=slot.id, task_id=task.pk)
     # The caller renders the ranking from memory rather than reading back what was just written.
     ranking._prefetched_objects_cache = {"entries": rows}

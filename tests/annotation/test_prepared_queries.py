@@ -1,15 +1,17 @@
-"""A prepared query compiles its SQL once and returns what the ORM returns for the same queryset."""
+"""A prepared query compiles its SQL once and returns what the ORM returns for the same queryset; a prepared
+insert writes what the ORM's save writes."""
 from __future__ import annotations
 
 import threading
 
 import pytest
 from django.db import connections
-from django.db.models import Model
+from django.db.models import Model, Value
+from django.db.models.signals import post_save
 
 from annotation import access
-from annotation.models import Role, Task
-from annotation.prepared import PreparedQuery
+from annotation.models import Ranking, RankingEntry, Role, Skip, Task
+from annotation.prepared import PreparedInsert, PreparedQuery
 from tests.factories import make_ranking_task
 
 
@@ -85,3 +87,74 @@ def test_a_query_that_ignores_a_parameter_is_refused(users, task):
     query = PreparedQuery(lambda user, task: Task.objects.filter(pk=task), "user", "task")
     with pytest.raises(ValueError, match="user"):
         query.get(user=1, task=task.pk)
+
+
+def _ranking_rows(task, labeler, **values):
+    slot = task.slots.first()
+    ranking = Ranking(task=task, slot=slot, labeler=labeler, comment="tie: 2 = 3", seconds_spent=4.5,
+                      shown_order=[3, 1, 2], **values)
+    candidates = list(task.task_candidates.values_list("candidate_id", flat=True))
+    entries = [RankingEntry(candidate_id=c, rank=i + 1, quality=7 if i == 0 else None, harmful=i == 1)
+               for i, c in enumerate(candidates)]
+    return ranking, entries
+
+
+def test_an_insert_writes_what_the_orms_save_writes(users, project_a):
+    labeler = users["alice"]
+    orm_task, prepared_task = make_ranking_task(project_a), make_ranking_task(project_a)
+    orm, orm_entries = _ranking_rows(orm_task, labeler)
+    orm.save()
+    for e in orm_entries:
+        e.ranking = orm
+    RankingEntry.objects.bulk_create(orm_entries)
+
+    prepared, prepared_entries = _ranking_rows(prepared_task, labeler)
+    [returned] = PreparedInsert(Ranking).insert([prepared])
+    assert returned is prepared and prepared.pk is not None
+    assert not prepared._state.adding and prepared._state.db == "default"
+    for e in prepared_entries:
+        e.ranking = prepared
+    PreparedInsert(RankingEntry).insert(prepared_entries)
+
+    ignore = {"id", "task_id", "slot_id", "created", "updated"}
+    stored_orm, stored = Ranking.objects.get(pk=orm.pk), Ranking.objects.get(pk=prepared.pk)
+    assert {k: v for k, v in _fields(stored).items() if k not in ignore} == \
+        {k: v for k, v in _fields(stored_orm).items() if k not in ignore}
+    assert stored.shown_order == [3, 1, 2] and stored.review_status == stored_orm.review_status  # JSON, defaults
+    assert stored.created == prepared.created and stored.created.tzinfo is not None  # auto_now_add, in memory too
+    assert stored.updated == prepared.updated
+    # every entry got its own id, in order, and the stored rows match the ORM's
+    assert [e.pk for e in prepared_entries] == list(stored.entries.order_by("id").values_list("id", flat=True))
+    columns = ("rank", "quality", "fails_instruction", "hallucination", "inappropriate", "harmful")
+    assert list(stored.entries.order_by("id").values_list(*columns)) == \
+        list(stored_orm.entries.order_by("id").values_list(*columns))
+
+
+def test_an_insert_of_several_rows_is_one_statement(users, project_a, django_assert_num_queries):
+    task = make_ranking_task(project_a)
+    ranking, entries = _ranking_rows(task, users["alice"])
+    ranking.save()
+    for e in entries:
+        e.ranking = ranking
+    with django_assert_num_queries(1):
+        PreparedInsert(RankingEntry).insert(entries)
+    assert ranking.entries.count() == len(entries) == project_a.k
+
+
+def test_an_insert_refuses_a_model_with_save_signal_receivers_and_expressions(users, project_a):
+    task = make_ranking_task(project_a)
+
+    def receiver(**kwargs):
+        pass
+
+    post_save.connect(receiver, sender=Skip)
+    try:
+        with pytest.raises(ValueError, match="signal"):
+            PreparedInsert(Skip).insert([Skip(task=task, labeler=users["alice"], reason="unclear")])
+    finally:
+        post_save.disconnect(receiver, sender=Skip)
+    ranking, _ = _ranking_rows(task, users["alice"])
+    ranking.seconds_spent = Value(1.0)
+    with pytest.raises(ValueError, match="expression"):
+        PreparedInsert(Ranking).insert([ranking])
+    assert not Skip.objects.exists() and not Ranking.objects.filter(task=task).exists()
