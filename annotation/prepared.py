@@ -87,7 +87,7 @@ class _Compiled:
         for name, slots in self.slots.items():
             for i in slots:
                 params[i] = ids[name]
-        with connections[self.using].cursor() as cursor:
+        with statement_cursor(self.using) as cursor:
             cursor.execute(self.sql, params)
             rows = cursor.fetchmany(2)
         if not rows:

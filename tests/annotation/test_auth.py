@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from types import SimpleNamespace
+
+import pytest
 
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
@@ -180,3 +183,28 @@ def test_a_token_looked_up_while_another_was_revoked_is_not_remembered():
     cache_.forget(digest="digest 1")  # the revocation lands between the lookup and the put
     cache_.put("digest 1", user, AuthToken(digest="digest 1", user=user, expiry=None), 60, forgotten=before)
     assert cache_.get("digest 1") is None
+
+
+def test_the_write_allowance_comes_back_one_request_at_a_time(monkeypatch):
+    """N at once, then one every period/N, with a Retry-After that says when; one number kept per user."""
+    monkeypatch.setattr(WriteThrottle, "THROTTLE_RATES", {"writes": "3/min"})
+    cache.clear()
+    clock = [1000.0]
+    monkeypatch.setattr(WriteThrottle, "timer", lambda self: clock[0])
+    request = SimpleNamespace(method="POST", user=SimpleNamespace(is_authenticated=True, pk=7))
+
+    def allowed() -> tuple[bool, float | None]:
+        throttle = WriteThrottle()
+        return throttle.allow_request(request, None), throttle.wait()
+
+    assert [allowed()[0] for _ in range(3)] == [True, True, True]
+    ok, wait = allowed()
+    assert not ok and wait == pytest.approx(20.0)  # one request back every 60/3 s
+    clock[0] += 19.9
+    assert not allowed()[0]
+    clock[0] += 0.2
+    assert allowed()[0] and not allowed()[0]
+    clock[0] += 60  # idle for a period: the whole allowance is back, never more
+    assert [allowed()[0] for _ in range(4)] == [True, True, True, False]
+    assert isinstance(cache.get("throttle_writes_7_3_60"), float)
+    assert WriteThrottle().allow_request(SimpleNamespace(method="GET", user=request.user), None)
