@@ -13,11 +13,13 @@ from tests.training.conftest import write_jsonl
 from training.config import PPOConfig
 from training.ppo import train_ppo
 
-TARGET = "cat"
+TARGET = "t"
 
 
 def count_target(prompts: list[str], responses: list[str]) -> list[float]:
-    """Synthetic reward: one point per occurrence of the target word."""
+    """Synthetic reward: one point per occurrence of the target letter. Dense on purpose: with a rare word
+    ("cat") whether the tiny model ever samples it in 40 iterations depends on the CPU's float kernels (it
+    did on AVX2 machines, never on an AVX-512/AMX one with the same seed)."""
     return [float(r.lower().count(TARGET)) for r in responses]
 
 
@@ -49,7 +51,7 @@ def test_ppo_raises_a_rule_based_reward_well_above_its_start(tiny_base, prompt_f
     start = sum(r["ppo/score"] for r in rows[:5]) / 5
     end = sum(r["ppo/score"] for r in rows[-5:]) / 5
     assert result.status == "completed" and len(rows) == 40
-    assert end > start + 1.0 and end > 3 * max(start, 0.1), (start, end)
+    assert end > start + 5.0 and end > 2 * start, (start, end)
     assert all(torch.isfinite(torch.tensor(r["ppo/kl"])) for r in rows)
     assert rows[-1]["ppo/kl"] > 0
 
