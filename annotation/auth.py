@@ -20,8 +20,9 @@ login page, the admin and ``POST /api/auth/token/``, which authenticate with the
 that pair for a cool-off time after ``AXES_FAILURE_LIMIT`` failures.
 
 **Throttles: DRF's.** ``login`` limits token requests per client address; ``writes`` limits each user's
-(or address's) unsafe requests, keeping one number per user (``WriteThrottle``). Counts live in the default cache (per process unless a shared cache is
-configured), which is enough to stop a runaway script or a password sprayer.
+(or address's) unsafe requests, keeping one number per user (``WriteThrottle``). Counts live in the default
+cache (per process unless a shared cache is configured), which is enough to stop a runaway script or a
+password sprayer.
 """
 from __future__ import annotations
 

@@ -28,7 +28,6 @@ from knox.models import AuthToken
 from rest_framework.exceptions import ValidationError
 
 from . import queue
-from .prepared import PreparedInsert
 from .errors import Conflict
 from .models import (
     Candidate,
@@ -53,6 +52,7 @@ from .models import (
     split_for_hash,
     validate_messages,
 )
+from .prepared import PreparedInsert
 
 LABEL_FIELDS = ("fails_instruction", "hallucination", "inappropriate", "harmful")
 
