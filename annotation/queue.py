@@ -251,6 +251,18 @@ _UNLOCKED_FREE_SLOTS = """free AS (SELECT s.id FROM annotation_taskslot s JOIN t
                 WHERE s.status = 'free' FOR UPDATE OF s SKIP LOCKED)"""
 
 
+def finish_slot_ctes(*, slot_id: int, task_id: int) -> tuple[str, dict] | None:
+    """``finish_slot``'s writes as CTEs (``t``, ``free``, ``finished``) with their parameters, to be run in the
+    statement that writes the label (``prepared.PreparedInsertTree``); None where there are no data-modifying
+    CTEs (SQLite), where ``finish_slot`` runs them."""
+    if connection.vendor != "postgresql":
+        return None
+    slots = _FINISH_SLOTS.format(done="t.done_count", open="t.status = 'open'", gold="t.is_gold",
+                                 source="FROM t ", free="s.id IN (SELECT id FROM free)")
+    return (f"t AS ({_FINISH_TASK}),\n  {_UNLOCKED_FREE_SLOTS},\n  finished AS ({slots} RETURNING s.id)",
+            {"slot": slot_id, "task": task_id})
+
+
 def finish_slot(*, slot_id: int, task_id: int) -> None:
     """Mark the (locked) slot done, count it on its task (complete once the count reaches the target) and
     copy the new count to the task's free slots. The task's UPDATE reads the row's current values, so
@@ -260,9 +272,8 @@ def finish_slot(*, slot_id: int, task_id: int) -> None:
     params = {"slot": slot_id, "task": task_id}
     with _cursor() as cursor:
         if connection.vendor == "postgresql":
-            slots = _FINISH_SLOTS.format(done="t.done_count", open="t.status = 'open'", gold="t.is_gold",
-                                         source="FROM t ", free="s.id IN (SELECT id FROM free)")
-            cursor.execute(f"WITH t AS ({_FINISH_TASK}),\n  {_UNLOCKED_FREE_SLOTS}\n{slots}", params)
+            ctes, params = finish_slot_ctes(slot_id=slot_id, task_id=task_id)
+            cursor.execute(f"WITH {ctes} SELECT 1", params)
             return
         cursor.execute(_FINISH_TASK, params)
         _, done, status, gold = cursor.fetchone()

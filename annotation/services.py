@@ -52,7 +52,7 @@ from .models import (
     split_for_hash,
     validate_messages,
 )
-from .prepared import PreparedInsert
+from .prepared import PreparedInsertTree
 
 LABEL_FIELDS = ("fails_instruction", "hallucination", "inappropriate", "harmful")
 
@@ -581,7 +581,7 @@ def _ranking_differences(ranking: Ranking, entries: Sequence[EntryInput], commen
     return fields + (["comment"] if ranking.comment != comment else [])
 
 
-_INSERT_RANKING, _INSERT_ENTRIES, _INSERT_REVISION = (PreparedInsert(m) for m in (Ranking, RankingEntry, LabelRevision))
+_INSERT_RANKING = PreparedInsertTree(Ranking, (RankingEntry, "ranking"), (LabelRevision, "ranking"))
 
 
 def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], seconds_spent: float,
@@ -609,18 +609,18 @@ def submit_ranking(*, labeler, task: Task, entries: Sequence[EntryInput], second
                 return existing, False
             raise Conflict(f"You already ranked this task differently ({', '.join(differ)}); "
                            "correct it from your history instead.")
-        # Three INSERTs without the ORM's save path (``PreparedInsert``: the same values, less CPU).
-        [ranking] = _INSERT_RANKING.insert([Ranking(
-            task=task, slot_id=slot.id, labeler=labeler, comment=comment, seconds_spent=seconds_spent,
-            shown_order=order)])
-        rows = _INSERT_ENTRIES.insert([
-            RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
-                         **{f: bool(e.get(f, False)) for f in LABEL_FIELDS})
-            for e in entries
-        ])
-        _INSERT_REVISION.insert([LabelRevision(ranking=ranking, number=1, content=ranking_content(comment, entries),
-                                               author=labeler, seconds_spent=seconds_spent)])
-        queue.finish_slot(slot_id=slot.id, task_id=task.pk)
+        # The ranking, its entries and first revision without the ORM's save path, and on PostgreSQL the slot
+        # and task finished, all in one statement (``PreparedInsertTree``); on SQLite one per table, then two.
+        ranking = Ranking(task=task, slot_id=slot.id, labeler=labeler, comment=comment, seconds_spent=seconds_spent,
+                          shown_order=order)
+        rows = [RankingEntry(ranking=ranking, candidate_id=e["candidate"], rank=e["rank"], quality=e.get("quality"),
+                             **{f: bool(e.get(f, False)) for f in LABEL_FIELDS}) for e in entries]
+        revision = LabelRevision(ranking=ranking, number=1, content=ranking_content(comment, entries), author=labeler,
+                                 seconds_spent=seconds_spent)
+        finish = queue.finish_slot_ctes(slot_id=slot.id, task_id=task.pk)
+        _INSERT_RANKING.insert(ranking, rows, [revision], also=finish)
+        if finish is None:
+            queue.finish_slot(slot_id=slot.id, task_id=task.pk)
     # The caller renders the ranking from memory rather than reading back what was just written.
     ranking._prefetched_objects_cache = {"entries": rows}
     return ranking, True

@@ -20,8 +20,9 @@ For each engine (``--engines``: SQLite as ``scripts/run.sh`` configures it, i.e.
    (default 3): tops the project up to exactly that many open tasks (what the previous runs labeled is
    replaced), ``VACUUM ANALYZE`` on PostgreSQL, then ``--labelers`` labelers over HTTP against gunicorn as in
    production (one per size) for ``--warmup`` + ``--duration`` seconds, next-task → submit-ranking. The
-   windows are short (default 2 + 8 s) so that even the smallest queue stays near its size: at 200 cycles/s
-   a run labels about 2000 tasks; the open count at the window's start and end is reported;
+   windows are short (default 1 + 4 s) so that even the smallest queue stays near its size: at 400 cycles/s
+   a run labels about 2000 tasks; the open count at the window's start and end is reported. The integrity
+   checks of a run cover every run so far on the engine (the project keeps what they labeled);
 3. the claim statement's own time at each size:
    - PostgreSQL: ``pg_stat_statements`` over each measured window (reset when it opens): calls and mean
      execution time of the claim (``WITH pick AS MATERIALIZED …``) and of the labeler lock, plus the
@@ -223,6 +224,7 @@ def run_engine(args, engine: Engine, stop: threading.Event) -> dict:
     tokens, users = main["tokens"][:-1], main["users"][:-1]
     probe_user = main["users"][-1]
     sizes = []
+    engine_labelers: list[Labeler] = []
     for size in a.sizes:
         runs = []
         gun: Gunicorn | None = None
@@ -256,8 +258,10 @@ def run_engine(args, engine: Engine, stop: threading.Event) -> dict:
                 load = drive(labelers, deadline_box, a.warmup, a.duration, stop, roots, {200, 201, 204},
                              on_measure_start=reset_stats)
                 stats = pg_statements(engine.pg) if engine.name == "postgresql" else None
+                # Checked against every run so far: the project keeps what earlier runs labeled.
+                engine_labelers.extend(labelers)
                 with engine.db() as db:
-                    checks = integrity_checks(db, project, labelers, dict(zip(tokens, users, strict=True)))
+                    checks = integrity_checks(db, project, engine_labelers, dict(zip(tokens, users, strict=True)))
                 run = {"repeat": rep, "open_tasks_at_start": open_before,
                        "open_tasks_at_end": engine.open_tasks(project), "load": load, "pg_stat_statements": stats,
                        "integrity": checks}
@@ -276,6 +280,12 @@ def run_engine(args, engine: Engine, stop: threading.Event) -> dict:
         finally:
             if gun is not None:
                 gun.stop()
+        missing = size - engine.open_tasks(project)  # the runs may have labeled most of a small queue
+        if missing > 0:
+            engine.timed_seed(f"top up to {size} for the claim's timing", lambda m=missing: seed_more(
+                engine.env, project, "main", engine.numbered, m), missing)
+            engine.numbered += missing
+            engine.analyze()
         in_process = json.loads(run_child(engine.env, __file__, "_claim_timing", "--project", str(project),
                                           "--user", str(probe_user), "--samples", str(a.claim_samples))
                                 .strip().splitlines()[-1])
@@ -321,8 +331,8 @@ def main() -> int:
     p.add_argument("--other-tasks", type=int, default=300000,
                    help="open tasks in another project of the same database (default 300000)")
     p.add_argument("--engines", default="sqlite,postgresql", help="comma-separated: sqlite,postgresql")
-    p.add_argument("--warmup", type=float, default=2, help="unmeasured seconds per run (default 2)")
-    p.add_argument("--duration", type=float, default=8, help="measured seconds per run (default 8)")
+    p.add_argument("--warmup", type=float, default=1, help="unmeasured seconds per run (default 1)")
+    p.add_argument("--duration", type=float, default=4, help="measured seconds per run (default 4)")
     p.add_argument("--repeats", type=int, default=3, help="runs per size, topped up before each (default 3)")
     p.add_argument("--claim-samples", type=int, default=200, help="in-process claims timed per size (default 200)")
     p.add_argument("--workers", type=int, default=int(os.environ.get("GUNICORN_WORKERS", DEFAULT_WORKERS)))

@@ -5,13 +5,13 @@ from __future__ import annotations
 import threading
 
 import pytest
-from django.db import connections
+from django.db import DataError, connection, connections, transaction
 from django.db.models import Model, Value
 from django.db.models.signals import post_save
 
 from annotation import access
-from annotation.models import Ranking, RankingEntry, Role, Skip, Task
-from annotation.prepared import PreparedInsert, PreparedQuery
+from annotation.models import LabelRevision, Ranking, RankingEntry, Role, Skip, Task, TaskSlot
+from annotation.prepared import PreparedInsert, PreparedInsertTree, PreparedQuery
 from tests.factories import make_ranking_task
 
 
@@ -158,3 +158,74 @@ def test_an_insert_refuses_a_model_with_save_signal_receivers_and_expressions(us
     with pytest.raises(ValueError, match="expression"):
         PreparedInsert(Ranking).insert([ranking])
     assert not Skip.objects.exists() and not Ranking.objects.filter(task=task).exists()
+
+
+_TREE = PreparedInsertTree(Ranking, (RankingEntry, "ranking"), (LabelRevision, "ranking"))
+
+
+def test_a_row_and_its_children_are_written_as_the_orm_writes_them(users, project_a, django_assert_num_queries):
+    """One statement on PostgreSQL (data-modifying CTEs), one per table elsewhere; every row gets its id, the
+    children in list order, and points at the new parent."""
+    labeler = users["alice"]
+    ranking, entries = _ranking_rows(make_ranking_task(project_a), labeler)
+    revision = LabelRevision(ranking=ranking, number=1, content={"comment": "x", "entries": [1, 2]}, author=labeler,
+                             seconds_spent=2.5)
+    with django_assert_num_queries(1 if connection.vendor == "postgresql" else 3):
+        _TREE.insert(ranking, entries, [revision])
+    stored = Ranking.objects.get(pk=ranking.pk)
+    assert stored.shown_order == [3, 1, 2] and stored.created == ranking.created and stored.comment == ranking.comment
+    assert [e.pk for e in entries] == list(stored.entries.order_by("id").values_list("id", flat=True))
+    assert all(e.ranking_id == ranking.pk and not e._state.adding for e in entries)
+    columns = ("candidate_id", "rank", "quality", "harmful")
+    assert list(stored.entries.order_by("id").values_list(*columns)) == [
+        (e.candidate_id, e.rank, e.quality, e.harmful) for e in entries]
+    assert entries[0].quality == 7 and entries[1].quality is None and entries[1].harmful  # NULL and bool, typed
+    [stored_revision] = stored.revisions.all()
+    assert stored_revision.pk == revision.pk and stored_revision.content == {"comment": "x", "entries": [1, 2]}
+    assert stored_revision.seconds_spent == 2.5 and stored_revision.author_id == labeler.pk
+
+
+def test_a_row_without_children_of_a_kind_is_written_alone(users, project_a):
+    ranking, _ = _ranking_rows(make_ranking_task(project_a), users["alice"])
+    _TREE.insert(ranking, [], [])
+    assert Ranking.objects.filter(pk=ranking.pk).exists() and not RankingEntry.objects.filter(ranking=ranking).exists()
+
+
+@pytest.mark.postgres
+def test_further_writes_run_in_the_same_statement_on_postgresql(users, project_a, django_assert_num_queries):
+    task = make_ranking_task(project_a)
+    ranking, entries = _ranking_rows(task, users["alice"])
+    also = ("touched AS (UPDATE annotation_task SET done_count = 1 WHERE id = %(task)s RETURNING id)", {"task": task.pk})
+    with django_assert_num_queries(1):
+        _TREE.insert(ranking, entries, [], also=also)
+    task.refresh_from_db()
+    assert task.done_count == 1 and ranking.entries.count() == len(entries)
+
+
+def test_further_writes_are_refused_where_they_cannot_be_folded_in(users, project_a):
+    if connection.vendor == "postgresql":
+        pytest.skip("PostgreSQL folds them in")
+    ranking, entries = _ranking_rows(make_ranking_task(project_a), users["alice"])
+    with pytest.raises(ValueError, match="PostgreSQL only"):
+        _TREE.insert(ranking, entries, [], also=("x AS (SELECT 1)", {}))
+    assert not Ranking.objects.filter(task=ranking.task).exists()
+
+
+@pytest.mark.postgres
+def test_a_childs_too_long_text_is_refused_not_truncated(users, project_a):
+    """The children's values are cast to their column's type without its length: a value too long for a
+    ``varchar(n)`` column fails as a plain INSERT fails, rather than being cut to fit by the cast."""
+    task = make_ranking_task(project_a)
+    tree = PreparedInsertTree(Task, (Skip, "task"))
+    parent = Task(project=project_a, kind=task.kind, prompt=task.prompt)
+    with pytest.raises(DataError), transaction.atomic():
+        tree.insert(parent, [Skip(labeler=users["alice"], reason="x" * 501)])
+    assert not Skip.objects.exists()
+    parent = Task(project=project_a, kind=task.kind, prompt=task.prompt)
+    tree.insert(parent, [Skip(labeler=users["alice"], reason="x" * 500)])
+    assert Skip.objects.get(task=parent).reason == "x" * 500
+
+
+def test_a_child_model_must_point_at_the_parent(users):
+    with pytest.raises(ValueError, match="does not point at"):
+        PreparedInsertTree(Ranking, (TaskSlot, "task"))
