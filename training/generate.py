@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from training.config import ConfigError, GenerateConfig
 from training.data import VERSION, PPOPrompt, Prompt, read_ppo_prompts, to_record, write_jsonl
 from training.encoding import encode_prompt, fit_prompt
-from training.models import context_length, load_causal_lm, load_tokenizer
+from training.models import context_length, keeps_logits, load_causal_lm, load_tokenizer
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log, write_json
 from training.runtime import init_runtime
 
@@ -142,10 +142,11 @@ def _decode(model, tokenizer, prompts: list[list[int]], seeds: list[int], config
     finish: list[str | None] = [None] * batch
     texts: list[str | None] = [None] * batch
     cache_kw, cache, current = _cache_keyword(model), None, input_ids
+    last_only = {"logits_to_keep": 1} if keeps_logits(model) else {}  # the prompt's positions need no logits
 
     for _ in range(config.max_new_tokens):
         out = model(input_ids=current, attention_mask=mask, position_ids=positions, use_cache=True,
-                    **{cache_kw: cache})
+                    **{cache_kw: cache}, **last_only)
         cache = out[cache_kw] if cache_kw in out else out.past_key_values
         logits = out.logits[:, -1].float()
         model_logprobs = logits.log_softmax(dim=-1)

@@ -8,6 +8,8 @@ GPT-2 built from config. ``training.pretrain`` then teaches it English. The ship
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -133,3 +135,18 @@ def train_top_layers(backbone: torch.nn.Module, n: int) -> int:
         top = parts[0] == name and int(parts[1]) >= split
         param.requires_grad_(top or parts[0] in ("norm", "ln_f"))
     return split
+
+
+@functools.cache
+def _forward_takes_logits_to_keep(model_type: type) -> bool:
+    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+
+
+def keeps_logits(model: torch.nn.Module) -> bool:
+    """Whether the causal LM under any DDP or PEFT wrapper takes ``logits_to_keep`` (transformers' models
+    do: logits for the last n positions only, so a caller that reads a few positions skips the LM head's
+    vocabulary-wide matmul on the others)."""
+    inner = getattr(model, "module", model)  # DDP
+    if hasattr(inner, "get_base_model"):  # PEFT
+        inner = inner.get_base_model()
+    return _forward_takes_logits_to_keep(type(inner))

@@ -40,6 +40,7 @@ from training.kl import KLController, update_from_all_ranks
 from training.models import (
     add_lora,
     count_parameters,
+    keeps_logits,
     load_causal_lm,
     load_tokenizer,
     save_pretrained,
@@ -184,12 +185,21 @@ def sequence_logprobs(model, input_ids, attention_mask, position_ids, n_prompt: 
     """Log-probs (under logits / temperature) of the response tokens ``input_ids[:, n_prompt:]``, [B, T].
     The entropy is computed outside the autograd graph unless ``entropy_grad`` (it only feeds a metric
     when the entropy bonus is off)."""
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).logits
-    logits = logits[:, n_prompt - 1:-1].float() / temperature
-    logprobs = torch.gather(logits.log_softmax(dim=-1), 2, input_ids[:, n_prompt:, None]).squeeze(-1)
+    # Only the positions that predict a response token need logits: the LM head over the prompt's positions
+    # (a vocabulary-wide matmul and log-softmax per position) is skipped where the model supports it.
+    keep = input_ids.size(1) - n_prompt + 1
+    extra = {"logits_to_keep": keep} if keeps_logits(model) else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra).logits
+    logits = logits[:, logits.size(1) - keep:-1].float() / temperature  # either way, the response's positions
+    log_softmax = logits.log_softmax(dim=-1)
+    logprobs = torch.gather(log_softmax, 2, input_ids[:, n_prompt:, None]).squeeze(-1)
     if not with_entropy:
         return logprobs, None
-    return logprobs, entropy_from_logits(logits if entropy_grad else logits.detach())
+    if entropy_grad:
+        return logprobs, entropy_from_logits(logits)
+    detached = log_softmax.detach()  # the same values as entropy_from_logits(logits.detach()), one pass fewer
+    return logprobs, -(detached.exp() * detached).sum(dim=-1)
+
 
 
 def response_values(critic, input_ids, attention_mask, position_ids, n_prompt: int) -> torch.Tensor:
@@ -279,6 +289,7 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     from training.generate import _cache_keyword
 
     cache_kw, cache, current = _cache_keyword(actor), None, ids
+    last_only = {"logits_to_keep": 1} if keeps_logits(actor) else {}  # the prompt's positions need no logits
     step_positions = positions
     tokens, logprobs, alive = [], [], torch.ones(batch, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
@@ -286,7 +297,7 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     mask_so_far = attn
     for _ in range(config.max_new_tokens):
         out = actor(input_ids=current, attention_mask=mask_so_far, position_ids=step_positions, use_cache=True,
-                    **{cache_kw: cache})
+                    **{cache_kw: cache}, **last_only)
         cache = out[cache_kw] if cache_kw in out else out.past_key_values
         logits = out.logits[:, -1].float()
         scaled = logits / config.temperature

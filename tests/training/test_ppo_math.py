@@ -137,3 +137,47 @@ def test_the_ptx_stream_covers_each_pass_once_and_reshuffles_the_next():
     assert first_pass != second_pass
     # A pure function of its arguments: asking again (as a resumed run does) gives the same batch.
     assert ptx_batch_rows(8, 3, seed=1, index=0) == first_pass[:3]
+
+
+class _NoLogitsToKeep(torch.nn.Module):
+    """A causal LM whose forward has no ``logits_to_keep``: every position's logits, as older models give."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids)
+
+
+def _full_logit_reference(model, ids, attn, pos, n_prompt, temperature):
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, n_prompt - 1:-1] / temperature
+    logp = logits.log_softmax(-1)
+    return torch.gather(logp, 2, ids[:, n_prompt:, None]).squeeze(-1), -(logp.exp() * logp).sum(-1)
+
+
+@pytest.mark.parametrize("wrapping", ["plain", "lora", "no_logits_to_keep"])
+def test_response_log_probs_and_entropy_equal_the_full_logit_computation(wrapping):
+    from training.config import RLOOConfig
+    from training.models import TINY_BASE, add_lora, keeps_logits, load_causal_lm
+    from training.ppo import sequence_logprobs
+
+    torch.manual_seed(0)
+    model = load_causal_lm(TINY_BASE, torch.device("cpu")).eval()
+    if wrapping == "lora":
+        model = add_lora(model, RLOOConfig(policy="-", lora=True, lora_r=4, lora_alpha=8)).eval()
+    if wrapping == "no_logits_to_keep":
+        model = _NoLogitsToKeep(model)
+    assert keeps_logits(model) == (wrapping != "no_logits_to_keep")
+    ids = torch.randint(2, 500, (3, 11))
+    attn = torch.ones_like(ids)
+    attn[0, :2] = 0  # a left-padded prompt
+    pos = (attn.cumsum(1) - 1).clamp(min=0)
+    n_prompt = 5
+    logprobs, entropy = sequence_logprobs(model, ids, attn, pos, n_prompt, 0.7, with_entropy=True, entropy_grad=False)
+    expected_logprobs, expected_entropy = _full_logit_reference(model, ids, attn, pos, n_prompt, 0.7)
+    assert logprobs.shape == entropy.shape == (3, 6)
+    assert torch.allclose(logprobs, expected_logprobs, atol=1e-5)
+    assert torch.allclose(entropy, expected_entropy, atol=1e-5)
+    _, entropy_with_grad = sequence_logprobs(model, ids, attn, pos, n_prompt, 0.7, with_entropy=True)
+    assert torch.allclose(entropy_with_grad, expected_entropy, atol=1e-5)
