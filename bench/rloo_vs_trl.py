@@ -43,7 +43,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform as std_platform
 import statistics
 import subprocess
 import sys
@@ -53,18 +52,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from ppo_vs_trl import machine, quiet  # noqa: E402  (bench/, beside this file)
+
 SHARED = ROOT.parent / "shared" / "data" / "hh-rlhf"
 BASE = ROOT / "var" / "bases" / "smollm2-135m-instruct"
 WORK = ROOT / "var" / "rloo-vs-trl"
-
-
-def quiet() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-    os.environ.setdefault("TQDM_DISABLE", "1")
-    import warnings
-
-    warnings.filterwarnings("ignore")
 
 
 # --- prepare --------------------------------------------------------------------------------------------
@@ -74,7 +67,6 @@ def prepare(args) -> None:
     from training.config import RewardConfig
     from training.reward import train_reward_model
 
-    sys.path.insert(0, str(ROOT / "bench"))
     from hh_learning import SUBSETS, half_of, subset_of, unique_prompts
 
     work = args.work
@@ -267,22 +259,6 @@ def summarize(runs: list[dict], side: str) -> dict:
         if values:
             out[f"mean_{key}_during_training"] = statistics.mean(values)
     return out
-
-
-def machine() -> dict:
-    import torch
-    import transformers
-
-    info = {"python": sys.version.split()[0], "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "transformers": transformers.__version__, "cpus": os.cpu_count(), "platform": std_platform.platform(),
-            "loadavg_start": os.getloadavg()}
-    try:
-        import trl
-
-        info["trl"] = trl.__version__
-    except ImportError:
-        pass
-    return info
 
 
 def side_flags(args) -> list[str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from training.config import PretrainConfig, TrainConfig
+from training.runtime import unwrap
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
@@ -146,7 +147,7 @@ def keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the causal LM under any DDP or PEFT wrapper takes ``logits_to_keep`` (transformers' models
     do: logits for the last n positions only, so a caller that reads a few positions skips the LM head's
     vocabulary-wide matmul on the others)."""
-    inner = getattr(model, "module", model)  # DDP
+    inner = unwrap(model)  # DDP
     if hasattr(inner, "get_base_model"):  # PEFT
         inner = inner.get_base_model()
     return _forward_takes_logits_to_keep(type(inner))

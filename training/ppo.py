@@ -143,7 +143,11 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
     """Per-position entropy of softmax(logits), [..., V] → [...]."""
-    logp = logits.log_softmax(dim=-1)
+    return entropy_from_log_probs(logits.log_softmax(dim=-1))
+
+
+def entropy_from_log_probs(logp: torch.Tensor) -> torch.Tensor:
+    """Per-position entropy of a distribution given as log-probabilities, [..., V] → [...]."""
     return -(logp.exp() * logp).sum(dim=-1)
 
 
@@ -195,11 +199,7 @@ def sequence_logprobs(model, input_ids, attention_mask, position_ids, n_prompt: 
     logprobs = torch.gather(log_softmax, 2, input_ids[:, n_prompt:, None]).squeeze(-1)
     if not with_entropy:
         return logprobs, None
-    if entropy_grad:
-        return logprobs, entropy_from_logits(logits)
-    detached = log_softmax.detach()  # the same values as entropy_from_logits(logits.detach()), one pass fewer
-    return logprobs, -(detached.exp() * detached).sum(dim=-1)
-
+    return logprobs, entropy_from_log_probs(log_softmax if entropy_grad else log_softmax.detach())
 
 
 def response_values(critic, input_ids, attention_mask, position_ids, n_prompt: int) -> torch.Tensor:
