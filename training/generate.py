@@ -13,7 +13,6 @@ writes exactly the candidates.jsonl an uninterrupted one would.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import os
 import time
@@ -27,7 +26,7 @@ import torch.nn.functional as F
 from training.config import ConfigError, GenerateConfig
 from training.data import VERSION, PPOPrompt, Prompt, read_ppo_prompts, to_record, write_jsonl
 from training.encoding import encode_prompt, fit_prompt
-from training.models import context_length, keeps_logits, load_causal_lm, load_tokenizer
+from training.models import cache_keyword, context_length, keeps_logits, load_causal_lm, load_tokenizer, returned_cache
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log, write_json
 from training.runtime import init_runtime
 
@@ -113,11 +112,6 @@ def cut_at_stop(text: str, texts: tuple[str, ...]) -> str | None:
     return text[:min(cuts)] if cuts else None
 
 
-def _cache_keyword(model: torch.nn.Module) -> str:
-    # transformers 5.x renamed the forward argument past_key_values to cache.
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
-
-
 @torch.no_grad()
 def _decode(model, tokenizer, prompts: list[list[int]], seeds: list[int], config: GenerateConfig) -> list[Candidate]:
     device = next(model.parameters()).device
@@ -141,13 +135,13 @@ def _decode(model, tokenizer, prompts: list[list[int]], seeds: list[int], config
     logprobs: list[list[float]] = [[] for _ in range(batch)]
     finish: list[str | None] = [None] * batch
     texts: list[str | None] = [None] * batch
-    cache_kw, cache, current = _cache_keyword(model), None, input_ids
+    cache_kw, cache, current = cache_keyword(model) or "past_key_values", None, input_ids
     last_only = {"logits_to_keep": 1} if keeps_logits(model) else {}  # the prompt's positions need no logits
 
     for _ in range(config.max_new_tokens):
         out = model(input_ids=current, attention_mask=mask, position_ids=positions, use_cache=True,
                     **{cache_kw: cache}, **last_only)
-        cache = out[cache_kw] if cache_kw in out else out.past_key_values
+        cache = returned_cache(out, cache_kw)
         logits = out.logits[:, -1].float()
         model_logprobs = logits.log_softmax(dim=-1)
         scores = process_logits(logits, seen, config)

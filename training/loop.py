@@ -36,13 +36,22 @@ def lr_at(step: int, *, peak: float, warmup: int, total: int, min_ratio: float) 
     return floor + 0.5 * (1 + math.cos(math.pi * progress)) * (peak - floor)
 
 
+def adamw(params: list, **options) -> torch.optim.AdamW:
+    """AdamW over ``params`` (tensors, or param groups), fused into one kernel where torch has one for their
+    device and dtype (CPU and CUDA): on this 2-core CPU it steps SmolLM2-135M's 134.5M parameters in about
+    0.1 s, against 0.6–0.7 s for the default multi-tensor loop."""
+    tensors = [t for item in params for t in (item["params"] if isinstance(item, dict) else [item])]
+    fused = bool(tensors) and all(t.device.type in ("cpu", "cuda") and t.is_floating_point() for t in tensors)
+    return torch.optim.AdamW(params, fused=fused or None, **options)
+
+
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only (biases, norms and scalar gains are not decayed)."""
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.dim() >= 2]
     keep = [p for p in params if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": keep, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=config.learning_rate, betas=config.adam_betas)
+    return adamw(groups, lr=config.learning_rate, betas=config.adam_betas)
 
 
 def plan_batches(lengths: list[int], batch_size: int, *, seed: int, epoch: int, group_by_length: bool,

@@ -139,15 +139,38 @@ def train_top_layers(backbone: torch.nn.Module, n: int) -> int:
 
 
 @functools.cache
-def _forward_takes_logits_to_keep(model_type: type) -> bool:
-    return "logits_to_keep" in inspect.signature(model_type.forward).parameters
+def _forward_takes(model_type: type, argument: str) -> bool:
+    return argument in inspect.signature(model_type.forward).parameters
+
+
+def _innermost(model: torch.nn.Module) -> torch.nn.Module:
+    inner = unwrap(model)  # DDP
+    return inner.get_base_model() if hasattr(inner, "get_base_model") else inner  # PEFT
 
 
 def keeps_logits(model: torch.nn.Module) -> bool:
     """Whether the causal LM under any DDP or PEFT wrapper takes ``logits_to_keep`` (transformers' models
     do: logits for the last n positions only, so a caller that reads a few positions skips the LM head's
     vocabulary-wide matmul on the others)."""
-    inner = unwrap(model)  # DDP
-    if hasattr(inner, "get_base_model"):  # PEFT
-        inner = inner.get_base_model()
-    return _forward_takes_logits_to_keep(type(inner))
+    return _forward_takes(type(_innermost(model)), "logits_to_keep")
+
+
+def drops_kv_cache(model: torch.nn.Module) -> bool:
+    """Whether the model under any DDP or PEFT wrapper ignores ``use_cache``: transformers turns the cache
+    off in training mode with activation (gradient) checkpointing on."""
+    inner = _innermost(model)
+    name = ("is_activation_checkpointing" if hasattr(type(inner), "is_activation_checkpointing")
+            else "is_gradient_checkpointing")  # the new name, without the old one's deprecation warning
+    return inner.training and bool(getattr(inner, name, False))
+
+
+def returned_cache(output, keyword: str | None):
+    """The KV cache in a forward's output (``output.cache`` in transformers 5.x, ``past_key_values`` before)."""
+    return output[keyword] if keyword and keyword in output else output.past_key_values
+
+
+def cache_keyword(model: torch.nn.Module) -> str | None:
+    """The forward argument of the model under any DDP or PEFT wrapper that takes a KV cache: ``cache``
+    (transformers 5.x renamed it), ``past_key_values``, or None for a model that takes none."""
+    inner = type(_innermost(model))
+    return next((name for name in ("cache", "past_key_values") if _forward_takes(inner, name)), None)

@@ -37,12 +37,16 @@ from training.data import PPOPrompt, read_ppo_prompts, read_sft, render_plain, w
 from training.encoding import encode_pair, encode_prompt, fit_prompt
 from training.generate import cut_at_stop, process_logits, stop_rules
 from training.kl import KLController, update_from_all_ranks
+from training.loop import adamw
 from training.models import (
     add_lora,
+    cache_keyword,
     count_parameters,
+    drops_kv_cache,
     keeps_logits,
     load_causal_lm,
     load_tokenizer,
+    returned_cache,
     save_pretrained,
     train_top_layers,
 )
@@ -183,18 +187,66 @@ class ValueModel(torch.nn.Module):
         return cls(backbone, head).to(device)
 
 
+def shares_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int, group: int) -> bool:
+    """Whether the rows come in consecutive groups of ``group`` with the same (left-padded) prompt, as RLOO's
+    k samples of each prompt do."""
+    rows = input_ids.size(0)
+    if group < 2 or rows % group or n_prompt < 1:
+        return False
+    for tensor in (input_ids, attention_mask):
+        prompts = tensor[:, :n_prompt].view(rows // group, group, n_prompt)
+        if not torch.equal(prompts, prompts[:, :1].expand_as(prompts)):
+            return False
+    return True
+
+
+def _can_share_prompts(model: torch.nn.Module) -> bool:
+    """A prompt's KV cache can be computed once and repeated for its group: for a model that takes a cache, not
+    under DDP (one forward per backward) nor where the cache is turned off (``drops_kv_cache``)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return False
+    return cache_keyword(model) is not None and not drops_kv_cache(model)
+
+
+def _prompt_cache(model, input_ids, attention_mask, position_ids, n_prompt: int, group: int, **extra):
+    """One forward over each group's prompt (its first row), its KV cache repeated for the group's rows: the
+    prompt's share of a forward (and of its backward: the gradient flows through the repeat) is paid once per
+    group instead of once per row. Returns the prompt pass's output and the forward argument that takes
+    the cache, with the cache."""
+    out = model(input_ids=input_ids[::group, :n_prompt], attention_mask=attention_mask[::group, :n_prompt],
+                position_ids=position_ids[::group, :n_prompt], use_cache=True, **extra)
+    keyword = cache_keyword(model)
+    cache = returned_cache(out, keyword)
+    cache.batch_repeat_interleave(group)
+    return out, {keyword: cache}
+
+
+def response_logits(model, input_ids, attention_mask, position_ids, n_prompt: int, group: int = 1) -> torch.Tensor:
+    """The logits that predict the response tokens ``input_ids[:, n_prompt:]``, [B, T, V] (positions
+    n_prompt − 1 … end − 1). Only those positions get the LM head where the model supports it
+    (``logits_to_keep``); with ``group`` > 1 and rows that share prompts in groups of it, each prompt runs once
+    (``_prompt_cache``) and every row then runs only its response."""
+    keep = input_ids.size(1) - n_prompt + 1
+    takes_keep = keeps_logits(model)
+    if keep > 2 and shares_prompts(input_ids, attention_mask, n_prompt, group) and _can_share_prompts(model):
+        head, cache = _prompt_cache(model, input_ids, attention_mask, position_ids, n_prompt, group,
+                                    **({"logits_to_keep": 1} if takes_keep else {}))
+        # The response's last token predicts nothing that is read: the second pass stops before it.
+        tail = model(input_ids=input_ids[:, n_prompt:-1], attention_mask=attention_mask[:, :-1],
+                     position_ids=position_ids[:, n_prompt:-1], use_cache=True, **cache).logits
+        return torch.cat([head.logits[:, -1:].repeat_interleave(group, dim=0), tail], dim=1)
+    extra = {"logits_to_keep": keep} if takes_keep else {}
+    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra).logits
+    return logits[:, logits.size(1) - keep:-1]  # either way, the response's positions
+
+
 def sequence_logprobs(model, input_ids, attention_mask, position_ids, n_prompt: int, temperature: float,
-                      with_entropy: bool = False, entropy_grad: bool = True
+                      with_entropy: bool = False, entropy_grad: bool = True, group: int = 1
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs (under logits / temperature) of the response tokens ``input_ids[:, n_prompt:]``, [B, T].
     The entropy is computed outside the autograd graph unless ``entropy_grad`` (it only feeds a metric
-    when the entropy bonus is off)."""
-    # Only the positions that predict a response token need logits: the LM head over the prompt's positions
-    # (a vocabulary-wide matmul and log-softmax per position) is skipped where the model supports it.
-    keep = input_ids.size(1) - n_prompt + 1
-    extra = {"logits_to_keep": keep} if keeps_logits(model) else {}
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra).logits
-    logits = logits[:, logits.size(1) - keep:-1].float() / temperature  # either way, the response's positions
+    when the entropy bonus is off). ``group``: see ``response_logits``."""
+    logits = response_logits(model, input_ids, attention_mask, position_ids, n_prompt, group).float() / temperature
     log_softmax = logits.log_softmax(dim=-1)
     logprobs = torch.gather(log_softmax, 2, input_ids[:, n_prompt:, None]).squeeze(-1)
     if not with_entropy:
@@ -208,11 +260,19 @@ def response_values(critic, input_ids, attention_mask, position_ids, n_prompt: i
 
 
 @torch.no_grad()
-def reward_model_scores(reward_model, input_ids, attention_mask, position_ids, last_index) -> torch.Tensor:
-    """The RM's scalar at each row's last response token (left-padded prompt + right-padded response)."""
-    hidden = reward_model.backbone(input_ids=input_ids, attention_mask=attention_mask,
-                                   position_ids=position_ids).last_hidden_state
+def reward_model_scores(reward_model, input_ids, attention_mask, position_ids, last_index, group: int = 1,
+                        n_prompt: int = 0) -> torch.Tensor:
+    """The RM's scalar at each row's last response token (left-padded prompt + right-padded response). With
+    ``group`` > 1 and rows that share prompts in groups of it, each prompt runs once (``response_logits``)."""
     rows = torch.arange(input_ids.size(0), device=input_ids.device)
+    backbone = reward_model.backbone
+    if (input_ids.size(1) > n_prompt and shares_prompts(input_ids, attention_mask, n_prompt, group)
+            and _can_share_prompts(backbone)):
+        _, cache = _prompt_cache(backbone, input_ids, attention_mask, position_ids, n_prompt, group)
+        hidden = backbone(input_ids=input_ids[:, n_prompt:], attention_mask=attention_mask,
+                          position_ids=position_ids[:, n_prompt:], use_cache=True, **cache).last_hidden_state
+        return reward_model.head(hidden[rows, last_index - n_prompt]).squeeze(-1).float()
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     return reward_model.head(hidden[rows, last_index]).squeeze(-1).float()
 
 
@@ -267,11 +327,12 @@ def kept_tokens(tokenizer, tokens: list[int], texts: tuple[str, ...]) -> int:
 
 @torch.no_grad()
 def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOConfig | RLOOConfig,
-                     generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+                     generator: torch.Generator, group: int = 1) -> tuple[torch.Tensor, ...]:
     """Sample with the KV cache, ending each response as the candidate generator does (EOS, the format's
     turn tokens, a stop string: ``training.generate.stop_rules``). Returns (input_ids, attention_mask,
     position_ids, P, response mask, sampling log-probs under logits / temperature, ended): ``ended`` is
-    true for a response that ended by a rule rather than at ``max_new_tokens``."""
+    true for a response that ended by a rule rather than at ``max_new_tokens``. With ``group`` > 1 and
+    prompts in consecutive groups of it, each group's prompt is read once (``_prompt_cache``)."""
     device = next(actor.parameters()).device
     batch, width = len(prompt_ids), max(map(len, prompt_ids))
     pad = tokenizer.pad_token_id
@@ -286,20 +347,24 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     stop_ids = torch.tensor(sorted(rules.token_ids), dtype=torch.long, device=device)
     window = max((len(t) for t in rules.texts), default=0) + 2
     seen = torch.zeros((batch, 1), dtype=torch.bool, device=device)  # no repetition penalty in PPO
-    from training.generate import _cache_keyword
-
-    cache_kw, cache, current = _cache_keyword(actor), None, ids
+    cache_kw, cache, current = cache_keyword(actor) or "past_key_values", None, ids
     last_only = {"logits_to_keep": 1} if keeps_logits(actor) else {}  # the prompt's positions need no logits
     step_positions = positions
     tokens, logprobs, alive = [], [], torch.ones(batch, dtype=torch.bool, device=device)
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     mask_so_far = attn
-    for _ in range(config.max_new_tokens):
-        out = actor(input_ids=current, attention_mask=mask_so_far, position_ids=step_positions, use_cache=True,
-                    **{cache_kw: cache}, **last_only)
-        cache = out[cache_kw] if cache_kw in out else out.past_key_values
-        logits = out.logits[:, -1].float()
+    shared = shares_prompts(ids, attn, width, group) and _can_share_prompts(actor)
+    for step in range(config.max_new_tokens):
+        if step == 0 and shared:
+            out, cache = _prompt_cache(actor, ids, attn, positions, width, group, **last_only)
+            cache = cache[cache_kw]
+            logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)
+        else:
+            out = actor(input_ids=current, attention_mask=mask_so_far, position_ids=step_positions, use_cache=True,
+                        **{cache_kw: cache}, **last_only)
+            cache = returned_cache(out, cache_kw)
+            logits = out.logits[:, -1].float()
         scaled = logits / config.temperature
         filtered = process_logits(logits, seen.expand(-1, logits.size(-1)), sampling)
         chosen = torch.multinomial(F.softmax(filtered, dim=-1), 1, generator=generator).squeeze(-1)
@@ -345,12 +410,13 @@ class Models:
     reward_model: torch.nn.Module | None
     tokenizer: object
 
-    def reference_logprobs(self, rollout_ids, attn, positions, n_prompt, temperature) -> torch.Tensor:
+    def reference_logprobs(self, rollout_ids, attn, positions, n_prompt, temperature, group: int = 1
+                           ) -> torch.Tensor:
         actor = unwrap(self.actor)
         if self.ref is not None:
-            return sequence_logprobs(self.ref, rollout_ids, attn, positions, n_prompt, temperature)[0]
+            return sequence_logprobs(self.ref, rollout_ids, attn, positions, n_prompt, temperature, group=group)[0]
         with actor.disable_adapter():
-            return sequence_logprobs(actor, rollout_ids, attn, positions, n_prompt, temperature)[0]
+            return sequence_logprobs(actor, rollout_ids, attn, positions, n_prompt, temperature, group=group)[0]
 
 
 def _without_dropout(model: torch.nn.Module) -> torch.nn.Module:
@@ -391,7 +457,10 @@ def _load_models(config: PPOConfig, reward_fn: RewardFn | None, rt) -> Models:
 
 @torch.no_grad()
 def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig | RLOOConfig, kl_coef: float,
-                 generator: torch.Generator, reward_fn: RewardFn | None, timings: dict[str, float]) -> Rollout:
+                 generator: torch.Generator, reward_fn: RewardFn | None, timings: dict[str, float], group: int = 1
+                 ) -> Rollout:
+    """Sample, score and reward one batch. ``group``: the prompts come in consecutive groups of this many
+    copies (RLOO's k samples), whose prompt the reward model and the reference then run once per group."""
     actor, critic = unwrap(models.actor), unwrap(models.critic)
     tokenizer = models.tokenizer
     started = time.perf_counter()
@@ -399,7 +468,7 @@ def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig | R
                              config.max_prompt_length, config.truncation, what=f"prompt {p.id or i}")
                   for i, p in enumerate(prompts)]
     ids, attn, positions, n_prompt, mask, logprobs, eos = sample_responses(actor, tokenizer, prompt_ids, config,
-                                                                           generator)
+                                                                           generator, group)
     timings["generation"] += time.perf_counter() - started
 
     started = time.perf_counter()
@@ -410,8 +479,9 @@ def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig | R
     if reward_fn is not None:
         raw = torch.tensor([float(s) for s in reward_fn(rendered, texts)], dtype=torch.float32, device=ids.device)
     else:
-        raw = reward_model_scores(models.reward_model, ids, attn, positions, n_prompt + (lengths - 1).clamp(min=0))
-    ref_logprobs = models.reference_logprobs(ids, attn, positions, n_prompt, config.temperature) * mask
+        raw = reward_model_scores(models.reward_model, ids, attn, positions, n_prompt + (lengths - 1).clamp(min=0),
+                                  group, n_prompt)
+    ref_logprobs = models.reference_logprobs(ids, attn, positions, n_prompt, config.temperature, group) * mask
     values = (response_values(critic, ids, attn, positions, n_prompt) * mask if critic is not None
               else torch.zeros_like(logprobs))
     timings["scoring"] += time.perf_counter() - started
@@ -474,7 +544,7 @@ def _ptx_stream(config: PPOConfig, path: Path | None, tokenizer, seed: int) -> P
 
 def _optimizer(model, lr, config):
     params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.AdamW(params, lr=lr, betas=config.adam_betas, weight_decay=0.0)
+    return adamw(params, lr=lr, betas=config.adam_betas, weight_decay=0.0)
 
 
 def ppo_update(models: Models, rollout: Rollout, config: PPOConfig, optimizers, ptx: PtxStream | None, ema, rt,

@@ -33,7 +33,7 @@ import torch
 
 from training.config import RLOOConfig
 from training.kl import KLController
-from training.loop import CHECKPOINT, load_checkpoint, save_checkpoint
+from training.loop import CHECKPOINT, adamw, load_checkpoint, save_checkpoint
 from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
 from training.ppo import (
     Models,
@@ -98,7 +98,7 @@ def rloo_rollout(models: Models, prompts: list, config: RLOOConfig, kl_coef: flo
                  reward_fn: RewardFn | None, timings: dict[str, float]) -> Rollout:
     """PPO's rollout of each prompt k times (consecutive rows), with RLOO's advantages in place of GAE's."""
     repeated = [p for p in prompts for _ in range(config.k)]
-    rollout = make_rollout(models, repeated, config, kl_coef, generator, reward_fn, timings)
+    rollout = make_rollout(models, repeated, config, kl_coef, generator, reward_fn, timings, group=config.k)
     advantages = rloo_advantages(rollout.rewards, rollout.mask, config.k, per_token=config.kl_penalty == "token")
     return dataclasses.replace(rollout, advantages=advantages)
 
@@ -110,19 +110,25 @@ def rloo_metrics(rollout: Rollout, kl_coef: float) -> dict[str, float]:
 
 def rloo_update(models: Models, rollout: Rollout, config: RLOOConfig, optimizer, rt, should_stop
                 ) -> tuple[dict[str, float], bool]:
-    """``update_epochs`` passes over the rollout in minibatches. Returns (mean metrics, stopped early)."""
+    """``update_epochs`` passes over the rollout in minibatches. Returns (mean metrics, stopped early).
+    When a minibatch holds whole groups (``minibatch_size`` a multiple of k), minibatches are drawn group by
+    group, so that each group's prompt runs once in the forward and backward (``sequence_logprobs``'s
+    ``group``); otherwise row by row."""
     policy = models.actor
     cliprange = config.cliprange if config.loss == "clipped" else math.inf  # unclipped: mean(−A·ρ)
     sums: dict[str, float] = {}
     steps = 0
     n = rollout.input_ids.size(0)
+    device = rollout.input_ids.device
+    group = config.k if config.minibatch_size % config.k == 0 and n % config.k == 0 else 1
     for _ in range(config.update_epochs):
-        order = torch.randperm(n, device=rollout.input_ids.device)
+        order = (torch.randperm(n // group, device=device)[:, None] * group
+                 + torch.arange(group, device=device)).flatten()
         for start in range(0, n - config.minibatch_size + 1, config.minibatch_size):
             mb = rollout.rows(order[start:start + config.minibatch_size])
             logprobs, entropy = sequence_logprobs(policy, mb.input_ids, mb.attention_mask, mb.position_ids,
                                                   mb.n_prompt, config.temperature, with_entropy=True,
-                                                  entropy_grad=False)
+                                                  entropy_grad=False, group=group)
             loss, clipfrac, approx_kl = policy_loss(logprobs, mb.logprobs, mb.advantages, mb.mask, cliprange)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -158,7 +164,7 @@ def train_rloo(config: RLOOConfig, prompts: Path, out: Path, *, reward_fn: Rewar
     rt, records = start_rl(config, prompts)
     models = _load_models(config, reward_fn, rt)
     trainable = [p for p in models.actor.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate, betas=config.adam_betas, weight_decay=0.0)
+    optimizer = adamw(trainable, lr=config.learning_rate, betas=config.adam_betas, weight_decay=0.0)
     kl = KLController(config.kl_coef, config.adaptive_kl, config.kl_target, config.kl_horizon)
     checkpoint = out / CHECKPOINT
     start = 0

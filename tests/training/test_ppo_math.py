@@ -181,3 +181,120 @@ def test_response_log_probs_and_entropy_equal_the_full_logit_computation(wrappin
     assert torch.allclose(entropy, expected_entropy, atol=1e-5)
     _, entropy_with_grad = sequence_logprobs(model, ids, attn, pos, n_prompt, 0.7, with_entropy=True)
     assert torch.allclose(entropy_with_grad, expected_entropy, atol=1e-5)
+
+
+def _grouped_rows(group: int, n_prompt: int, n_response: int):
+    """Two prompts (one left-padded), each repeated ``group`` times in consecutive rows, with different
+    responses, two of them right-padded after an early end."""
+    torch.manual_seed(1)
+    prompts = torch.randint(2, 500, (2, n_prompt))
+    prompt_mask = torch.ones_like(prompts)
+    prompt_mask[0, :2] = 0
+    ids = torch.cat([prompts.repeat_interleave(group, 0), torch.randint(2, 500, (2 * group, n_response))], 1)
+    attn = torch.cat([prompt_mask.repeat_interleave(group, 0), torch.ones(2 * group, n_response, dtype=torch.long)], 1)
+    attn[1, -3:] = 0
+    attn[2 * group - 1, -1:] = 0
+    return ids, attn, (attn.cumsum(1) - 1).clamp(min=0)
+
+
+@pytest.mark.parametrize("wrapping", ["plain", "lora"])
+def test_rows_that_share_a_prompt_give_the_same_log_probs_and_gradients_when_the_prompt_runs_once(wrapping):
+    from training.config import RLOOConfig
+    from training.models import TINY_BASE, add_lora, load_causal_lm
+    from training.ppo import sequence_logprobs
+
+    model = load_causal_lm(TINY_BASE, torch.device("cpu")).eval()
+    if wrapping == "lora":
+        model = add_lora(model, RLOOConfig(policy="-", lora=True, lora_r=4, lora_alpha=8)).eval()
+    group, n_prompt = 3, 6
+    ids, attn, pos = _grouped_rows(group, n_prompt, 7)
+    mask = attn[:, n_prompt:].bool()
+    results = []
+    for g in (1, group):
+        model.zero_grad(set_to_none=True)
+        logprobs, entropy = sequence_logprobs(model, ids, attn, pos, n_prompt, 0.7, with_entropy=True, group=g)
+        (logprobs * mask).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        results.append((logprobs.detach(), entropy.detach(), grads))
+    (row_lp, row_ent, row_grads), (group_lp, group_ent, group_grads) = results
+    assert torch.allclose(group_lp[mask], row_lp[mask], atol=1e-5)
+    assert torch.allclose(group_ent[mask], row_ent[mask], atol=1e-5)
+    for a, b in zip(group_grads, row_grads, strict=True):  # equal up to float rounding, tensor by tensor
+        assert (a - b).abs().max() <= 1e-4 * b.abs().max() + 1e-7
+    assert any(g.abs().sum() > 0 for g in group_grads)  # the gradient is not trivially zero on both sides
+
+
+def test_shared_prompts_are_detected_only_where_the_rows_really_repeat_them():
+    from training.ppo import shares_prompts
+
+    ids, attn, _ = _grouped_rows(3, 6, 4)
+    assert shares_prompts(ids, attn, 6, 3)
+    assert not shares_prompts(ids, attn, 6, 2)  # 6 rows in pairs: rows 2 and 3 hold different prompts
+    assert not shares_prompts(ids, attn, 6, 4)  # not a whole number of groups
+    assert not shares_prompts(ids, attn, 6, 1)
+    changed = attn.clone()
+    changed[1, 1] = 1  # the same tokens, but one row's prompt padding differs
+    assert not shares_prompts(ids, changed, 6, 3)
+
+
+def test_reward_model_scores_equal_row_by_row_when_each_prompt_runs_once():
+    from training.models import TINY_BASE, load_causal_lm
+    from training.ppo import reward_model_scores
+    from training.reward import RewardModel
+
+    reward_model = RewardModel(load_causal_lm(TINY_BASE, torch.device("cpu")).base_model).eval()
+    torch.nn.init.normal_(reward_model.head.weight, std=1.0)
+    group, n_prompt = 3, 6
+    ids, attn, pos = _grouped_rows(group, n_prompt, 7)
+    last = n_prompt + attn[:, n_prompt:].sum(1) - 1
+    row_by_row = reward_model_scores(reward_model, ids, attn, pos, last)
+    grouped = reward_model_scores(reward_model, ids, attn, pos, last, group, n_prompt)
+    assert torch.allclose(grouped, row_by_row, atol=1e-5)
+    assert row_by_row.std() > 0  # different responses, different scores
+
+
+def test_sampling_k_responses_per_prompt_reads_each_prompt_once_and_samples_the_same_tokens():
+    from training.config import RLOOConfig
+    from training.models import TINY_BASE, load_causal_lm, load_tokenizer
+    from training.ppo import sample_responses
+
+    model = load_causal_lm(TINY_BASE, torch.device("cpu")).eval()
+    tokenizer = load_tokenizer(TINY_BASE)
+    config = RLOOConfig(policy=TINY_BASE, max_new_tokens=8, temperature=1.0, k=3)
+    prompts = [[5, 6, 7, 8], [9, 10]]
+    repeated = [p for p in prompts for _ in range(3)]
+    calls = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: calls.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
+    outputs = {}
+    for group in (1, 3):
+        calls.clear()
+        outputs[group] = sample_responses(model, tokenizer, repeated, config, torch.Generator().manual_seed(0), group)
+        outputs[f"first call {group}"] = calls[0]
+    hook.remove()
+    assert outputs["first call 1"] == (6, 4) and outputs["first call 3"] == (2, 4)  # the prompts, once each
+    (ids1, attn1, _, _, mask1, lp1, end1), (ids3, attn3, _, _, mask3, lp3, end3) = outputs[1], outputs[3]
+    assert torch.equal(ids1, ids3) and torch.equal(mask1, mask3) and torch.equal(end1, end3)
+    assert torch.allclose(lp1, lp3, atol=1e-5)
+
+
+def test_the_optimizer_is_fused_on_cpu_and_steps_as_the_default_adamw_does():
+    from training.loop import adamw
+
+    torch.manual_seed(0)
+    weights = [torch.randn(4, 3), torch.randn(3)]
+    grads = [torch.randn(4, 3), torch.randn(3)]
+    stepped = []
+    for make in (lambda ps: adamw(ps, lr=0.1, betas=(0.9, 0.95)),
+                 lambda ps: torch.optim.AdamW(ps, lr=0.1, betas=(0.9, 0.95), foreach=False)):
+        params = [torch.nn.Parameter(w.clone()) for w in weights]
+        optimizer = make(params)
+        for _ in range(3):
+            for p, g in zip(params, grads, strict=True):
+                p.grad = g.clone()
+            optimizer.step()
+        stepped.append(([p.detach() for p in params], optimizer.defaults.get("fused")))
+    (fused_params, fused), (plain_params, _) = stepped
+    assert fused is True
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(fused_params, plain_params, strict=True))
+    assert not torch.allclose(fused_params[0], weights[0])
