@@ -22,7 +22,16 @@ from training.config import DPOConfig
 from training.data import RankingExample, train_and_held_rankings
 from training.encoding import encode_group
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
-from training.models import add_lora, count_parameters, load_causal_lm, load_tokenizer, save_pretrained
+from training.models import (
+    add_lora,
+    count_parameters,
+    keeps_logits,
+    load_causal_lm,
+    load_tokenizer,
+    prefix_shared_passes,
+    save_pretrained,
+    shares_prefixes,
+)
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.reward import collate_rankings, pair_mask, pair_stats
 from training.runtime import Runtime, init_runtime, seed_all, unwrap, wrap
@@ -119,10 +128,20 @@ def collate_dpo(groups: list[Encoded], pad_id: int, ref_logps: list[list[float]]
                 ) -> dict[str, torch.Tensor]:
     """The reward model's batch (every response a right-padded row; ``slots``, ``ranks`` and ``weights`` per
     ranking), plus SFT's ``labels`` (the response tokens; prompt and padding ignored) and, when given, the
-    precomputed reference log-probs as (B, K) ``ref_logps`` (0 on padding)."""
-    batch = collate_rankings([(seqs, ranks, weight) for seqs, _, ranks, weight in groups], pad_id)
+    precomputed reference log-probs as (B, K) ``ref_logps`` (0 on padding). Also the shared-prefix layout
+    (each ranking's prompt once: ``collate_rankings``'s ``share_prefix``, stopped at the prompt) with its
+    ``tail_labels``: each tail token that is a response token, else ignored."""
+    batch = collate_rankings([(seqs, ranks, weight) for seqs, _, ranks, weight in groups], pad_id,
+                             share_prefix=[n_prompt for _, n_prompt, _, _ in groups])
     rows = [(seq, n_prompt) for seqs, n_prompt, _, _ in groups for seq in seqs]
     batch["labels"] = collate_lm(rows, pad_id)["labels"]
+    if "row_group" in batch:
+        shared = batch["prefix_mask"].sum(dim=1).tolist()
+        labels = torch.where(batch["tail_mask"].bool(), batch["tail_ids"], IGNORE)
+        for row, (_, n_prompt) in enumerate(rows):
+            before = n_prompt - shared[int(batch["row_group"][row])]  # prompt tokens left in this tail
+            labels[row, :max(before, 0)] = IGNORE
+        batch["tail_labels"] = labels
     if ref_logps is not None:
         padded = torch.zeros(batch["ranks"].shape, dtype=torch.float32)
         for b, values in enumerate(ref_logps):
@@ -132,9 +151,18 @@ def collate_dpo(groups: list[Encoded], pad_id: int, ref_logps: list[list[float]]
 
 
 def response_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """(B, K) summed log π(response | prompt) of each ranking's responses (0 on padding)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
-    labels = batch["labels"][:, 1:]
+    """(B, K) summed log π(response | prompt) of each ranking's responses (0 on padding). With the
+    shared-prefix layout and a model that allows it (``shares_prefixes``: not under DDP), each ranking's
+    prompt runs once, in the forward and the backward: its k responses then run on its KV cache."""
+    if "row_group" in batch and batch["tail_ids"].size(1) > 1 and shares_prefixes(model):
+        last_only = {"logits_to_keep": 1} if keeps_logits(model) else {}
+        head, tail = prefix_shared_passes(model, batch, drop_last=True, **last_only)
+        # The prompt's last position predicts each response's first token; the tail pass the rest.
+        logits = torch.cat([head.logits[:, -1:][batch["row_group"]], tail.logits], dim=1)
+        labels = batch["tail_labels"]
+    else:
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+        labels = batch["labels"][:, 1:]
     token_nll = F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), labels.reshape(-1),
                                 ignore_index=IGNORE, reduction="none").view(labels.shape)
     flat = -token_nll.sum(dim=1)

@@ -169,6 +169,38 @@ def returned_cache(output, keyword: str | None):
     return output[keyword] if keyword and keyword in output else output.past_key_values
 
 
+def prefix_shared_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, drop_last: bool = False,
+                         **prefix_options):
+    """Run a batch in the shared-prefix layout (``training.reward.collate_rankings`` with ``share_prefix``):
+    each group's prefix once (``prefix_ids``, left-padded), its KV cache then copied to the group's rows and
+    every row's tail (``tail_ids``, right-padded) run on it; ``drop_last`` leaves out the tails' last column
+    (a caller reading the logits that predict each tail token needs no output there). The gradient flows
+    back through the copies into the prefix pass. Returns (prefix pass output, tail pass output)."""
+    prefix_mask, rows = batch["prefix_mask"], batch["row_group"]
+    keyword = cache_keyword(model)
+    head = model(input_ids=batch["prefix_ids"], attention_mask=prefix_mask,
+                 position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, **prefix_options)
+    cache = returned_cache(head, keyword)
+    cache.batch_select_indices(rows)
+    tail_ids, tail_mask = batch["tail_ids"], batch["tail_mask"]
+    if drop_last:
+        tail_ids, tail_mask = tail_ids[:, :-1], tail_mask[:, :-1]
+    start = prefix_mask.sum(dim=1)[rows]
+    positions = start[:, None] + torch.arange(tail_ids.size(1), device=tail_ids.device)[None, :]
+    tail = model(input_ids=tail_ids, attention_mask=torch.cat([prefix_mask[rows], tail_mask], dim=1),
+                 position_ids=positions, use_cache=True, **{keyword: cache})
+    return head, tail
+
+
+def shares_prefixes(model: torch.nn.Module) -> bool:
+    """Whether ``prefix_shared_passes`` can run the model: one that takes a KV cache and keeps it on, not
+    under DDP (which expects one forward per backward; a wrapper that calls it inside its own forward is
+    fine)."""
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        return False
+    return cache_keyword(model) is not None and not drops_kv_cache(model)
+
+
 def cache_keyword(model: torch.nn.Module) -> str | None:
     """The forward argument of the model under any DDP or PEFT wrapper that takes a KV cache: ``cache``
     (transformers 5.x renamed it), ``past_key_values``, or None for a model that takes none."""

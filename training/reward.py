@@ -27,7 +27,15 @@ from training.config import RewardConfig
 from training.data import RankingExample, read_sft, train_and_held_rankings
 from training.encoding import encode_group, encode_pair
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
-from training.models import add_lora, count_parameters, load_tokenizer, servable, train_top_layers
+from training.models import (
+    add_lora,
+    count_parameters,
+    load_tokenizer,
+    prefix_shared_passes,
+    servable,
+    shares_prefixes,
+    train_top_layers,
+)
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.runtime import Runtime, init_runtime, seed_all, unwrap, wrap
 
@@ -99,9 +107,16 @@ class RewardModel(torch.nn.Module):
         self.split = 0  # layers below this index are frozen (see train_top)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                features: torch.Tensor | None = None) -> torch.Tensor:
+                features: torch.Tensor | None = None, shared: dict[str, torch.Tensor] | None = None
+                ) -> torch.Tensor:
         """(B,) rewards for right-padded sequences, read at each sequence's last real token. With
-        ``features`` (the frozen layers' output, from ``features``) only the layers above ``split`` run."""
+        ``features`` (the frozen layers' output, from ``features``) only the layers above ``split`` run.
+        With ``shared`` (a batch's shared-prefix layout, ``collate_rankings``) each group's common prefix
+        runs once (``training.models.prefix_shared_passes``); ``input_ids`` is then not read."""
+        if shared is not None:
+            _, tail = prefix_shared_passes(self.backbone, shared)
+            last = shared["tail_mask"].sum(dim=1) - 1
+            return self.head(tail.last_hidden_state[torch.arange(len(last), device=last.device), last]).squeeze(-1)
         if features is None:
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                    use_cache=False).last_hidden_state
@@ -183,11 +198,20 @@ def encode_ranking(tokenizer, example: RankingExample, config: RewardConfig) -> 
     return seqs, list(example.ranks), example.weight
 
 
-def collate_rankings(groups: list[Encoded], pad_id: int,
-                     features: list[list[torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
+SHARED_KEYS = ("prefix_ids", "prefix_mask", "tail_ids", "tail_mask", "row_group")
+
+
+def collate_rankings(groups: list[Encoded], pad_id: int, features: list[list[torch.Tensor]] | None = None,
+                     share_prefix: bool | Sequence[int] = False) -> dict[str, torch.Tensor]:
     """Every response of every group as one right-padded row; ``slots[b, i]`` is the row of group b's
     i-th response (−1 pads), ``ranks`` (0 pads) and ``weights`` are per group. ``features`` (cached
-    frozen-layer states, one (length, hidden) tensor per response) are padded alike."""
+    frozen-layer states, one (length, hidden) tensor per response) are padded alike.
+
+    ``share_prefix`` adds the shared-prefix layout of the same rows (``SHARED_KEYS``): each group's common
+    prefix (its prompt, at least) once, left-padded (``prefix_ids``, ``prefix_mask``), and each row's rest,
+    right-padded (``tail_ids``, ``tail_mask``; ``row_group`` is its group), for
+    ``training.models.prefix_shared_passes``. Every tail keeps at least one token; a sequence of caps (one
+    per group) stops each prefix there as well. Left out when some group shares no token."""
     rows = [seq for seqs, _, _ in groups for seq in seqs]
     width, k_max = max(map(len, rows)), max(len(seqs) for seqs, _, _ in groups)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -201,6 +225,9 @@ def collate_rankings(groups: list[Encoded], pad_id: int,
         for i, f in enumerate(flat):
             padded[i, :len(f)] = f
         extra["features"] = padded
+    if share_prefix is not False:
+        caps = [None] * len(groups) if share_prefix is True else list(share_prefix)
+        extra.update(_shared_layout([seqs for seqs, _, _ in groups], caps, pad_id))
     slots = torch.full((len(groups), k_max), -1, dtype=torch.long)
     ranks = torch.zeros((len(groups), k_max), dtype=torch.long)
     row = 0
@@ -211,6 +238,26 @@ def collate_rankings(groups: list[Encoded], pad_id: int,
     weights = torch.tensor([w for _, _, w in groups], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": mask, "slots": slots, "ranks": ranks, "weights": weights,
             **extra}
+
+
+def _shared_layout(groups: list[list[list[int]]], caps: list[int | None], pad_id: int) -> dict[str, torch.Tensor]:
+    lengths = [min(_common_prefix(seqs), min(map(len, seqs)) - 1, cap if cap is not None else len(seqs[0]))
+               for seqs, cap in zip(groups, caps, strict=True)]
+    if min(lengths) < 1:
+        return {}
+    tails = [seq[n:] for seqs, n in zip(groups, lengths, strict=True) for seq in seqs]
+    width, tail_width = max(lengths), max(map(len, tails))
+    prefix_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
+    prefix_mask = torch.zeros((len(groups), width), dtype=torch.long)
+    for g, (seqs, n) in enumerate(zip(groups, lengths, strict=True)):
+        prefix_ids[g, width - n:], prefix_mask[g, width - n:] = torch.tensor(seqs[0][:n]), 1
+    tail_ids = torch.full((len(tails), tail_width), pad_id, dtype=torch.long)
+    tail_mask = torch.zeros((len(tails), tail_width), dtype=torch.long)
+    for i, tail in enumerate(tails):
+        tail_ids[i, :len(tail)], tail_mask[i, :len(tail)] = torch.tensor(tail), 1
+    row_group = torch.tensor([g for g, seqs in enumerate(groups) for _ in seqs], dtype=torch.long)
+    return {"prefix_ids": prefix_ids, "prefix_mask": prefix_mask, "tail_ids": tail_ids, "tail_mask": tail_mask,
+            "row_group": row_group}
 
 
 @torch.no_grad()
@@ -269,7 +316,12 @@ def _common_prefix(seqs: list[list[int]]) -> int:
 
 
 def group_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    flat = model(batch["input_ids"], batch["attention_mask"], batch.get("features"))
+    """(B, K) rewards of each group's responses (0 on padding). A batch with the shared-prefix layout runs
+    each group's prompt once when the backbone allows it (``shares_prefixes``)."""
+    shared = None
+    if "row_group" in batch and "features" not in batch and shares_prefixes(unwrap(model).backbone):
+        shared = {key: batch[key] for key in SHARED_KEYS}
+    flat = model(batch["input_ids"], batch["attention_mask"], batch.get("features"), shared=shared)
     slots = batch["slots"]
     return torch.where(slots >= 0, flat[slots.clamp(min=0)], torch.zeros((), dtype=flat.dtype, device=flat.device))
 
@@ -301,7 +353,7 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
     for start in range(0, len(mine), batch_size):
         cached = my_features[start:start + batch_size] if my_features is not None else None
         batch = {k: v.to(rt.device) for k, v in collate_rankings(mine[start:start + batch_size], pad_id,
-                                                                 cached).items()}
+                                                                 cached, share_prefix=cached is None).items()}
         rewards = group_rewards(model, batch)
         n = len(batch["weights"])
         add("loss", batched_ranking_loss(rewards, batch["ranks"], batch["weights"]).item() * n)
@@ -402,7 +454,8 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     loop = Loop(
         model=wrap(model, rt), optimizer=optimizer, lengths=[max(map(len, s)) * len(s) for s, _, _ in train_groups],
         collate=lambda ids: collate_rankings([train_groups[i] for i in ids], pad,
-                                             [train_features[i] for i in ids] if train_features else None),
+                                             [train_features[i] for i in ids] if train_features else None,
+                                             share_prefix=not train_features),
         loss=rm_step, evaluate=evaluate,
         save_model=lambda m: m.save_pretrained(out, tokenizer),
         group_by_length=config.group_by_length,

@@ -273,7 +273,7 @@ def test_sampling_k_responses_per_prompt_reads_each_prompt_once_and_samples_the_
         outputs[f"first call {group}"] = calls[0]
     hook.remove()
     assert outputs["first call 1"] == (6, 4) and outputs["first call 3"] == (2, 4)  # the prompts, once each
-    (ids1, attn1, _, _, mask1, lp1, end1), (ids3, attn3, _, _, mask3, lp3, end3) = outputs[1], outputs[3]
+    (ids1, _, _, _, mask1, lp1, end1), (ids3, _, _, _, mask3, lp3, end3) = outputs[1], outputs[3]
     assert torch.equal(ids1, ids3) and torch.equal(mask1, mask3) and torch.equal(end1, end3)
     assert torch.allclose(lp1, lp3, atol=1e-5)
 
