@@ -199,6 +199,7 @@ def encode_ranking(tokenizer, example: RankingExample, config: RewardConfig) -> 
 
 
 SHARED_KEYS = ("prefix_ids", "prefix_mask", "tail_ids", "tail_mask", "row_group")
+SHARED_WORTH = 5 / 6  # the shared-prefix layout's padded positions, at most this share of the plain layout's
 
 
 def collate_rankings(groups: list[Encoded], pad_id: int, features: list[list[torch.Tensor]] | None = None,
@@ -211,7 +212,10 @@ def collate_rankings(groups: list[Encoded], pad_id: int, features: list[list[tor
     prefix (its prompt, at least) once, left-padded (``prefix_ids``, ``prefix_mask``), and each row's rest,
     right-padded (``tail_ids``, ``tail_mask``; ``row_group`` is its group), for
     ``training.models.prefix_shared_passes``. Every tail keeps at least one token; a sequence of caps (one
-    per group) stops each prefix there as well. Left out when some group shares no token."""
+    per group) stops each prefix there as well. Left out when some group shares no token, and when it would
+    not save a sixth of the padded positions: prefixes and tails are padded separately, so a batch that
+    mixes a long prompt with short answers and a short prompt with long ones can cost more than one
+    rectangle (HH-RLHF's pairs, batched by length, do: 6 % more positions than the plain rows)."""
     rows = [seq for seqs, _, _ in groups for seq in seqs]
     width, k_max = max(map(len, rows)), max(len(seqs) for seqs, _, _ in groups)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -247,6 +251,9 @@ def _shared_layout(groups: list[list[list[int]]], caps: list[int | None], pad_id
         return {}
     tails = [seq[n:] for seqs, n in zip(groups, lengths, strict=True) for seq in seqs]
     width, tail_width = max(lengths), max(map(len, tails))
+    plain = len(tails) * max(len(seq) for seqs in groups for seq in seqs)
+    if len(groups) * width + len(tails) * tail_width > SHARED_WORTH * plain:
+        return {}
     prefix_ids = torch.full((len(groups), width), pad_id, dtype=torch.long)
     prefix_mask = torch.zeros((len(groups), width), dtype=torch.long)
     for g, (seqs, n) in enumerate(zip(groups, lengths, strict=True)):

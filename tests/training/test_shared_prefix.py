@@ -47,11 +47,19 @@ def test_the_layout_holds_each_prompt_once_and_every_tail_keeps_a_token():
         prefix = batch["prefix_ids"][g][batch["prefix_mask"][g].bool()].tolist()
         tail = batch["tail_ids"][row][batch["tail_mask"][row].bool()].tolist()
         assert prefix + tail == seq
-    capped = collate_rankings(groups, PAD, share_prefix=[3, 3, 3])
-    assert capped["prefix_mask"].sum(1).tolist() == [3, 3, 3]
+    capped = collate_rankings(groups, PAD, share_prefix=[8, 4, 12])
+    assert capped["prefix_mask"].sum(1).tolist() == [8, 4, 12]
     unrelated = collate_rankings([([[5, 6], [7, 8]], [1, 2], 1.0)], PAD, share_prefix=True)
     assert "row_group" not in unrelated  # nothing in common: the plain layout only
     assert "row_group" not in collate_rankings(groups, PAD)
+
+
+def test_the_layout_is_left_out_where_padding_prefixes_and_tails_apart_would_cost_more():
+    long_prompt = ([list(range(2, 40)) + [50], list(range(2, 40)) + [51, 52]], [1, 2], 1.0)
+    long_answers = ([[3, 4] + list(range(60, 96)), [3, 4] + list(range(100, 137))], [1, 2], 1.0)
+    # Apart: 2 prefixes of 38 + 4 tails of 37 = 224 positions against 4 rows of 40 = 160.
+    assert "row_group" not in collate_rankings([long_prompt, long_answers], PAD, share_prefix=True)
+    assert "row_group" in collate_rankings([long_prompt], PAD, share_prefix=True)  # 38 + 2 × 2 against 80
 
 
 @pytest.mark.parametrize("lora", [False, True])
