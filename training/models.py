@@ -193,9 +193,9 @@ def prefix_shared_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor],
 
 
 def shares_prefixes(model: torch.nn.Module) -> bool:
-    """Whether ``prefix_shared_passes`` can run the model: one that takes a KV cache and keeps it on, not
-    under DDP (which expects one forward per backward; a wrapper that calls it inside its own forward is
-    fine)."""
+    """Whether a prefix's KV cache can be computed once and reused for several rows (``prefix_shared_passes``,
+    RLOO's groups in ``training.ppo``): for a model that takes a KV cache and keeps it on, not under DDP
+    (which expects one forward per backward; a wrapper that calls it inside its own forward is fine)."""
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return False
     return cache_keyword(model) is not None and not drops_kv_cache(model)

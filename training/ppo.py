@@ -42,12 +42,12 @@ from training.models import (
     add_lora,
     cache_keyword,
     count_parameters,
-    drops_kv_cache,
     keeps_logits,
     load_causal_lm,
     load_tokenizer,
     returned_cache,
     save_pretrained,
+    shares_prefixes,
     train_top_layers,
 )
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
@@ -200,14 +200,6 @@ def shares_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prom
     return True
 
 
-def _can_share_prompts(model: torch.nn.Module) -> bool:
-    """A prompt's KV cache can be computed once and repeated for its group: for a model that takes a cache, not
-    under DDP (one forward per backward) nor where the cache is turned off (``drops_kv_cache``)."""
-    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
-        return False
-    return cache_keyword(model) is not None and not drops_kv_cache(model)
-
-
 def _prompt_cache(model, input_ids, attention_mask, position_ids, n_prompt: int, group: int, **extra):
     """One forward over each group's prompt (its first row), its KV cache repeated for the group's rows: the
     prompt's share of a forward (and of its backward: the gradient flows through the repeat) is paid once per
@@ -228,7 +220,7 @@ def response_logits(model, input_ids, attention_mask, position_ids, n_prompt: in
     (``_prompt_cache``) and every row then runs only its response."""
     keep = input_ids.size(1) - n_prompt + 1
     takes_keep = keeps_logits(model)
-    if keep > 2 and shares_prompts(input_ids, attention_mask, n_prompt, group) and _can_share_prompts(model):
+    if keep > 2 and shares_prompts(input_ids, attention_mask, n_prompt, group) and shares_prefixes(model):
         head, cache = _prompt_cache(model, input_ids, attention_mask, position_ids, n_prompt, group,
                                     **({"logits_to_keep": 1} if takes_keep else {}))
         # The response's last token predicts nothing that is read: the second pass stops before it.
@@ -267,7 +259,7 @@ def reward_model_scores(reward_model, input_ids, attention_mask, position_ids, l
     rows = torch.arange(input_ids.size(0), device=input_ids.device)
     backbone = reward_model.backbone
     if (input_ids.size(1) > n_prompt and shares_prompts(input_ids, attention_mask, n_prompt, group)
-            and _can_share_prompts(backbone)):
+            and shares_prefixes(backbone)):
         _, cache = _prompt_cache(backbone, input_ids, attention_mask, position_ids, n_prompt, group)
         hidden = backbone(input_ids=input_ids[:, n_prompt:], attention_mask=attention_mask,
                           position_ids=position_ids[:, n_prompt:], use_cache=True, **cache).last_hidden_state
@@ -354,7 +346,7 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     lengths = torch.zeros(batch, dtype=torch.long, device=device)
     ended = torch.zeros(batch, dtype=torch.bool, device=device)
     mask_so_far = attn
-    shared = shares_prompts(ids, attn, width, group) and _can_share_prompts(actor)
+    shared = shares_prompts(ids, attn, width, group) and shares_prefixes(actor)
     for step in range(config.max_new_tokens):
         if step == 0 and shared:
             out, cache = _prompt_cache(actor, ids, attn, positions, width, group, **last_only)
