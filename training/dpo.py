@@ -25,12 +25,11 @@ from training.loop import CHECKPOINT, Loop, fit, make_optimizer
 from training.models import (
     add_lora,
     count_parameters,
-    keeps_logits,
     load_causal_lm,
     load_tokenizer,
-    prefix_shared_passes,
     save_pretrained,
     shares_prefixes,
+    tail_token_logits,
 )
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
 from training.reward import collate_rankings, pair_mask, pair_stats
@@ -155,11 +154,7 @@ def response_logps(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> to
     shared-prefix layout and a model that allows it (``shares_prefixes``: not under DDP), each ranking's
     prompt runs once, in the forward and the backward: its k responses then run on its KV cache."""
     if "row_group" in batch and batch["tail_ids"].size(1) > 1 and shares_prefixes(model):
-        last_only = {"logits_to_keep": 1} if keeps_logits(model) else {}
-        head, tail = prefix_shared_passes(model, batch, drop_last=True, **last_only)
-        # The prompt's last position predicts each response's first token; the tail pass the rest.
-        logits = torch.cat([head.logits[:, -1:][batch["row_group"]], tail.logits], dim=1)
-        labels = batch["tail_labels"]
+        logits, labels = tail_token_logits(model, batch), batch["tail_labels"]
     else:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
         labels = batch["labels"][:, 1:]

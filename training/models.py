@@ -169,27 +169,44 @@ def returned_cache(output, keyword: str | None):
     return output[keyword] if keyword and keyword in output else output.past_key_values
 
 
-def prefix_shared_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, drop_last: bool = False,
-                         **prefix_options):
-    """Run a batch in the shared-prefix layout (``training.reward.collate_rankings`` with ``share_prefix``):
-    each group's prefix once (``prefix_ids``, left-padded), its KV cache then copied to the group's rows and
-    every row's tail (``tail_ids``, right-padded) run on it; ``drop_last`` leaves out the tails' last column
-    (a caller reading the logits that predict each tail token needs no output there). The gradient flows
-    back through the copies into the prefix pass. Returns (prefix pass output, tail pass output)."""
-    prefix_mask, rows = batch["prefix_mask"], batch["row_group"]
+def prefix_cache(model: torch.nn.Module, prefix_ids: torch.Tensor, prefix_mask: torch.Tensor, rows: torch.Tensor,
+                 **options):
+    """One forward over each (left-padded) prefix, its KV cache then copied to ``rows`` (each row's prefix
+    index): a prefix's share of the forward, and of the backward through the copies, is paid once. Returns
+    (the pass's output, {the forward argument that takes the cache: the cache})."""
     keyword = cache_keyword(model)
-    head = model(input_ids=batch["prefix_ids"], attention_mask=prefix_mask,
-                 position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, **prefix_options)
+    head = model(input_ids=prefix_ids, attention_mask=prefix_mask,
+                 position_ids=(prefix_mask.cumsum(1) - 1).clamp(min=0), use_cache=True, **options)
     cache = returned_cache(head, keyword)
     cache.batch_select_indices(rows)
+    return head, {keyword: cache}
+
+
+def prefix_shared_passes(model: torch.nn.Module, batch: dict[str, torch.Tensor], *, drop_last: bool = False,
+                         **prefix_options):
+    """Run a batch in the shared-prefix layout (``training.reward.collate_rankings`` with ``share_prefix``, or
+    RLOO's groups: ``training.ppo.group_layout``): each group's prefix once (``prefix_cache``) and every
+    row's tail (``tail_ids``, right-padded) on its copy of the cache; ``drop_last`` leaves out the tails'
+    last column (a caller reading the logits that predict each tail token needs no output there). Returns
+    (prefix pass output, tail pass output)."""
+    prefix_mask, rows = batch["prefix_mask"], batch["row_group"]
+    head, cache = prefix_cache(model, batch["prefix_ids"], prefix_mask, rows, **prefix_options)
     tail_ids, tail_mask = batch["tail_ids"], batch["tail_mask"]
     if drop_last:
         tail_ids, tail_mask = tail_ids[:, :-1], tail_mask[:, :-1]
     start = prefix_mask.sum(dim=1)[rows]
     positions = start[:, None] + torch.arange(tail_ids.size(1), device=tail_ids.device)[None, :]
     tail = model(input_ids=tail_ids, attention_mask=torch.cat([prefix_mask[rows], tail_mask], dim=1),
-                 position_ids=positions, use_cache=True, **{keyword: cache})
+                 position_ids=positions, use_cache=True, **cache)
     return head, tail
+
+
+def tail_token_logits(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[N, T, V]: the causal LM's logits that predict each row's tail tokens in the shared-prefix layout (tails
+    of at least 2 columns): the prefix's last position predicts the first, the tail pass the rest."""
+    last_only = {"logits_to_keep": 1} if keeps_logits(model) else {}
+    head, tail = prefix_shared_passes(model, batch, drop_last=True, **last_only)
+    return torch.cat([head.logits[:, -1:][batch["row_group"]], tail.logits], dim=1)
 
 
 def shares_prefixes(model: torch.nn.Module) -> bool:

@@ -45,9 +45,12 @@ from training.models import (
     keeps_logits,
     load_causal_lm,
     load_tokenizer,
+    prefix_cache,
+    prefix_shared_passes,
     returned_cache,
     save_pretrained,
     shares_prefixes,
+    tail_token_logits,
     train_top_layers,
 )
 from training.reporting import OnLog, Reporter, ShouldStop, StageResult, never_stop, no_log
@@ -200,34 +203,24 @@ def shares_prompts(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prom
     return True
 
 
-def _prompt_cache(model, input_ids, attention_mask, position_ids, n_prompt: int, group: int, **extra):
-    """One forward over each group's prompt (its first row), its KV cache repeated for the group's rows: the
-    prompt's share of a forward (and of its backward: the gradient flows through the repeat) is paid once per
-    group instead of once per row. Returns the prompt pass's output and the forward argument that takes
-    the cache, with the cache."""
-    out = model(input_ids=input_ids[::group, :n_prompt], attention_mask=attention_mask[::group, :n_prompt],
-                position_ids=position_ids[::group, :n_prompt], use_cache=True, **extra)
-    keyword = cache_keyword(model)
-    cache = returned_cache(out, keyword)
-    cache.batch_repeat_interleave(group)
-    return out, {keyword: cache}
+def group_layout(input_ids: torch.Tensor, attention_mask: torch.Tensor, n_prompt: int, group: int
+                 ) -> dict[str, torch.Tensor]:
+    """Rows that share prompts in consecutive groups (``shares_prompts``) in the shared-prefix layout of
+    ``training.models.prefix_shared_passes``: each group's prompt once, each row's response as its tail."""
+    rows = torch.arange(input_ids.size(0) // group, device=input_ids.device).repeat_interleave(group)
+    return {"prefix_ids": input_ids[::group, :n_prompt], "prefix_mask": attention_mask[::group, :n_prompt],
+            "tail_ids": input_ids[:, n_prompt:], "tail_mask": attention_mask[:, n_prompt:], "row_group": rows}
 
 
 def response_logits(model, input_ids, attention_mask, position_ids, n_prompt: int, group: int = 1) -> torch.Tensor:
     """The logits that predict the response tokens ``input_ids[:, n_prompt:]``, [B, T, V] (positions
     n_prompt − 1 … end − 1). Only those positions get the LM head where the model supports it
     (``logits_to_keep``); with ``group`` > 1 and rows that share prompts in groups of it, each prompt runs once
-    (``_prompt_cache``) and every row then runs only its response."""
+    and every row then runs only its response (``group_layout``, ``training.models.tail_token_logits``)."""
     keep = input_ids.size(1) - n_prompt + 1
-    takes_keep = keeps_logits(model)
     if keep > 2 and shares_prompts(input_ids, attention_mask, n_prompt, group) and shares_prefixes(model):
-        head, cache = _prompt_cache(model, input_ids, attention_mask, position_ids, n_prompt, group,
-                                    **({"logits_to_keep": 1} if takes_keep else {}))
-        # The response's last token predicts nothing that is read: the second pass stops before it.
-        tail = model(input_ids=input_ids[:, n_prompt:-1], attention_mask=attention_mask[:, :-1],
-                     position_ids=position_ids[:, n_prompt:-1], use_cache=True, **cache).logits
-        return torch.cat([head.logits[:, -1:].repeat_interleave(group, dim=0), tail], dim=1)
-    extra = {"logits_to_keep": keep} if takes_keep else {}
+        return tail_token_logits(model, group_layout(input_ids, attention_mask, n_prompt, group))
+    extra = {"logits_to_keep": keep} if keeps_logits(model) else {}
     logits = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, **extra).logits
     return logits[:, logits.size(1) - keep:-1]  # either way, the response's positions
 
@@ -255,15 +248,13 @@ def response_values(critic, input_ids, attention_mask, position_ids, n_prompt: i
 def reward_model_scores(reward_model, input_ids, attention_mask, position_ids, last_index, group: int = 1,
                         n_prompt: int = 0) -> torch.Tensor:
     """The RM's scalar at each row's last response token (left-padded prompt + right-padded response). With
-    ``group`` > 1 and rows that share prompts in groups of it, each prompt runs once (``response_logits``)."""
+    ``group`` > 1 and rows that share prompts in groups of it, each prompt runs once (``group_layout``)."""
     rows = torch.arange(input_ids.size(0), device=input_ids.device)
     backbone = reward_model.backbone
     if (input_ids.size(1) > n_prompt and shares_prompts(input_ids, attention_mask, n_prompt, group)
             and shares_prefixes(backbone)):
-        _, cache = _prompt_cache(backbone, input_ids, attention_mask, position_ids, n_prompt, group)
-        hidden = backbone(input_ids=input_ids[:, n_prompt:], attention_mask=attention_mask,
-                          position_ids=position_ids[:, n_prompt:], use_cache=True, **cache).last_hidden_state
-        return reward_model.head(hidden[rows, last_index - n_prompt]).squeeze(-1).float()
+        _, tail = prefix_shared_passes(backbone, group_layout(input_ids, attention_mask, n_prompt, group))
+        return reward_model.head(tail.last_hidden_state[rows, last_index - n_prompt]).squeeze(-1).float()
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
     return reward_model.head(hidden[rows, last_index]).squeeze(-1).float()
 
@@ -324,7 +315,7 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     turn tokens, a stop string: ``training.generate.stop_rules``). Returns (input_ids, attention_mask,
     position_ids, P, response mask, sampling log-probs under logits / temperature, ended): ``ended`` is
     true for a response that ended by a rule rather than at ``max_new_tokens``. With ``group`` > 1 and
-    prompts in consecutive groups of it, each group's prompt is read once (``_prompt_cache``)."""
+    prompts in consecutive groups of it, each group's prompt is read once (``prefix_cache``)."""
     device = next(actor.parameters()).device
     batch, width = len(prompt_ids), max(map(len, prompt_ids))
     pad = tokenizer.pad_token_id
@@ -349,9 +340,10 @@ def sample_responses(actor, tokenizer, prompt_ids: list[list[int]], config: PPOC
     shared = shares_prompts(ids, attn, width, group) and shares_prefixes(actor)
     for step in range(config.max_new_tokens):
         if step == 0 and shared:
-            out, cache = _prompt_cache(actor, ids, attn, positions, width, group, **last_only)
+            rows = torch.arange(batch // group, device=device).repeat_interleave(group)
+            out, cache = prefix_cache(actor, ids[::group], attn[::group], rows, **last_only)
             cache = cache[cache_kw]
-            logits = out.logits[:, -1].float().repeat_interleave(group, dim=0)
+            logits = out.logits[:, -1].float()[rows]
         else:
             out = actor(input_ids=current, attention_mask=mask_so_far, position_ids=step_positions, use_cache=True,
                         **{cache_kw: cache}, **last_only)
