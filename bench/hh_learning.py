@@ -66,6 +66,7 @@ def rm_config(args, out_pairs: int) -> RewardConfig:
     steps_per_epoch = -(-out_pairs // args.batch_size)
     lora = dict(lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r) if not args.layers else {}
     return RewardConfig(base=str(args.base), chat_template=True, train_layers=args.layers, max_length=args.max_length,
+                        pooling=args.pooling,
                         **lora, batch_size=args.batch_size, learning_rate=args.lr, epochs=args.epochs,
                         warmup_steps=max(1, round(0.05 * steps_per_epoch * args.epochs)), min_lr_ratio=0.0,
                         adam_betas=(0.9, 0.999), weight_decay=0.0, max_grad_norm=1.0, seed=args.seed,
@@ -96,7 +97,8 @@ class HeldOut:
             print(f"held-out: {len(self.groups)} pairs cached in {time.perf_counter() - started:.0f} s", flush=True)
 
     def accuracy(self, model: RewardModel) -> dict:
-        seqs = [s for group, _, _ in self.groups for s in group]
+        seqs = [s for group, *_ in self.groups for s in group]
+        starts = [group[3] for group in self.groups for _ in group[0]]
         if self.features is None:
             from training.reward import collate_rankings
 
@@ -104,14 +106,15 @@ class HeldOut:
             with torch.no_grad():
                 for start in range(0, len(order), 16):
                     chunk = order[start:start + 16]
-                    batch = collate_rankings([([seqs[i] for i in chunk], [1] * len(chunk), 1.0)],
+                    batch = collate_rankings([([seqs[i]], [1], 1.0, starts[i]) for i in chunk],
                                              self.tokenizer.pad_token_id)
-                    for i, value in zip(chunk, model.eval()(batch["input_ids"], batch["attention_mask"]).tolist(),
-                                        strict=True):
+                    values = model.eval()(batch["input_ids"], batch["attention_mask"],
+                                          response_start=batch["response_start"])
+                    for i, value in zip(chunk, values.tolist(), strict=True):
                         scores[i] = value
             return per_subset(self.examples, scores)
         feats = [f for group in self.features for f in group]
-        scores = score_cached(model, seqs, feats, self.tokenizer.pad_token_id, 32)
+        scores = score_cached(model, seqs, feats, self.tokenizer.pad_token_id, 32, starts=starts)
         return per_subset(self.examples, scores)
 
     def heuristics(self) -> dict:
@@ -234,11 +237,14 @@ def load_memo(args, half: str) -> tuple[dict, Path]:
 
 def curve(args, half: str = "rm") -> None:
     examples = data.read_rankings(args.work / f"{half}.jsonl")
+    if args.both_halves:  # proof 1 alone: how far more data goes (the judge then shares the RM's data)
+        half, examples = "both", examples + data.read_rankings(args.work / f"{'judge' if half == 'rm' else 'rm'}.jsonl")
     sizes = [n for n in args.sizes if n < len(examples)] + [len(examples)]
     memo, memo_path = load_memo(args, half)
     held = HeldOut(args, memo)
     cached = len(memo)
-    results: dict = {"half": half, "layers": args.layers, "batch_size": args.batch_size, "epochs": args.epochs,
+    results: dict = {"half": half, "layers": args.layers, "pooling": args.pooling, "lora_r": args.lora_r,
+                     "batch_size": args.batch_size, "epochs": args.epochs,
                      "seed": args.seed, "max_length": args.max_length, "lr": args.lr, "heldout": held.heuristics(),
                      "points": []}
     for n in sizes:
@@ -317,6 +323,10 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=BASE)
     parser.add_argument("--layers", type=int, default=4, help="top transformer layers trained (of 30); 0: LoRA")
     parser.add_argument("--lora-r", type=int, default=16, help="with --layers 0: LoRA on every layer, this rank")
+    parser.add_argument("--both-halves", action="store_true",
+                        help="curve: train on both halves (proof 1's learning curve; no judge can be trained then)")
+    parser.add_argument("--pooling", choices=["last", "mean"], default="last",
+                        help="what the head reads: the last token, or the mean over the response")
     parser.add_argument("--epochs", type=float, default=2)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=3e-5)

@@ -125,6 +125,9 @@ class SFTConfig(TrainConfig):
         self._check(bool(self.base), "base (model path or hub id) is required")
 
 
+POOLINGS = ("last", "mean")
+
+
 @dataclass
 class RewardConfig(TrainConfig):
     """Reward model: a scalar head on a causal LM's last hidden state, InstructGPT k-way loss.
@@ -136,6 +139,8 @@ class RewardConfig(TrainConfig):
     normalize: bool = True          # shift the bias so demonstrations score mean 0 (InstructGPT)
     train_layers: int = 0           # > 0: train only the top n transformer layers (all their weights) and
                                     # the head; the frozen layers below run once per sequence, cached
+    pooling: str = "last"           # what the head reads: "last" (the last token's state) or "mean" (the
+                                    # mean state over the response's tokens, end-of-turn marker included)
     batch_size: int = 4
     learning_rate: float = 2e-5
 
@@ -144,6 +149,7 @@ class RewardConfig(TrainConfig):
         self._check(bool(self.base), "base (model path or hub id) is required")
         self._check(self.train_layers >= 0, "train_layers must be >= 0 (0 = every layer)")
         self._check(not (self.train_layers and self.lora), "train_layers and lora are exclusive")
+        self._check(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}")
 
 
 DPO_LOSSES = ("listwise", "pairwise")

@@ -31,7 +31,10 @@ def encode_response(tokenizer, prompt: Prompt, response: str, *, chat_template: 
     full = tokenizer.apply_chat_template(messages + [{"role": "assistant", "content": response}], tokenize=False)
     if not full.startswith(head):
         raise ValueError("the chat template does not extend the generation prompt with the assistant turn")
-    return tokenizer(full[len(head):], add_special_tokens=False)["input_ids"]
+    # The turn ends at its end-of-turn token: the whitespace a template puts after it (ChatML's "\n") only
+    # separates it from a next turn, and generation, which stops at that token, never writes it. So a
+    # response is the same tokens here as in a rollout, and a reward model reads both alike.
+    return tokenizer(full[len(head):].rstrip(), add_special_tokens=False)["input_ids"]
 
 
 def fit_prompt(prompt_ids: list[int], budget: int, truncation: str, what: str = "prompt") -> list[int]:

@@ -245,18 +245,20 @@ def response_values(critic, input_ids, attention_mask, position_ids, n_prompt: i
 
 
 @torch.no_grad()
-def reward_model_scores(reward_model, input_ids, attention_mask, position_ids, last_index, group: int = 1,
-                        n_prompt: int = 0) -> torch.Tensor:
-    """The RM's scalar at each row's last response token (left-padded prompt + right-padded response). With
-    ``group`` > 1 and rows that share prompts in groups of it, each prompt runs once (``group_layout``)."""
-    rows = torch.arange(input_ids.size(0), device=input_ids.device)
+def reward_model_scores(reward_model, input_ids, attention_mask, position_ids, last_index, group: int = 1, *,
+                        n_prompt: int) -> torch.Tensor:
+    """The RM's scalar for each row (left-padded prompt of ``n_prompt`` columns + right-padded response),
+    read as the RM reads it (``RewardModel.score``): at the last response token, or averaged over the
+    response. With ``group`` > 1 and rows that share prompts in groups of it, each prompt runs once
+    (``group_layout``)."""
     backbone = reward_model.backbone
     if (input_ids.size(1) > n_prompt and shares_prompts(input_ids, attention_mask, n_prompt, group)
             and shares_prefixes(backbone)):
         _, tail = prefix_shared_passes(backbone, group_layout(input_ids, attention_mask, n_prompt, group))
-        return reward_model.head(tail.last_hidden_state[rows, last_index - n_prompt]).squeeze(-1).float()
+        return reward_model.score(tail.last_hidden_state, last_index - n_prompt,
+                                  torch.zeros_like(last_index)).float()
     hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids).last_hidden_state
-    return reward_model.head(hidden[rows, last_index]).squeeze(-1).float()
+    return reward_model.score(hidden, last_index, torch.full_like(last_index, n_prompt)).float()
 
 
 # --- rollout ---------------------------------------------------------------------------------------
@@ -464,7 +466,7 @@ def make_rollout(models: Models, prompts: list[PPOPrompt], config: PPOConfig | R
         raw = torch.tensor([float(s) for s in reward_fn(rendered, texts)], dtype=torch.float32, device=ids.device)
     else:
         raw = reward_model_scores(models.reward_model, ids, attn, positions, n_prompt + (lengths - 1).clamp(min=0),
-                                  group, n_prompt)
+                                  group, n_prompt=n_prompt)
     ref_logprobs = models.reference_logprobs(ids, attn, positions, n_prompt, config.temperature, group) * mask
     values = (response_values(critic, ids, attn, positions, n_prompt) * mask if critic is not None
               else torch.zeros_like(logprobs))
@@ -624,7 +626,7 @@ def held_out_metrics(models: Models, records: list[PPOPrompt], config: PPOConfig
         eos += rollout.eos.float().tolist()
         if judge is not None:
             judged += reward_model_scores(judge, rollout.input_ids, rollout.attention_mask, rollout.position_ids,
-                                          last).tolist()
+                                          last, n_prompt=rollout.n_prompt).tolist()
     n = len(scores)
     metrics = {"eval/score": sum(scores) / n, "eval/kl": sum(kls) / n, "eval/length": sum(lengths) / n,
                "eval/eos_rate": sum(eos) / n}

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from training.config import RewardConfig
+from training.config import POOLINGS, RewardConfig
 from training.data import RankingExample, read_sft, train_and_held_rankings
 from training.encoding import encode_group, encode_pair
 from training.loop import CHECKPOINT, Loop, fit, make_optimizer
@@ -95,10 +95,13 @@ def pair_stats(rewards: torch.Tensor, ranks: torch.Tensor) -> tuple[float, float
 class RewardModel(torch.nn.Module):
     """A transformer backbone (no LM head) and a linear head giving one scalar per sequence."""
 
-    def __init__(self, backbone: torch.nn.Module, chat_template: bool = False):
+    def __init__(self, backbone: torch.nn.Module, chat_template: bool = False, pooling: str = "last"):
         super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}, got {pooling!r}")
         self.backbone = backbone
         self.chat_template = chat_template
+        self.pooling = pooling
         hidden = backbone.config.hidden_size
         self.head = torch.nn.Linear(hidden, 1)
         torch.nn.init.normal_(self.head.weight, std=1 / (hidden + 1) ** 0.5)
@@ -107,16 +110,22 @@ class RewardModel(torch.nn.Module):
         self.split = 0  # layers below this index are frozen (see train_top)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                features: torch.Tensor | None = None, shared: dict[str, torch.Tensor] | None = None
-                ) -> torch.Tensor:
-        """(B,) rewards for right-padded sequences, read at each sequence's last real token. With
-        ``features`` (the frozen layers' output, from ``features``) only the layers above ``split`` run.
-        With ``shared`` (a batch's shared-prefix layout, ``collate_rankings``) each group's common prefix
-        runs once (``training.models.prefix_shared_passes``); ``input_ids`` is then not read."""
+                features: torch.Tensor | None = None, shared: dict[str, torch.Tensor] | None = None,
+                response_start: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) rewards for right-padded sequences, read at each sequence's last real token (``pooling``
+        "last") or averaged over its response, from ``response_start`` (each row's first response token) to
+        its end ("mean"). With ``features`` (the frozen layers' output, from ``features``) only the layers
+        above ``split`` run. With ``shared`` (a batch's shared-prefix layout, ``collate_rankings``) each
+        group's common prefix runs once (``training.models.prefix_shared_passes``); ``input_ids`` is then
+        not read, and a "mean" prefix must stop at the response."""
         if shared is not None:
             _, tail = prefix_shared_passes(self.backbone, shared)
-            last = shared["tail_mask"].sum(dim=1) - 1
-            return self.head(tail.last_hidden_state[torch.arange(len(last), device=last.device), last]).squeeze(-1)
+            start = None
+            if response_start is not None:
+                start = response_start - shared["prefix_mask"].sum(dim=1)[shared["row_group"]]
+                if bool((start < 0).any()):
+                    raise ValueError("a shared prefix runs into the response: cap it at the prompt")
+            return self.score(tail.last_hidden_state, shared["tail_mask"].sum(dim=1) - 1, start)
         if features is None:
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask,
                                    use_cache=False).last_hidden_state
@@ -124,8 +133,20 @@ class RewardModel(torch.nn.Module):
             with self._only(self.backbone.layers[self.split:], self.backbone.norm):
                 hidden = self.backbone(inputs_embeds=features, attention_mask=attention_mask,
                                        use_cache=False).last_hidden_state
-        last = attention_mask.sum(dim=1) - 1
-        return self.head(hidden[torch.arange(len(last), device=last.device), last]).squeeze(-1)
+        return self.score(hidden, attention_mask.sum(dim=1) - 1, response_start)
+
+    def score(self, hidden: torch.Tensor, last: torch.Tensor, start: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) rewards from the final hidden states (B, T, hidden): the head on the state at each row's
+        ``last`` position, or ("mean" pooling) on the mean state over positions ``start``..``last``."""
+        rows = torch.arange(len(last), device=last.device)
+        if self.pooling == "last":
+            return self.head(hidden[rows, last]).squeeze(-1)
+        if start is None:
+            raise ValueError("mean pooling reads the response: pass each row's response_start")
+        positions = torch.arange(hidden.size(1), device=hidden.device)[None, :]
+        keep = ((positions >= start[:, None]) & (positions <= last[:, None])).to(hidden.dtype)
+        pooled = (hidden * keep[..., None]).sum(dim=1) / keep.sum(dim=1, keepdim=True).clamp(min=1)
+        return self.head(pooled).squeeze(-1)
 
     def train_top(self, n: int) -> None:
         """Freeze the embeddings and every layer but the top ``n``; check that running the frozen part
@@ -137,9 +158,10 @@ class RewardModel(torch.nn.Module):
                              f"{type(self.backbone).__name__} has none")
         self.split = train_top_layers(self.backbone, n)
         ids = torch.arange(3, 11, device=self.head.weight.device).unsqueeze(0)
-        mask = torch.ones_like(ids)
+        mask, start = torch.ones_like(ids), torch.zeros(1, dtype=torch.long, device=ids.device)
         with torch.no_grad():
-            full, split = self(ids, mask), self(ids, mask, self.features(ids, mask))
+            full = self(ids, mask, response_start=start)
+            split = self(ids, mask, self.features(ids, mask), response_start=start)
         if not torch.allclose(full, split, atol=1e-4, rtol=1e-4):
             raise ValueError(f"train_layers is not supported for {type(self.backbone).__name__}: running its "
                              f"layers in two parts changes the output ({float(full[0]):.5f} vs {float(split[0]):.5f})")
@@ -172,7 +194,7 @@ class RewardModel(torch.nn.Module):
         backbone = AutoModel.from_pretrained(str(path), dtype=torch.float32)
         meta_file = Path(path) / REWARD_CONFIG_FILE
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        model = cls(backbone, chat_template=meta.get("chat_template", False))
+        model = cls(backbone, chat_template=meta.get("chat_template", False), pooling=meta.get("pooling", "last"))
         if (Path(path) / HEAD_FILE).exists():
             model.head.load_state_dict(load_file(str(Path(path) / HEAD_FILE)))
         return model.to(device)
@@ -182,20 +204,21 @@ class RewardModel(torch.nn.Module):
         servable(self.backbone).save_pretrained(out, safe_serialization=True)
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()}, str(out / HEAD_FILE))
         (out / REWARD_CONFIG_FILE).write_text(json.dumps({"type": "training.reward.RewardModel",
-                                                          "chat_template": self.chat_template}, indent=2))
+                                                          "chat_template": self.chat_template,
+                                                          "pooling": self.pooling}, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(out)
 
 
 # --- batching ---
 
-Encoded = tuple[list[list[int]], list[int], float]  # (k token sequences, ranks, weight)
+Encoded = tuple[list[list[int]], list[int], float, int]  # (k token sequences, ranks, weight, prompt tokens)
 
 
 def encode_ranking(tokenizer, example: RankingExample, config: RewardConfig) -> Encoded:
-    seqs, _ = encode_group(tokenizer, example.prompt, example.responses, max_length=config.max_length,
-                           truncation=config.truncation, chat_template=config.chat_template)
-    return seqs, list(example.ranks), example.weight
+    seqs, n_prompt = encode_group(tokenizer, example.prompt, example.responses, max_length=config.max_length,
+                                  truncation=config.truncation, chat_template=config.chat_template)
+    return seqs, list(example.ranks), example.weight, n_prompt
 
 
 SHARED_KEYS = ("prefix_ids", "prefix_mask", "tail_ids", "tail_mask", "row_group")
@@ -206,7 +229,8 @@ def collate_rankings(groups: list[Encoded], pad_id: int, features: list[list[tor
                      share_prefix: bool | Sequence[int] = False) -> dict[str, torch.Tensor]:
     """Every response of every group as one right-padded row; ``slots[b, i]`` is the row of group b's
     i-th response (−1 pads), ``ranks`` (0 pads) and ``weights`` are per group. ``features`` (cached
-    frozen-layer states, one (length, hidden) tensor per response) are padded alike.
+    frozen-layer states, one (length, hidden) tensor per response) are padded alike. Groups that carry
+    their prompt's length (``Encoded``'s fourth item; all or none) give each row's ``response_start``.
 
     ``share_prefix`` adds the shared-prefix layout of the same rows (``SHARED_KEYS``): each group's common
     prefix (its prompt, at least) once, left-padded (``prefix_ids``, ``prefix_mask``), and each row's rest,
@@ -216,8 +240,9 @@ def collate_rankings(groups: list[Encoded], pad_id: int, features: list[list[tor
     not save a sixth of the padded positions: prefixes and tails are padded separately, so a batch that
     mixes a long prompt with short answers and a short prompt with long ones can cost more than one
     rectangle (HH-RLHF's pairs, batched by length, do: 6 % more positions than the plain rows)."""
-    rows = [seq for seqs, _, _ in groups for seq in seqs]
-    width, k_max = max(map(len, rows)), max(len(seqs) for seqs, _, _ in groups)
+    rows = [seq for seqs, *_ in groups for seq in seqs]
+    starts = [group[3] for group in groups] if all(len(group) > 3 for group in groups) else None
+    width, k_max = max(map(len, rows)), max(len(seqs) for seqs, *_ in groups)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, seq in enumerate(rows):
@@ -229,17 +254,20 @@ def collate_rankings(groups: list[Encoded], pad_id: int, features: list[list[tor
         for i, f in enumerate(flat):
             padded[i, :len(f)] = f
         extra["features"] = padded
-    if share_prefix is not False:
-        caps = [None] * len(groups) if share_prefix is True else list(share_prefix)
-        extra.update(_shared_layout([seqs for seqs, _, _ in groups], caps, pad_id))
+    if starts is not None:
+        extra["response_start"] = torch.tensor([n for (seqs, *_), n in zip(groups, starts, strict=True)
+                                                for _ in seqs], dtype=torch.long)
+    if share_prefix is not False:  # a known prompt caps the prefix: the responses stay whole in the tails
+        caps = (starts or [None] * len(groups)) if share_prefix is True else list(share_prefix)
+        extra.update(_shared_layout([seqs for seqs, *_ in groups], caps, pad_id))
     slots = torch.full((len(groups), k_max), -1, dtype=torch.long)
     ranks = torch.zeros((len(groups), k_max), dtype=torch.long)
     row = 0
-    for b, (seqs, group_ranks, _) in enumerate(groups):
+    for b, (seqs, group_ranks, *_) in enumerate(groups):
         slots[b, :len(seqs)] = torch.arange(row, row + len(seqs))
         ranks[b, :len(seqs)] = torch.tensor(group_ranks)
         row += len(seqs)
-    weights = torch.tensor([w for _, _, w in groups], dtype=torch.float32)
+    weights = torch.tensor([group[2] for group in groups], dtype=torch.float32)
     return {"input_ids": input_ids, "attention_mask": mask, "slots": slots, "ranks": ranks, "weights": weights,
             **extra}
 
@@ -280,7 +308,7 @@ def cache_features(model: RewardModel, groups: list[Encoded], pad_id: int, on_pr
     model.eval()
     device = model.head.weight.device
     memo = memo if memo is not None else {}
-    out: list[list[torch.Tensor | None]] = [[memo.get(tuple(seq)) for seq in group] for group, _, _ in groups]
+    out: list[list[torch.Tensor | None]] = [[memo.get(tuple(seq)) for seq in group] for group, *_ in groups]
     todo = [g for g, row in enumerate(out) if any(f is None for f in row)]
     total = sum(len(groups[g][0]) for g in todo)
     done = 0
@@ -328,7 +356,8 @@ def group_rewards(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tor
     shared = None
     if "row_group" in batch and "features" not in batch and shares_prefixes(unwrap(model).backbone):
         shared = {key: batch[key] for key in SHARED_KEYS}
-    flat = model(batch["input_ids"], batch["attention_mask"], batch.get("features"), shared=shared)
+    flat = model(batch["input_ids"], batch["attention_mask"], batch.get("features"), shared=shared,
+                 response_start=batch.get("response_start"))
     slots = batch["slots"]
     return torch.where(slots >= 0, flat[slots.clamp(min=0)], torch.zeros((), dtype=flat.dtype, device=flat.device))
 
@@ -350,7 +379,7 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
     my_features = features[rt.rank::rt.world_size] if features is not None else None
     # Every rank sums the same names (per-k included) so that all_sum lines up.
     stats: dict[str, float] = {name: 0.0 for name in ("loss", "groups", "r_sum", "r_sq", "responses", "margin")}
-    for k in {len(seqs) for seqs, _, _ in groups}:
+    for k in {len(seqs) for seqs, *_ in groups}:
         for key in ("", f"/k{k}"):
             stats["correct" + key] = stats["pairs" + key] = 0.0
 
@@ -404,15 +433,16 @@ def score_pairs(model: RewardModel, tokenizer, pairs: list[tuple], *, max_length
     """Rewards of (prompt, response) pairs, in order (the inference entry point)."""
     model.eval()
     device = next(model.parameters()).device
-    seqs = [encode_pair(tokenizer, p, r, max_length=max_length, chat_template=model.chat_template)[0]
-            for p, r in pairs]
-    order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
-    out = [0.0] * len(seqs)
+    encoded = [encode_pair(tokenizer, p, r, max_length=max_length, chat_template=model.chat_template)
+               for p, r in pairs]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
+    out = [0.0] * len(encoded)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = collate_rankings([([seqs[i] for i in chunk], [1] * len(chunk), 1.0)], tokenizer.pad_token_id)
-        for i, value in zip(chunk, model(batch["input_ids"].to(device), batch["attention_mask"].to(device)).tolist(),
-                            strict=True):
+        batch = collate_rankings([([encoded[i][0]], [1], 1.0, encoded[i][1]) for i in chunk], tokenizer.pad_token_id)
+        values = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                       response_start=batch["response_start"].to(device))
+        for i, value in zip(chunk, values.tolist(), strict=True):
             out[i] = value
     return out
 
@@ -439,7 +469,7 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     held_groups = [encode_ranking(tokenizer, e, config) for e in held]
 
     model = RewardModel.from_pretrained(config.base, rt.device)
-    model.chat_template = config.chat_template
+    model.chat_template, model.pooling = config.chat_template, config.pooling
     if config.lora:
         model.backbone = add_lora(model.backbone, config, task_type="FEATURE_EXTRACTION")
     if config.train_layers:
@@ -459,7 +489,7 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     evaluate = (lambda m: evaluate_rankings(m, held_groups, pad, config.batch_size * 2, rt, held_features)
                 ) if held_groups else None
     loop = Loop(
-        model=wrap(model, rt), optimizer=optimizer, lengths=[max(map(len, s)) * len(s) for s, _, _ in train_groups],
+        model=wrap(model, rt), optimizer=optimizer, lengths=[max(map(len, s)) * len(s) for s, *_ in train_groups],
         collate=lambda ids: collate_rankings([train_groups[i] for i in ids], pad,
                                              [train_features[i] for i in ids] if train_features else None,
                                              share_prefix=not train_features),
@@ -485,7 +515,8 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
             if demonstrations is None and train_features is not None:
                 best = [(g, e.ranks.index(min(e.ranks))) for g, e in enumerate(train)]
                 rewards = score_cached(final, [train_groups[g][0][i] for g, i in best],
-                                       [train_features[g][i] for g, i in best], pad, config.batch_size * 4)
+                                       [train_features[g][i] for g, i in best], pad, config.batch_size * 4,
+                                       starts=[train_groups[g][3] for g, _ in best])
                 count = len(best)
             else:
                 demos = ([(e.prompt, e.response) for e in read_sft(demonstrations)] if demonstrations is not None
@@ -520,16 +551,19 @@ def _cache_progress(reporter: Reporter):
 
 @torch.no_grad()
 def score_cached(model: RewardModel, seqs: list[list[int]], features: list[torch.Tensor], pad_id: int,
-                 batch_size: int) -> list[float]:
-    """Rewards of token sequences whose frozen-layer states are cached, in order."""
+                 batch_size: int, starts: list[int] | None = None) -> list[float]:
+    """Rewards of token sequences whose frozen-layer states are cached, in order; ``starts``: each
+    sequence's first response token (needed by "mean" pooling)."""
     model.eval()
     device = model.head.weight.device
     out: list[float] = []
     for start in range(0, len(seqs), batch_size):
         chunk = list(range(start, min(start + batch_size, len(seqs))))
-        batch = collate_rankings([([seqs[i] for i in chunk], [1] * len(chunk), 1.0)], pad_id,
-                                 [[features[i] for i in chunk]])
-        out += model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "features"))).tolist()
+        groups = [([seqs[i]], [1], 1.0) + ((starts[i],) if starts is not None else ()) for i in chunk]
+        batch = collate_rankings(groups, pad_id, [[features[i]] for i in chunk])
+        start_of = batch["response_start"].to(device) if starts is not None else None
+        out += model(*(batch[k].to(device) for k in ("input_ids", "attention_mask", "features")),
+                     response_start=start_of).tolist()
     return out
 
 

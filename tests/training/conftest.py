@@ -66,3 +66,23 @@ def sft_file(tmp_path) -> Path:
 @pytest.fixture
 def ranking_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "rankings.jsonl", ranking_records())
+
+
+@pytest.fixture(scope="session")
+def tiny_llama(tiny_base, tmp_path_factory):
+    """A 3-layer Llama (rotary positions, RMSNorm) with the tiny base's tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from training.models import load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_base)
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
+                                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
+                                         eos_token_id=tokenizer.eos_token_id))
+    out = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out

@@ -237,18 +237,19 @@ def test_shared_prompts_are_detected_only_where_the_rows_really_repeat_them():
     assert not shares_prompts(ids, changed, 6, 3)
 
 
-def test_reward_model_scores_equal_row_by_row_when_each_prompt_runs_once():
+@pytest.mark.parametrize("pooling", ["last", "mean"])
+def test_reward_model_scores_equal_row_by_row_when_each_prompt_runs_once(pooling):
     from training.models import TINY_BASE, load_causal_lm
     from training.ppo import reward_model_scores
     from training.reward import RewardModel
 
-    reward_model = RewardModel(load_causal_lm(TINY_BASE, torch.device("cpu")).base_model).eval()
+    reward_model = RewardModel(load_causal_lm(TINY_BASE, torch.device("cpu")).base_model, pooling=pooling).eval()
     torch.nn.init.normal_(reward_model.head.weight, std=1.0)
     group, n_prompt = 3, 6
     ids, attn, pos = _grouped_rows(group, n_prompt, 7)
     last = n_prompt + attn[:, n_prompt:].sum(1) - 1
-    row_by_row = reward_model_scores(reward_model, ids, attn, pos, last)
-    grouped = reward_model_scores(reward_model, ids, attn, pos, last, group, n_prompt)
+    row_by_row = reward_model_scores(reward_model, ids, attn, pos, last, n_prompt=n_prompt)
+    grouped = reward_model_scores(reward_model, ids, attn, pos, last, group, n_prompt=n_prompt)
     assert torch.allclose(grouped, row_by_row, atol=1e-5)
     assert row_by_row.std() > 0  # different responses, different scores
 

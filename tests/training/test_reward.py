@@ -114,23 +114,6 @@ def test_reward_training_stops_within_one_step_and_resumes(tiny_base, ranking_fi
     assert (tmp_path / "rm" / "reward_head.safetensors").exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_llama(tiny_base, tmp_path_factory):
-    """A 3-layer Llama (rotary positions, RMSNorm) with the tiny base's tokenizer."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tokenizer = load_tokenizer(tiny_base)
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                                         num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
-                                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id,
-                                         eos_token_id=tokenizer.eos_token_id))
-    out = tmp_path_factory.mktemp("tiny-llama")
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    return out
-
-
 def test_training_the_top_layers_on_cached_states_gives_the_full_models_rewards_and_gradients(tiny_llama):
     from training.data import RankingExample
 
@@ -205,7 +188,7 @@ def test_the_responses_of_a_ranking_share_one_prompt_cut_and_its_states_are_comp
     tokenizer = load_tokenizer(tiny_llama)
     example = RankingExample("Please explain how a reward model ranks answers. " * 4,
                              ["yes", "a much longer answer that takes many more tokens than the first " * 2], [1, 2])
-    (short, long), _, _ = encode_ranking(tokenizer, example, config(tiny_llama, max_length=48))
+    (short, long), *_ = encode_ranking(tokenizer, example, config(tiny_llama, max_length=48))
     from training.encoding import encode_group
 
     _, n_prompt = encode_group(tokenizer, example.prompt, example.responses, max_length=48)

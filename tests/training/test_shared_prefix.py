@@ -41,7 +41,7 @@ def test_the_layout_holds_each_prompt_once_and_every_tail_keeps_a_token():
     # Group 1's shortest response has one token: the prefix stops before it, every tail keeps one.
     assert batch["prefix_mask"][1].sum() == 4 and batch["tail_mask"].sum(1).min() >= 1
     # Prefix + tail give back every sequence.
-    rows = [s for seqs, _, _ in groups for s in seqs]
+    rows = [s for seqs, *_ in groups for s in seqs]
     for row, seq in enumerate(rows):
         g = int(batch["row_group"][row])
         prefix = batch["prefix_ids"][g][batch["prefix_mask"][g].bool()].tolist()
