@@ -64,12 +64,13 @@ def split(args) -> None:
 
 def rm_config(args, out_pairs: int) -> RewardConfig:
     steps_per_epoch = -(-out_pairs // args.batch_size)
-    lora = dict(lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r) if not args.layers else {}
+    frozen = args.layers or args.head_only
+    lora = dict(lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r) if not frozen else {}
     return RewardConfig(base=str(args.base), chat_template=True, train_layers=args.layers, max_length=args.max_length,
-                        pooling=args.pooling,
+                        pooling=args.pooling, head_only=args.head_only, weight_decay=args.weight_decay,
                         **lora, batch_size=args.batch_size, learning_rate=args.lr, epochs=args.epochs,
                         warmup_steps=max(1, round(0.05 * steps_per_epoch * args.epochs)), min_lr_ratio=0.0,
-                        adam_betas=(0.9, 0.999), weight_decay=0.0, max_grad_norm=1.0, seed=args.seed,
+                        adam_betas=(0.9, 0.999), max_grad_norm=1.0, seed=args.seed,
                         eval_fraction=0.0, log_every=10, resume=False, device="cpu")
 
 
@@ -89,7 +90,7 @@ class HeldOut:
         config = rm_config(args, 1)
         self.groups = [encode_ranking(self.tokenizer, e, config) for e in self.examples]
         self.features = None
-        if args.layers:  # LoRA (--layers 0) changes every layer: nothing to cache
+        if args.layers or args.head_only:  # LoRA (--layers 0) changes every layer: nothing to cache
             model = RewardModel.from_pretrained(args.base)
             model.train_top(args.layers)
             started = time.perf_counter()
@@ -148,7 +149,7 @@ def train_ours(args, examples: list, out: Path, memo: dict | None = None) -> tup
     result = train_reward_model(rm_config(args, len(examples)), out / "train.jsonl", out, on_log=log,
                                 feature_memo=memo)
     model = RewardModel.from_pretrained(out)
-    if args.layers:
+    if args.layers or args.head_only:
         model.train_top(args.layers)
     keep = ("comparisons_per_s", "train_seconds", "cache_seconds", "steps", "tokens", "trainable_parameters")
     return model, {k: result.summary[k] for k in keep}
@@ -176,7 +177,8 @@ def train_trl(args, examples: list, out: Path) -> tuple[RewardModel, dict]:
         param.requires_grad_(top or name.startswith(("model.norm.", "score.")))
     trl_config = TRLRewardConfig(
         output_dir=str(out), num_train_epochs=args.epochs, per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps, weight_decay=0.0,
+        learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=config.warmup_steps,
+        weight_decay=args.weight_decay,
         adam_beta1=0.9, adam_beta2=0.999, max_grad_norm=1.0, seed=args.seed, max_length=args.max_length,
         logging_steps=10, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=False, bf16=False, fp16=False,
         gradient_checkpointing=False)
@@ -231,8 +233,14 @@ def load_memo(args, half: str) -> tuple[dict, Path]:
     """Frozen-layer states by token sequence, kept on disk between runs of ``curve``/``judge`` (and
     experiments) with the same base, ``--layers`` and ``--max-length``. ``compare`` never uses it: its
     timing includes the caching."""
-    path = args.work / f"memo-{half}-L{args.layers}-M{args.max_length}.pt"
-    return (torch.load(path) if path.exists() else {}), path
+    def path_of(part: str) -> Path:
+        return args.work / f"memo-{part}-L{'H' if args.head_only else args.layers}-M{args.max_length}.pt"
+
+    memo: dict = {}
+    for part in ("rm", "judge") if half == "both" else (half,):
+        if path_of(part).exists():
+            memo.update(torch.load(path_of(part)))
+    return memo, path_of(half)
 
 
 def curve(args, half: str = "rm") -> None:
@@ -243,7 +251,8 @@ def curve(args, half: str = "rm") -> None:
     memo, memo_path = load_memo(args, half)
     held = HeldOut(args, memo)
     cached = len(memo)
-    results: dict = {"half": half, "layers": args.layers, "pooling": args.pooling, "lora_r": args.lora_r,
+    results: dict = {"half": half, "layers": args.layers, "head_only": args.head_only, "pooling": args.pooling,
+                     "lora_r": args.lora_r, "weight_decay": args.weight_decay,
                      "batch_size": args.batch_size, "epochs": args.epochs,
                      "seed": args.seed, "max_length": args.max_length, "lr": args.lr, "heldout": held.heuristics(),
                      "points": []}
@@ -284,11 +293,12 @@ def rl(args) -> None:
                "heldout": unique_prompts(data.read_rankings(args.work / "heldout.jsonl"), args.seed)}
     for side, records in prompts.items():
         data.write_jsonl(args.work / f"prompts.{side}.jsonl", map(data.to_record, records))
-    rm, judge, out = args.work / "rm", args.work / "judge", args.work / "ppo"
+    suffix = f"-{args.tag}" if args.tag else ""  # the RM and judge of `curve`/`judge` with the same --tag
+    rm, judge, out = args.work / f"rm{suffix}", args.work / f"judge{suffix}", args.work / f"ppo{suffix}"
     ppo = PPOConfig(policy=str(args.base), reward_model=str(rm), chat_template=True, seed=args.seed,
                     iterations=args.iterations, batch_size=16, minibatch_size=8, ppo_epochs=2,
                     lora=True, lora_r=16, lora_alpha=32, learning_rate=args.ppo_lr,
-                    critic_learning_rate=5e-5, critic_train_layers=args.layers, kl_coef=args.kl_coef,
+                    critic_learning_rate=5e-5, critic_train_layers=args.critic_layers, kl_coef=args.kl_coef,
                     max_new_tokens=64, max_prompt_length=args.max_length - 64, temperature=1.0,
                     eval_every=10, eval_prompts=32, judge=str(judge), checkpoint_every=5, device="cpu")
 
@@ -306,8 +316,8 @@ def rl(args) -> None:
                        reference=str(args.base), reward_model=str(rm), judge=str(judge), max_prompts=args.eval_prompts,
                        max_new_tokens=64, chat_template=True, batch_size=16, max_length=args.max_length,
                        seed=args.seed + 1, device="cpu"),
-        args.work / "prompts.heldout.jsonl", args.work / "rl-eval")
-    write(args.work / "rl.json", {"ppo": ppo.to_dict(), "ppo_seconds": round(ppo_seconds, 1),
+        args.work / "prompts.heldout.jsonl", args.work / f"rl-eval{suffix}")
+    write(args.work / f"rl{suffix}.json", {"ppo": ppo.to_dict(), "ppo_seconds": round(ppo_seconds, 1),
                                   "ppo_summary": result.summary, "heldout": evaluation.summary})
 
 
@@ -323,6 +333,11 @@ def main() -> None:
     parser.add_argument("--base", type=Path, default=BASE)
     parser.add_argument("--layers", type=int, default=4, help="top transformer layers trained (of 30); 0: LoRA")
     parser.add_argument("--lora-r", type=int, default=16, help="with --layers 0: LoRA on every layer, this rank")
+    parser.add_argument("--head-only", action="store_true",
+                        help="train only the head (and final norm) on the frozen model's cached output "
+                             "(--layers is then 0)")
+    parser.add_argument("--critic-layers", type=int, default=4, help="rl: the critic's trained top layers")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
     parser.add_argument("--both-halves", action="store_true",
                         help="curve: train on both halves (proof 1's learning curve; no judge can be trained then)")
     parser.add_argument("--pooling", choices=["last", "mean"], default="last",
@@ -339,9 +354,11 @@ def main() -> None:
     parser.add_argument("--ppo-lr", type=float, default=2e-4, help="rl: the LoRA actor's learning rate")
     parser.add_argument("--kl-coef", type=float, default=0.05, help="rl: β of the per-token KL penalty")
     parser.add_argument("--eval-prompts", type=int, default=200, help="rl: held-out prompts in the final comparison")
-    parser.add_argument("--tag", default="", help="curve/judge: an experiment's name (its own outputs)")
+    parser.add_argument("--tag", default="", help="curve/judge/rl: an experiment's name (its own outputs)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the usable CPUs)")
     args = parser.parse_args()
+    if args.head_only:
+        args.layers = 0
     from training.runtime import set_cpu_threads, usable_cpus
 
     set_cpu_threads(args.threads or usable_cpus())

@@ -139,6 +139,8 @@ class RewardConfig(TrainConfig):
     normalize: bool = True          # shift the bias so demonstrations score mean 0 (InstructGPT)
     train_layers: int = 0           # > 0: train only the top n transformer layers (all their weights) and
                                     # the head; the frozen layers below run once per sequence, cached
+    head_only: bool = False         # train only the head (and the final norm) on the frozen transformer's
+                                    # output, computed once per sequence and cached: a regularised probe
     pooling: str = "last"           # what the head reads: "last" (the last token's state) or "mean" (the
                                     # mean state over the response's tokens, end-of-turn marker included)
     batch_size: int = 4
@@ -150,6 +152,14 @@ class RewardConfig(TrainConfig):
         self._check(self.train_layers >= 0, "train_layers must be >= 0 (0 = every layer)")
         self._check(not (self.train_layers and self.lora), "train_layers and lora are exclusive")
         self._check(self.pooling in POOLINGS, f"pooling must be one of {', '.join(POOLINGS)}")
+        self._check(not (self.head_only and (self.lora or self.train_layers)),
+                    "head_only trains no transformer layer: it excludes lora and train_layers")
+
+    @property
+    def cached_layers(self) -> int | None:
+        """The top layers that train on cached frozen-layer states (0: the head alone), or None when every
+        layer runs at every step."""
+        return self.train_layers if self.train_layers else 0 if self.head_only else None
 
 
 DPO_LOSSES = ("listwise", "pairwise")

@@ -122,14 +122,14 @@ def save_pretrained(model: torch.nn.Module, tokenizer, out: Path, dtype: str = "
 
 def train_top_layers(backbone: torch.nn.Module, n: int) -> int:
     """Freeze a transformer backbone's embeddings and every block but the top ``n`` (the final norm
-    stays trainable); return the index of the first trainable block. Llama-style (``layers``) and
-    GPT-2-style (``h``) backbones."""
+    stays trainable; ``n`` = 0 freezes every block); return the index of the first trainable block.
+    Llama-style (``layers``) and GPT-2-style (``h``) backbones."""
     name = "layers" if isinstance(getattr(backbone, "layers", None), torch.nn.ModuleList) else "h"
     blocks = getattr(backbone, name, None)
     if not isinstance(blocks, torch.nn.ModuleList):
         raise ValueError(f"cannot find the transformer blocks of {type(backbone).__name__} (no layers or h)")
-    if not 0 < n <= len(blocks):
-        raise ValueError(f"the number of trained layers must be in 1..{len(blocks)} for this model, got {n}")
+    if not 0 <= n <= len(blocks):
+        raise ValueError(f"the number of trained layers must be in 0..{len(blocks)} for this model, got {n}")
     split = len(blocks) - n
     for param_name, param in backbone.named_parameters():
         parts = param_name.split(".")

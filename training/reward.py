@@ -472,15 +472,15 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
     model.chat_template, model.pooling = config.chat_template, config.pooling
     if config.lora:
         model.backbone = add_lora(model.backbone, config, task_type="FEATURE_EXTRACTION")
-    if config.train_layers:
-        model.train_top(config.train_layers)
+    if config.cached_layers is not None:
+        model.train_top(config.cached_layers)
     optimizer = make_optimizer(model, config)
     reporter = Reporter(out, "rm", config, on_log, main=rt.is_main,
                         append=config.resume and (out / CHECKPOINT).exists())
     pad = tokenizer.pad_token_id
     train_features = held_features = None
     cache_seconds = 0.0
-    if config.train_layers:
+    if config.cached_layers is not None:
         started = time.perf_counter()
         progress = _cache_progress(reporter)
         train_features = cache_features(model, train_groups, pad, progress, feature_memo)
@@ -509,8 +509,8 @@ def train_reward_model(config: RewardConfig, data: Path, out: Path, *, eval_data
                **result.last_train}
     if result.status == "completed" and rt.is_main:
         final = RewardModel.from_pretrained(out, rt.device)
-        if config.train_layers:
-            final.train_top(config.train_layers)
+        if config.cached_layers is not None:
+            final.train_top(config.cached_layers)
         if config.normalize:
             if demonstrations is None and train_features is not None:
                 best = [(g, e.ranks.index(min(e.ranks))) for g, e in enumerate(train)]

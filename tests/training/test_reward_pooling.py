@@ -110,3 +110,21 @@ def test_an_unknown_pooling_is_refused():
         RewardConfig(base="x", pooling="max")
     with pytest.raises(ValueError, match="pooling"):
         RewardModel(RewardModel.from_pretrained(TINY_BASE).backbone, pooling="first")
+
+
+def test_head_only_trains_the_head_and_final_norm_on_cached_states_and_nothing_else(tiny_llama, ranking_file,
+                                                                                     tmp_path):
+    config = RewardConfig(base=str(tiny_llama), device="cpu", max_length=64, batch_size=4, learning_rate=1e-2,
+                          warmup_steps=0, max_steps=6, log_every=1, eval_fraction=0.0, seed=1, head_only=True,
+                          pooling="mean", normalize=False)
+    result = train_reward_model(config, ranking_file, tmp_path / "rm")
+    assert result.status == "completed" and result.summary["cache_seconds"] > 0
+    before = RewardModel.from_pretrained(tiny_llama).state_dict()
+    after = RewardModel.from_pretrained(tmp_path / "rm").state_dict()
+    changed = {name for name in before if name.startswith("backbone.")
+               and not torch.equal(before[name], after[name])}
+    assert changed == {"backbone.norm.weight"}
+    # Only the head and the final norm count as trainable.
+    assert result.summary["trainable_parameters"] == 32 + 32 + 1
+    with pytest.raises(ConfigError, match="head_only"):
+        RewardConfig(base="x", head_only=True, lora=True)
