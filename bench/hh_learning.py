@@ -321,6 +321,55 @@ def rl(args) -> None:
                                   "ppo_summary": result.summary, "heldout": evaluation.summary})
 
 
+def plot(args) -> None:
+    """The learning curve (``curve --both-halves``' JSON, ``--curve``) as an SVG: held-out accuracy per subset
+    against training pairs (log scale), with the length heuristics and the 63 % target as dashed lines."""
+    import math
+    from html import escape
+
+    results = json.loads(args.curve.read_text())
+    points = results["points"]
+    width, height, left, bottom, top, right = 640, 360, 56, 40, 20, 170
+    xs = [math.log2(p["pairs"]) for p in points]
+    x_of = lambda v: left + (v - xs[0]) / max(xs[-1] - xs[0], 1e-9) * (width - left - right)  # noqa: E731
+    y_of = lambda a: height - bottom - (a - 0.45) / 0.25 * (height - bottom - top)  # noqa: E731  (45–70 %)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+             f'font-size="11"><rect width="100%" height="100%" fill="white"/>']
+    for tick in (0.45, 0.5, 0.55, 0.6, 0.65, 0.7):
+        y = y_of(tick)
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="#eee"/>'
+                     f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end">{tick:.0%}</text>')
+    for p, x in zip(points, xs, strict=True):
+        parts.append(f'<text x="{x_of(x):.1f}" y="{height - bottom + 16}" text-anchor="middle">{p["pairs"]}</text>')
+    parts.append(f'<text x="{(left + width - right) / 2}" y="{height - 6}" text-anchor="middle">training pairs '
+                 f'(log scale)</text>')
+    heuristics = results["heldout"]
+    colours = {"helpful-base": "#1f77b4", "harmless-base": "#d62728", "all": "#333"}
+    lines = [("#1f77b4", heuristics["longer wins"]["helpful-base"]["accuracy"], "longer wins (helpful)"),
+             ("#d62728", heuristics["shorter wins"]["harmless-base"]["accuracy"], "shorter wins (harmless)"),
+             ("#2ca02c", 0.63, "target on helpful: 63 %")]
+    for colour, value, label in lines:
+        y = y_of(value)
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" stroke="{colour}" '
+                     f'stroke-dasharray="4 3"/><text x="{width - right + 6}" y="{y + 4:.1f}" '
+                     f'fill="{colour}">{escape(label)}</text>')
+    for subset, colour in colours.items():
+        coords = " ".join(f"{x_of(x):.1f},{y_of(p['heldout'][subset]['accuracy']):.1f}"
+                          for p, x in zip(points, xs, strict=True))
+        parts.append(f'<polyline points="{coords}" fill="none" stroke="{colour}" stroke-width="2"/>')
+        for p, x in zip(points, xs, strict=True):
+            acc, err = p["heldout"][subset]["accuracy"], p["heldout"][subset]["stderr"]
+            parts.append(f'<line x1="{x_of(x):.1f}" x2="{x_of(x):.1f}" y1="{y_of(acc - err):.1f}" '
+                         f'y2="{y_of(acc + err):.1f}" stroke="{colour}"/>')
+    for row, (subset, colour) in enumerate(colours.items()):  # the legend, top left
+        y = top + 6 + 15 * row
+        parts.append(f'<line x1="{left + 10}" x2="{left + 30}" y1="{y}" y2="{y}" stroke="{colour}" stroke-width="2"/>'
+                     f'<text x="{left + 36}" y="{y + 4}">{subset} (held out, ± 1 s.e.)</text>')
+    parts.append("</svg>")
+    args.out.write_text("\n".join(parts) + "\n")
+    print(f"wrote {args.out}")
+
+
 def write(path: Path, results: dict) -> None:
     path.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
@@ -328,7 +377,7 @@ def write(path: Path, results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["split", "compare", "curve", "judge", "rl"])
+    parser.add_argument("command", choices=["split", "compare", "curve", "judge", "rl", "plot"])
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--base", type=Path, default=BASE)
     parser.add_argument("--layers", type=int, default=4, help="top transformer layers trained (of 30); 0: LoRA")
@@ -355,6 +404,8 @@ def main() -> None:
     parser.add_argument("--kl-coef", type=float, default=0.05, help="rl: β of the per-token KL penalty")
     parser.add_argument("--eval-prompts", type=int, default=200, help="rl: held-out prompts in the final comparison")
     parser.add_argument("--tag", default="", help="curve/judge/rl: an experiment's name (its own outputs)")
+    parser.add_argument("--curve", type=Path, help="plot: a curve's JSON")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "hh_rm_learning_curve.svg", help="plot: the SVG")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: the usable CPUs)")
     args = parser.parse_args()
     if args.head_only:
@@ -368,6 +419,8 @@ def main() -> None:
         compare(args)
     elif args.command == "rl":
         rl(args)
+    elif args.command == "plot":
+        plot(args)
     else:
         curve(args, "rm" if args.command == "curve" else "judge")
 
