@@ -101,18 +101,9 @@ class HeldOut:
         seqs = [s for group, *_ in self.groups for s in group]
         starts = [group[3] for group in self.groups for _ in group[0]]
         if self.features is None:
-            from training.reward import collate_rankings
+            from training.reward import score_encoded
 
-            order, scores = sorted(range(len(seqs)), key=lambda i: len(seqs[i])), [0.0] * len(seqs)
-            with torch.no_grad():
-                for start in range(0, len(order), 16):
-                    chunk = order[start:start + 16]
-                    batch = collate_rankings([([seqs[i]], [1], 1.0, starts[i]) for i in chunk],
-                                             self.tokenizer.pad_token_id)
-                    values = model.eval()(batch["input_ids"], batch["attention_mask"],
-                                          response_start=batch["response_start"])
-                    for i, value in zip(chunk, values.tolist(), strict=True):
-                        scores[i] = value
+            scores = score_encoded(model, list(zip(seqs, starts, strict=True)), self.tokenizer.pad_token_id)
             return per_subset(self.examples, scores)
         feats = [f for group in self.features for f in group]
         scores = score_cached(model, seqs, feats, self.tokenizer.pad_token_id, 32, starts=starts)

@@ -130,8 +130,8 @@ def collate_dpo(groups: list[Encoded], pad_id: int, ref_logps: list[list[float]]
     precomputed reference log-probs as (B, K) ``ref_logps`` (0 on padding). Also the shared-prefix layout
     (each ranking's prompt once: ``collate_rankings``'s ``share_prefix``, stopped at the prompt) with its
     ``tail_labels``: each tail token that is a response token, else ignored."""
-    batch = collate_rankings([(seqs, ranks, weight) for seqs, _, ranks, weight in groups], pad_id,
-                             share_prefix=[n_prompt for _, n_prompt, _, _ in groups])
+    batch = collate_rankings([(seqs, ranks, weight, n_prompt) for seqs, n_prompt, ranks, weight in groups], pad_id,
+                             share_prefix=True)
     rows = [(seq, n_prompt) for seqs, n_prompt, _, _ in groups for seq in seqs]
     batch["labels"] = collate_lm(rows, pad_id)["labels"]
     if "row_group" in batch:

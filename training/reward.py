@@ -431,15 +431,22 @@ def evaluate_rankings(model: torch.nn.Module, groups: list[Encoded], pad_id: int
 def score_pairs(model: RewardModel, tokenizer, pairs: list[tuple], *, max_length: int = 512,
                 batch_size: int = 16) -> list[float]:
     """Rewards of (prompt, response) pairs, in order (the inference entry point)."""
-    model.eval()
-    device = next(model.parameters()).device
     encoded = [encode_pair(tokenizer, p, r, max_length=max_length, chat_template=model.chat_template)
                for p, r in pairs]
+    return score_encoded(model, encoded, tokenizer.pad_token_id, batch_size)
+
+
+@torch.no_grad()
+def score_encoded(model: RewardModel, encoded: list[tuple[list[int], int]], pad_id: int,
+                  batch_size: int = 16) -> list[float]:
+    """Rewards of encoded (prompt + response ids, prompt tokens) sequences, in order, batched by length."""
+    model.eval()
+    device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
     out = [0.0] * len(encoded)
     for start in range(0, len(order), batch_size):
         chunk = order[start:start + batch_size]
-        batch = collate_rankings([([encoded[i][0]], [1], 1.0, encoded[i][1]) for i in chunk], tokenizer.pad_token_id)
+        batch = collate_rankings([([encoded[i][0]], [1], 1.0, encoded[i][1]) for i in chunk], pad_id)
         values = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                        response_start=batch["response_start"].to(device))
         for i, value in zip(chunk, values.tolist(), strict=True):
