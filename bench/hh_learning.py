@@ -271,13 +271,41 @@ def unique_prompts(examples: list, seed: int) -> list:
     return prompts
 
 
+def ppo_config(args, rm: Path, judge: Path, **overrides):
+    """PPO's settings in ``rl`` (and in ``loop_methods.py``'s equal-CPU-time comparison): a LoRA actor, a
+    critic with its top ``--critic-layers`` trained, 16 prompts per iteration, rollouts as candidates are made
+    (64 new tokens, the chat template, stopping at the turn's end, temperature 1)."""
+    from training.config import PPOConfig
+
+    settings = dict(policy=str(args.base), reward_model=str(rm), chat_template=True, seed=args.seed,
+                    iterations=args.iterations, batch_size=16, minibatch_size=8, ppo_epochs=2,
+                    lora=True, lora_r=16, lora_alpha=32, learning_rate=args.ppo_lr,
+                    critic_learning_rate=5e-5, critic_train_layers=args.critic_layers, kl_coef=args.kl_coef,
+                    max_new_tokens=64, max_prompt_length=args.max_length - 64, temperature=1.0,
+                    eval_every=10, eval_prompts=32, judge=str(judge), checkpoint_every=5, device="cpu")
+    return PPOConfig(**{**settings, **overrides})
+
+
+def evaluate_heldout(args, policies: dict[str, Path], rm: Path, judge: Path, out: Path):
+    """Each policy sampled once on the first ``--eval-prompts`` held-out prompts, with the same seeds, as the
+    candidates are made; scored by the training RM and the judge, with KL to the base (the SFT policy),
+    length and EOS rate; every policy paired against the first."""
+    from training.config import EvaluateConfig
+    from training.evaluate import evaluate_policies
+
+    names = list(policies)
+    config = EvaluateConfig(policies=[str(p) for p in policies.values()], names=names, baseline=names[0],
+                            reference=str(args.base), reward_model=str(rm), judge=str(judge),
+                            max_prompts=args.eval_prompts, max_new_tokens=64, chat_template=True, batch_size=16,
+                            max_length=args.max_length, seed=args.seed + 1, device="cpu")
+    return evaluate_policies(config, args.work / "prompts.heldout.jsonl", out)
+
+
 def rl(args) -> None:
     """PPO on half A's prompts against the half-A reward model (``curve``'s last point), from the
     instruct base, which is the SFT policy here (SmolLM2-135M-Instruct is its makers' SFT model); then
     base and PPO policy sampled on held-out prompts with the same seeds, scored by the training RM and by
     the judge (half B, never used in training), with KL to the base, length and EOS rate."""
-    from training.config import EvaluateConfig, PPOConfig
-    from training.evaluate import evaluate_policies
     from training.ppo import train_ppo
 
     prompts = {"train": unique_prompts(data.read_rankings(args.work / "rm.jsonl"), args.seed),
@@ -286,12 +314,7 @@ def rl(args) -> None:
         data.write_jsonl(args.work / f"prompts.{side}.jsonl", map(data.to_record, records))
     suffix = f"-{args.tag}" if args.tag else ""  # the RM and judge of `curve`/`judge` with the same --tag
     rm, judge, out = args.work / f"rm{suffix}", args.work / f"judge{suffix}", args.work / f"ppo{suffix}"
-    ppo = PPOConfig(policy=str(args.base), reward_model=str(rm), chat_template=True, seed=args.seed,
-                    iterations=args.iterations, batch_size=16, minibatch_size=8, ppo_epochs=2,
-                    lora=True, lora_r=16, lora_alpha=32, learning_rate=args.ppo_lr,
-                    critic_learning_rate=5e-5, critic_train_layers=args.critic_layers, kl_coef=args.kl_coef,
-                    max_new_tokens=64, max_prompt_length=args.max_length - 64, temperature=1.0,
-                    eval_every=10, eval_prompts=32, judge=str(judge), checkpoint_every=5, device="cpu")
+    ppo = ppo_config(args, rm, judge)
 
     def log(step, total, metrics):
         shown = {k.split("/")[-1]: round(v, 3) for k, v in metrics.items()
@@ -302,12 +325,7 @@ def rl(args) -> None:
     result = train_ppo(ppo, args.work / "prompts.train.jsonl", out, eval_data=args.work / "prompts.heldout.jsonl",
                        on_log=log)
     ppo_seconds = time.perf_counter() - started
-    evaluation = evaluate_policies(
-        EvaluateConfig(policies=[str(args.base), str(out)], names=["sft", "ppo"], baseline="sft",
-                       reference=str(args.base), reward_model=str(rm), judge=str(judge), max_prompts=args.eval_prompts,
-                       max_new_tokens=64, chat_template=True, batch_size=16, max_length=args.max_length,
-                       seed=args.seed + 1, device="cpu"),
-        args.work / "prompts.heldout.jsonl", args.work / f"rl-eval{suffix}")
+    evaluation = evaluate_heldout(args, {"sft": args.base, "ppo": out}, rm, judge, args.work / f"rl-eval{suffix}")
     write(args.work / f"rl{suffix}.json", {"ppo": ppo.to_dict(), "ppo_seconds": round(ppo_seconds, 1),
                                   "ppo_summary": result.summary, "heldout": evaluation.summary})
 
