@@ -97,22 +97,34 @@ class HeldOut:
             self.features = cache_features(model, self.groups, self.tokenizer.pad_token_id, memo=memo)
             print(f"held-out: {len(self.groups)} pairs cached in {time.perf_counter() - started:.0f} s", flush=True)
 
-    def accuracy(self, model: RewardModel) -> dict:
+    def accuracy(self, model: RewardModel, trl: bool = False) -> dict:
+        """``trl``: read each sequence where TRL's sequence classifier does (``trl_reads``)."""
+        pad = self.tokenizer.pad_token_id
         seqs = [s for group, *_ in self.groups for s in group]
         starts = [group[3] for group in self.groups for _ in group[0]]
+        reads = [trl_reads(s, pad) if trl else len(s) for s in seqs]
+        seqs = [s[:n] for s, n in zip(seqs, reads, strict=True)]
         if self.features is None:
             from training.reward import score_encoded
 
-            scores = score_encoded(model, list(zip(seqs, starts, strict=True)), self.tokenizer.pad_token_id)
+            scores = score_encoded(model, list(zip(seqs, starts, strict=True)), pad)
             return per_subset(self.examples, scores)
-        feats = [f for group in self.features for f in group]
-        scores = score_cached(model, seqs, feats, self.tokenizer.pad_token_id, 32, starts=starts)
+        feats = [f[:n] for f, n in zip((f for group in self.features for f in group), reads, strict=True)]
+        scores = score_cached(model, seqs, feats, pad, 32, starts=starts)
         return per_subset(self.examples, scores)
 
     def heuristics(self) -> dict:
         longer = [float(len(r)) for e in self.examples for r in e.responses]
         return {"longer wins": per_subset(self.examples, longer),
                 "shorter wins": per_subset(self.examples, [-x for x in longer])}
+
+
+def trl_reads(seq: list[int], pad_id: int) -> int:
+    """How much of a sequence TRL's reward model reads: transformers' sequence classifier pools at the last
+    token that is not the pad token, and SmolLM2's pad token is its end-of-turn marker ``<|im_end|>``, with
+    which every sequence here ends, so TRL reads the token before it. Causal attention: the prefix up to that
+    token, read at its last position by a last-token head, is exactly what TRL's model computes."""
+    return max(i for i, t in enumerate(seq) if t != pad_id) + 1
 
 
 def per_subset(examples: list, scores: list[float]) -> dict:
@@ -192,7 +204,8 @@ def train_trl(args, examples: list, out: Path) -> tuple[RewardModel, dict]:
         for seq in check:
             ids = torch.tensor([seq])
             theirs = float(trainer.model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits[0, 0])
-            mine = float(ours(ids, torch.ones_like(ids)))
+            read = ids[:, :trl_reads(seq, tokenizer.pad_token_id)]
+            mine = float(ours(read, torch.ones_like(read)))
             assert abs(theirs - mine) < 1e-3, (theirs, mine)
     pairs_seen = len(rows) * args.epochs
     return ours, {"comparisons_per_s": pairs_seen / seconds, "train_seconds": round(seconds, 1),
@@ -211,7 +224,7 @@ def compare(args) -> None:
             results["runs"].append({"trainer": name, "repeat": repeat + 1, **run})
             models[name] = model
     held = HeldOut(args, load_memo(args, "rm")[0])  # scoring only: not part of either trainer's time
-    results["heldout"] = {name: held.accuracy(model) for name, model in models.items()}
+    results["heldout"] = {name: held.accuracy(model, trl=name == "trl") for name, model in models.items()}
     results["heldout"].update(held.heuristics())
     for name in ("ours", "trl"):
         rates = [r["comparisons_per_s"] for r in results["runs"] if r["trainer"] == name]
