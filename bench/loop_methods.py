@@ -55,10 +55,11 @@ def paths(args) -> dict[str, Path]:
 
 
 class Budget:
-    """Process CPU seconds since the start, against the budget."""
+    """Process CPU seconds since the start (plus ``spent`` elsewhere), against the budget."""
 
-    def __init__(self, seconds: float, spent: float = 0.0):
-        self.seconds, self.cpu0, self.wall0, self.spent = seconds, time.process_time(), time.perf_counter(), spent
+    def __init__(self, seconds: float, spent: float = 0.0, wall_spent: float = 0.0):
+        self.seconds, self.spent, self.wall_spent = seconds, spent, wall_spent
+        self.cpu0, self.wall0 = time.process_time(), time.perf_counter()
 
     def used(self) -> float:
         return self.spent + time.process_time() - self.cpu0
@@ -67,7 +68,7 @@ class Budget:
         return self.used() >= self.seconds
 
     def wall(self) -> float:
-        return time.perf_counter() - self.wall0
+        return self.wall_spent + time.perf_counter() - self.wall0
 
 
 def rloo_config(args, rm: Path):
@@ -163,7 +164,7 @@ def run(args) -> None:
         result = train_rloo(config, p["prompts"], out, on_log=log, should_stop=budget.over)
     else:
         meta = rank_samples(args, p, budget)
-        budget = Budget(args.budget, spent=meta["cpu_seconds"])  # charged in full, even when cached
+        budget = Budget(args.budget, meta["cpu_seconds"], meta["wall_seconds"])  # charged in full, even when cached
         examples = data.read_rankings(p["rankings"])
         train_file, held_file = p["rankings"], p["held"]
         if args.method == "dpo-pairwise":
