@@ -263,14 +263,14 @@ def curve(args, half: str = "rm") -> None:
     for n in sizes:
         print(f"== {half}: {n} pairs", flush=True)
         name = f"{half}-{n}" if n < len(examples) else half
-        out = args.work / (f"{name}-{args.tag}" if args.tag else name)
+        out = tagged(args, name)
         model, run = train_ours(args, subset_of(examples, n, args.seed), out, memo)
         if len(memo) > cached:
             torch.save(memo, memo_path)
             cached = len(memo)
         results["points"].append({"pairs": n, **run, "heldout": held.accuracy(model)})
         print(json.dumps(results["points"][-1]["heldout"]), flush=True)
-        write(args.work / (f"curve-{half}-{args.tag}.json" if args.tag else f"curve-{half}.json"), results)
+        write(tagged(args, f"curve-{half}", ".json"), results)
 
 
 def unique_prompts(examples: list, seed: int) -> list:
@@ -282,6 +282,11 @@ def unique_prompts(examples: list, seed: int) -> list:
             prompts.append(data.PPOPrompt(e.prompt, e.id))
     random.Random(seed).shuffle(prompts)  # helpful and harmless mixed, so the first n hold both
     return prompts
+
+
+def tagged(args, name: str, ext: str = "") -> Path:
+    """An experiment's output in the work folder: ``name-TAG`` with ``--tag``, else ``name``."""
+    return args.work / f"{name}{f'-{args.tag}' if args.tag else ''}{ext}"
 
 
 def ppo_config(args, rm: Path, judge: Path, **overrides):
@@ -325,8 +330,7 @@ def rl(args) -> None:
                "heldout": unique_prompts(data.read_rankings(args.work / "heldout.jsonl"), args.seed)}
     for side, records in prompts.items():
         data.write_jsonl(args.work / f"prompts.{side}.jsonl", map(data.to_record, records))
-    suffix = f"-{args.tag}" if args.tag else ""  # the RM and judge of `curve`/`judge` with the same --tag
-    rm, judge, out = args.work / f"rm{suffix}", args.work / f"judge{suffix}", args.work / f"ppo{suffix}"
+    rm, judge, out = tagged(args, "rm"), tagged(args, "judge"), tagged(args, "ppo")  # `curve`/`judge`'s, same --tag
     ppo = ppo_config(args, rm, judge)
 
     def log(step, total, metrics):
@@ -338,9 +342,9 @@ def rl(args) -> None:
     result = train_ppo(ppo, args.work / "prompts.train.jsonl", out, eval_data=args.work / "prompts.heldout.jsonl",
                        on_log=log)
     ppo_seconds = time.perf_counter() - started
-    evaluation = evaluate_heldout(args, {"sft": args.base, "ppo": out}, rm, judge, args.work / f"rl-eval{suffix}")
-    write(args.work / f"rl{suffix}.json", {"ppo": ppo.to_dict(), "ppo_seconds": round(ppo_seconds, 1),
-                                  "ppo_summary": result.summary, "heldout": evaluation.summary})
+    evaluation = evaluate_heldout(args, {"sft": args.base, "ppo": out}, rm, judge, tagged(args, "rl-eval"))
+    write(tagged(args, "rl", ".json"), {"ppo": ppo.to_dict(), "ppo_seconds": round(ppo_seconds, 1),
+                                        "ppo_summary": result.summary, "heldout": evaluation.summary})
 
 
 def plot(args) -> None:

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpo_listwise_vs_pairwise import split_into_pairs  # noqa: E402
-from hh_learning import BASE, WORK, evaluate_heldout, ppo_config  # noqa: E402
+from hh_learning import BASE, WORK, evaluate_heldout, ppo_config, tagged  # noqa: E402
 
 from training import data  # noqa: E402
 
@@ -46,10 +46,9 @@ METHODS = ("ppo", "rloo", "dpo-listwise", "dpo-pairwise")
 
 
 def paths(args) -> dict[str, Path]:
-    suffix = f"-{args.tag}" if args.tag else ""
-    methods = args.work / f"methods{suffix}"
+    methods = tagged(args, "methods")
     ranked = methods / "dpo-data"
-    return {"rm": args.work / f"rm{suffix}", "judge": args.work / f"judge{suffix}", "dir": methods,
+    return {"rm": tagged(args, "rm"), "judge": tagged(args, "judge"), "dir": methods,
             "prompts": args.work / "prompts.train.jsonl", "rankings": ranked / "rankings.jsonl",
             "held": ranked / "rankings.heldout.jsonl", "rankings_meta": ranked / "meta.json"}
 
