@@ -5,6 +5,7 @@
     .venv-bench/bin/python bench/hh_learning.py curve                 # learning curve; the last point is the RM
     .venv-bench/bin/python bench/hh_learning.py judge                 # the independent judge (other half)
     .venv/bin/python bench/hh_learning.py rl                          # PPO on the RM, judged by the judge
+    .venv/bin/python bench/hh_learning.py pack|unpack --tag T         # a head-only RM and judge kept in git
 
 The split (both HH test files, by the sha256 record hash of the prompt; fixed forever):
 - held out: ``training.data.is_held_out(prompt, 0.15)``: evaluation only, per subset;
@@ -241,7 +242,7 @@ def load_memo(args, half: str) -> tuple[dict, Path]:
         return args.work / f"memo-{part}-L{'H' if args.head_only else args.layers}-M{args.max_length}.pt"
 
     memo: dict = {}
-    for part in ("rm", "judge") if half == "both" else (half,):
+    for part in ("rm", "judge"):  # both halves' files: the held-out sequences' states are in each
         if path_of(part).exists():
             memo.update(torch.load(path_of(part)))
     return memo, path_of(half)
@@ -282,6 +283,15 @@ def unique_prompts(examples: list, seed: int) -> list:
             prompts.append(data.PPOPrompt(e.prompt, e.id))
     random.Random(seed).shuffle(prompts)  # helpful and harmless mixed, so the first n hold both
     return prompts
+
+
+def write_prompts(args) -> None:
+    """The RL prompts: half A's unique prompts (``prompts.train.jsonl``) and the held-out split's
+    (``prompts.heldout.jsonl``), each shuffled by the seed. Deterministic: rewritten identically each time."""
+    prompts = {"train": unique_prompts(data.read_rankings(args.work / "rm.jsonl"), args.seed),
+               "heldout": unique_prompts(data.read_rankings(args.work / "heldout.jsonl"), args.seed)}
+    for side, records in prompts.items():
+        data.write_jsonl(args.work / f"prompts.{side}.jsonl", map(data.to_record, records))
 
 
 def tagged(args, name: str, ext: str = "") -> Path:
@@ -326,10 +336,7 @@ def rl(args) -> None:
     the judge (half B, never used in training), with KL to the base, length and EOS rate."""
     from training.ppo import train_ppo
 
-    prompts = {"train": unique_prompts(data.read_rankings(args.work / "rm.jsonl"), args.seed),
-               "heldout": unique_prompts(data.read_rankings(args.work / "heldout.jsonl"), args.seed)}
-    for side, records in prompts.items():
-        data.write_jsonl(args.work / f"prompts.{side}.jsonl", map(data.to_record, records))
+    write_prompts(args)
     rm, judge, out = tagged(args, "rm"), tagged(args, "judge"), tagged(args, "ppo")  # `curve`/`judge`'s, same --tag
     ppo = ppo_config(args, rm, judge)
 
@@ -396,6 +403,57 @@ def plot(args) -> None:
     print(f"wrote {args.out}")
 
 
+PACKED = ROOT / "bench" / "assets"
+
+
+def base_sha256(args) -> str:
+    return json.loads((args.base / "PROVENANCE.json").read_text())["files"]["model.safetensors"]
+
+
+def pack(args) -> None:
+    """A head-only reward model (``--head-only``'s ``rm``/``judge``) differs from the base only in its final norm
+    and its head: keep those two (a few KB, in git, ``bench/assets/``) so that a later checkout rebuilds the
+    model with ``unpack`` instead of retraining it (about 15 minutes each here)."""
+    from safetensors.torch import save_file
+
+    base = RewardModel.from_pretrained(args.base).backbone.state_dict()
+    for name in ("rm", "judge"):
+        model = RewardModel.from_pretrained(tagged(args, name))
+        state = model.backbone.state_dict()
+        changed = sorted(k for k in state if not torch.equal(state[k], base[k]))
+        if changed != ["norm.weight"]:
+            raise SystemExit(f"{name}: not a head-only model; weights differing from the base: {changed[:5]}")
+        PACKED.mkdir(parents=True, exist_ok=True)
+        out = PACKED / f"hh-{name}-{args.tag or 'untagged'}.safetensors"
+        save_file({"norm.weight": state["norm.weight"].contiguous(),
+                   **{f"head.{k}": v.contiguous() for k, v in model.head.state_dict().items()}}, str(out),
+                  metadata={"chat_template": str(model.chat_template), "pooling": model.pooling,
+                            "base_sha256": base_sha256(args)})
+        print(f"wrote {out} ({out.stat().st_size} bytes)")
+
+
+def unpack(args) -> None:
+    """``pack``'s reverse: the RM and the judge of ``--tag`` rebuilt in the work folder from the base and
+    ``bench/assets/``; refuses a base other than the one they were trained on."""
+    from safetensors import safe_open
+
+    provenance = base_sha256(args)
+    tokenizer = load_tokenizer(args.base)
+    for name in ("rm", "judge"):
+        packed = PACKED / f"hh-{name}-{args.tag or 'untagged'}.safetensors"
+        with safe_open(str(packed), "pt") as f:
+            meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+        if meta["base_sha256"] != provenance:
+            raise SystemExit(f"{packed}: trained on another base than {args.base}")
+        model = RewardModel.from_pretrained(args.base)
+        model.chat_template, model.pooling = meta["chat_template"] == "True", meta["pooling"]
+        with torch.no_grad():
+            model.backbone.norm.weight.copy_(weights.pop("norm.weight"))
+        model.head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items()})
+        model.save_pretrained(tagged(args, name), tokenizer)
+        print(f"rebuilt {tagged(args, name)} from {packed}")
+
+
 def write(path: Path, results: dict) -> None:
     path.write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
@@ -403,7 +461,7 @@ def write(path: Path, results: dict) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["split", "compare", "curve", "judge", "rl", "plot"])
+    parser.add_argument("command", choices=["split", "compare", "curve", "judge", "rl", "plot", "pack", "unpack"])
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--base", type=Path, default=BASE)
     parser.add_argument("--layers", type=int, default=4, help="top transformer layers trained (of 30); 0: LoRA")
@@ -447,6 +505,8 @@ def main() -> None:
         rl(args)
     elif args.command == "plot":
         plot(args)
+    elif args.command in ("pack", "unpack"):
+        (pack if args.command == "pack" else unpack)(args)
     else:
         curve(args, "rm" if args.command == "curve" else "judge")
 

@@ -1,6 +1,7 @@
 """Issue 14's quality at equal CPU time: PPO, RLOO, pairwise DPO and listwise DPO on the real base.
 
-    .venv/bin/python bench/hh_learning.py rl --tag T ...        # first: the split, half A's RM and the judge
+    .venv/bin/python bench/hh_learning.py split                 # first: the split,
+    .venv/bin/python bench/hh_learning.py curve|judge --tag T ... #   half A's RM and the judge (half B)
     .venv/bin/python bench/loop_methods.py run --method ppo --budget 3600 --tag T
     .venv/bin/python bench/loop_methods.py run --method rloo --budget 3600 --tag T
     .venv/bin/python bench/loop_methods.py run --method dpo-listwise --budget 3600 --tag T
@@ -38,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from dpo_listwise_vs_pairwise import split_into_pairs  # noqa: E402
-from hh_learning import BASE, WORK, evaluate_heldout, ppo_config, tagged  # noqa: E402
+from hh_learning import BASE, WORK, evaluate_heldout, ppo_config, tagged, write_prompts  # noqa: E402
 
 from training import data  # noqa: E402
 
@@ -143,10 +144,11 @@ def run(args) -> None:
     from training.ppo import train_ppo
     from training.rloo import train_rloo
 
+    budget = Budget(args.budget)
     p = paths(args)
     out = p["dir"] / args.method
     shutil.rmtree(out, ignore_errors=True)
-    budget = Budget(args.budget)
+    write_prompts(args)  # as `hh_learning.py rl` writes them, so that this runs without it
 
     def log(step, total, metrics):
         shown = {k: round(v, 3) for k, v in metrics.items() if k.split("/")[-1] in (
