@@ -41,13 +41,16 @@ model at the response's last token. Both are the same network and head.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +86,9 @@ def prepare(args) -> None:
     train_set, held_set = unique_prompts(half_a, args.seed), unique_prompts(held, args.seed)
     data.write_jsonl(work / "prompts" / "train.jsonl", map(data.to_record, train_set))
     data.write_jsonl(work / "prompts" / "heldout.jsonl", map(data.to_record, held_set))
+    if args.rm:  # a reward model of its own (e.g. hh_learning.py's half-A RM): nothing to train
+        print(json.dumps({"train_prompts": len(train_set), "heldout_prompts": len(held_set), "rm": str(args.rm)}))
+        return
     rankings = work / "rm-train.jsonl"
     data.write_jsonl(rankings, map(data.to_record, subset_of(half_a, args.rm_pairs, args.seed)))
     config = RewardConfig(base=str(args.base), chat_template=True, train_layers=args.rm_layers, max_length=256,
@@ -112,14 +118,15 @@ def run_ours(args) -> dict:
     from training.data import to_record, write_jsonl
     from training.rloo import train_rloo
 
-    config = RLOOConfig(policy=str(args.base), reward_model=str(args.work / "rm"), seed=args.seed,
+    config = RLOOConfig(policy=str(args.base), reward_model=str(rm_dir(args)), seed=args.seed,
                         iterations=args.iterations, batch_size=args.batch_size, k=args.k,
+                        lora=args.lora_r > 0, lora_r=args.lora_r or 8, lora_alpha=args.lora_alpha,
                         minibatch_size=args.batch_size * args.k, update_epochs=1, loss="clipped", cliprange=0.2,
                         learning_rate=args.learning_rate, adam_betas=(0.9, 0.95), max_grad_norm=1.0,
                         max_new_tokens=args.max_new_tokens, temperature=1.0, chat_template=True,
-                        kl_coef=args.beta, kl_penalty="sequence", sample_every=10**6, checkpoint_every=10**6,
-                        resume=False, device="cpu")
-    iterations, marks = [], [(time.perf_counter(), time.process_time())]
+                        kl_coef=args.beta, kl_penalty="sequence", sample_every=10**6,
+                        checkpoint_every=args.save_every or 10**6, resume=False, device="cpu")
+    iterations, marks = [], []
     cpu = {"generation": 0.0}
     real_sample = ppo_module.sample_responses
 
@@ -136,7 +143,8 @@ def run_ours(args) -> dict:
         if "rloo/score" not in metrics:
             return
         marks.append((time.perf_counter(), time.process_time()))
-        iterations.append({"total": marks[-1][0] - marks[-2][0], "cpu_total": marks[-1][1] - marks[-2][1],
+        iterations.append({"warmup": len(marks) == 2, "total": marks[-1][0] - marks[-2][0],
+                           "cpu_total": marks[-1][1] - marks[-2][1],
                            "generation": metrics["time/generation"], "cpu_generation": cpu["generation"],
                            "score": metrics["rloo/score"], "kl": metrics["rloo/kl"],
                            "response_length": metrics["rloo/response_length"], "eos_rate": metrics["rloo/eos_rate"]})
@@ -145,22 +153,50 @@ def run_ours(args) -> dict:
     out = Path(args.save) if args.save else Path(tempfile.mkdtemp()) / "out"
     prompts = Path(tempfile.mkdtemp()) / "prompts.jsonl"
     write_jsonl(prompts, map(to_record, train_prompts(args)))
-    train_rloo(config, prompts, out, on_log=on_log)
+    # With --save-every, the run goes in segments that each end at a checkpoint and resume from it (a resumed
+    # run equals an uninterrupted one); each segment's policy is kept as SAVE-<iteration>. Each segment's first
+    # iteration (models loaded anew) is a warm-up.
+    for end in checkpoints(args):
+        marks[:] = [(time.perf_counter(), time.process_time())]
+        train_rloo(replace(config, iterations=end, resume=end != checkpoints(args)[0]), prompts, out, on_log=on_log)
+        if args.save and args.save_every:
+            shutil.copytree(out, f"{args.save}-{end}", ignore=shutil.ignore_patterns("checkpoints"))
     return {"side": "ours", "iterations": iterations, "threads": torch.get_num_threads(),
             "policy": str(out) if args.save else None}
 
 
+def checkpoints(args) -> list[int]:
+    """The iterations after which a policy is kept: every ``--save-every`` and the last."""
+    every = args.save_every or args.iterations
+    return sorted({*range(every, args.iterations + 1, every), args.iterations})
+
+
+def rm_dir(args) -> Path:
+    return args.rm or args.work / "rm"
+
+
 def trl_reward_model(args, tokenizer):
-    """Our reward model as TRL takes one: AutoModelForSequenceClassification on the RM's backbone, score = our head."""
+    """Our reward model as TRL takes one. ``--trl-reward classifier``: AutoModelForSequenceClassification on the
+    RM's backbone, score = our head (TRL's own path; a last-token RM only). ``ours``: a reward function that
+    scores (prompt, completion text) with our RewardModel as our side does (any pooling; the completion is
+    re-tokenized from its text)."""
     import torch
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    from training.reward import HEAD_FILE
+    from training.models import load_tokenizer
+    from training.reward import HEAD_FILE, RewardModel, score_pairs
 
-    rm_dir = args.work / "rm"
-    model = AutoModelForSequenceClassification.from_pretrained(str(rm_dir), num_labels=1, dtype=torch.float32)
-    head = load_file(str(rm_dir / HEAD_FILE))
+    if args.trl_reward == "ours":
+        model, rm_tokenizer = RewardModel.from_pretrained(rm_dir(args)).eval(), load_tokenizer(str(rm_dir(args)))
+
+        def our_reward_model(prompts, completions, **kwargs) -> list[float]:
+            texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+            return score_pairs(model, rm_tokenizer, list(zip(prompts, texts, strict=True)),
+                               max_length=args.max_length)
+        return our_reward_model
+    model = AutoModelForSequenceClassification.from_pretrained(str(rm_dir(args)), num_labels=1, dtype=torch.float32)
+    head = load_file(str(rm_dir(args) / HEAD_FILE))
     with torch.no_grad():
         model.score.weight.copy_(head["weight"].view_as(model.score.weight))
     model.config.pad_token_id = tokenizer.pad_token_id
@@ -210,8 +246,22 @@ def run_trl(args) -> dict:
             if logs and any(key.startswith("rewards/") or key == "reward" for key in logs):
                 logged.append(dict(logs))
 
+    class Keep(TrainerCallback):  # --save-every: the policy (LoRA merged into a copy) as SAVE-<step>
+        def on_step_end(self, a, state, control, model=None, **kw):
+            if args.save and args.save_every and state.global_step in checkpoints(args):
+                kept = copy.deepcopy(model).merge_and_unload() if hasattr(model, "merge_and_unload") else model
+                kept.save_pretrained(f"{args.save}-{state.global_step}")
+                tokenizer.save_pretrained(f"{args.save}-{state.global_step}")
+
+    peft_config = None
+    if args.lora_r:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=0.0, task_type="CAUSAL_LM")
     trainer = RLOOTrainer(model=policy, reward_funcs=[reward], args=config, train_dataset=dataset,
-                          processing_class=tokenizer, reward_processing_classes=[tokenizer], callbacks=[Timer()])
+                          processing_class=tokenizer,
+                          reward_processing_classes=[tokenizer if args.trl_reward == "classifier" else None],
+                          callbacks=[Timer(), Keep()], peft_config=peft_config)
     generate = getattr(trainer, "_generate", None)
     if generate is not None:  # the generation's share, from outside: TRL's code is untouched
         def timed_generate(*a, **kw):
@@ -229,7 +279,8 @@ def run_trl(args) -> dict:
                    eos_rate=1.0 - logs["completions/clipped_ratio"] if "completions/clipped_ratio" in logs else None)
     saved = None
     if args.save:
-        trainer.model.save_pretrained(args.save)
+        model = trainer.model.merge_and_unload() if hasattr(trainer.model, "merge_and_unload") else trainer.model
+        model.save_pretrained(args.save)
         tokenizer.save_pretrained(args.save)
         saved = args.save
     return {"side": "trl", "trl_version": trl.__version__, "iterations": iterations,
@@ -244,14 +295,19 @@ def child(args) -> None:
 
 # --- the comparison -------------------------------------------------------------------------------------
 
+def timed(run: dict) -> list[dict]:
+    """A run's iterations but its warm-ups: each process's (or, for ours with --save-every, segment's) first."""
+    return [it for i, it in enumerate(run["iterations"]) if not it.get("warmup", i == 0)]
+
+
 def summarize(runs: list[dict], side: str) -> dict:
-    rows = [it for run in runs if run["side"] == side for it in run["iterations"][1:]]  # warm-ups left out
+    rows = [it for run in runs if run["side"] == side for it in timed(run)]  # warm-ups left out
     if not rows:
         return {}
     out = {key: statistics.median(r[key] for r in rows) for key in ("total", "cpu_total", "generation", "cpu_generation")}
-    out["run_medians"] = [round(statistics.median(it["total"] for it in run["iterations"][1:]), 3)
+    out["run_medians"] = [round(statistics.median(it["total"] for it in timed(run)), 3)
                           for run in runs if run["side"] == side]
-    out["cpu_run_medians"] = [round(statistics.median(it["cpu_total"] for it in run["iterations"][1:]), 3)
+    out["cpu_run_medians"] = [round(statistics.median(it["cpu_total"] for it in timed(run)), 3)
                               for run in runs if run["side"] == side]
     out["timed_iterations"] = len(rows)
     for key in ("score", "kl", "response_length", "eos_rate"):
@@ -264,8 +320,10 @@ def summarize(runs: list[dict], side: str) -> dict:
 def side_flags(args) -> list[str]:
     return ["--base", str(args.base), "--work", str(args.work), "--iterations", str(args.iterations),
             "--batch-size", str(args.batch_size), "--k", str(args.k), "--n-prompts", str(args.n_prompts),
-            "--max-new-tokens", str(args.max_new_tokens),
-            "--beta", str(args.beta), "--learning-rate", str(args.learning_rate), "--seed", str(args.seed)]
+            "--max-new-tokens", str(args.max_new_tokens), "--max-length", str(args.max_length),
+            "--beta", str(args.beta), "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
+            "--rm", str(rm_dir(args)), "--trl-reward", args.trl_reward, "--lora-r", str(args.lora_r),
+            "--lora-alpha", str(args.lora_alpha), "--save-every", str(args.save_every)]
 
 
 def run_all(args) -> dict:
@@ -291,7 +349,7 @@ def run_all(args) -> dict:
             run["wall_s"] = round(time.perf_counter() - started, 1)
             run["loadavg_after"] = os.getloadavg()[0]
             result["runs"].append(run)
-            its = run["iterations"][1:]
+            its = timed(run)
             print(f"repeat {repeat} {side}: median iteration {statistics.median(i['total'] for i in its):.2f} s "
                   f"(CPU {statistics.median(i['cpu_total'] for i in its):.2f} s, generation "
                   f"{statistics.median(i['generation'] for i in its):.2f} s), wall {run['wall_s']} s", flush=True)
@@ -316,12 +374,37 @@ def evaluate(args, policies: dict[str, str]) -> dict:
     from training.config import EvaluateConfig
     from training.evaluate import evaluate_policies
 
-    config = EvaluateConfig(policies=[str(args.base), policies["ours"], policies["trl"]], names=["base", "ours", "trl"],
-                            baseline="base", reference=str(args.base), reward_model=str(args.work / "rm"),
-                            judge=str(args.judge) if args.judge else "", max_prompts=args.eval_prompts,
-                            samples=args.eval_samples, max_new_tokens=args.max_new_tokens, chat_template=True,
+    # With --save-every: every kept policy of both sides, so that they can be compared at matched KL.
+    kept = {"base": str(args.base)}
+    for side in ("ours", "trl"):
+        kept.update({f"{side}-{n}": f"{policies[side]}-{n}" for n in checkpoints(args)} if args.save_every
+                    else {side: policies[side]})
+    config = EvaluateConfig(policies=list(kept.values()), names=list(kept), baseline="base", reference=str(args.base),
+                            reward_model=str(rm_dir(args)), judge=str(args.judge) if args.judge else "",
+                            max_prompts=args.eval_prompts, samples=args.eval_samples,
+                            max_new_tokens=args.max_new_tokens, max_length=args.max_length, chat_template=True,
                             seed=args.seed + 1, device="cpu")
-    return evaluate_policies(config, args.work / "prompts" / "heldout.jsonl", args.work / "evaluation").summary
+    summary = evaluate_policies(config, args.work / "prompts" / "heldout.jsonl", args.work / "evaluation").summary
+    return {**summary, "at_matched_kl": matched_kl(args, summary)} if args.save_every else summary
+
+
+def matched_kl(args, s: dict) -> dict:
+    """Both sides' kept policies by KL to the base, and at each TRL policy's KL, ours' judge gain over the base
+    interpolated linearly between our two policies whose KL brackets it (the score, where there is no judge)."""
+    key = "judge_diff" if args.judge else "rm_diff"
+    points = {side: sorted((s[f"{side}-{n}/kl"], s[f"{side}-{n}_vs_base/{key}"], n) for n in checkpoints(args))
+              for side in ("ours", "trl")}
+    rows = []
+    for kl, gain, n in points["trl"]:
+        ours = points["ours"]
+        pair = next(((a, b) for a, b in zip(ours, ours[1:], strict=False) if a[0] <= kl <= b[0]), None)
+        mine = None if pair is None else pair[0][1] + (pair[1][1] - pair[0][1]) * (kl - pair[0][0]) / max(
+            pair[1][0] - pair[0][0], 1e-9)
+        rows.append({"trl_iteration": n, "kl": kl, f"trl_{key}": gain, f"ours_{key}_interpolated": mine,
+                     "ours_minus_trl": None if mine is None else mine - gain})
+    for side, pts in points.items():
+        print(f"{side}: " + ", ".join(f"it {n}: KL {kl:.2f}, {key} {g:+.3f}" for kl, g, n in pts), flush=True)
+    return {"measure": key, "points": points, "at_trl_kl": rows}
 
 
 def main() -> None:
@@ -345,6 +428,17 @@ def main() -> None:
                         help="evaluate the first repeat's policies on this many held-out prompts (0: none)")
     parser.add_argument("--eval-samples", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rm", type=Path, help="the reward model of both sides (default: prepare's, WORK/rm)")
+    parser.add_argument("--trl-reward", choices=["classifier", "ours"], default="classifier",
+                        help="TRL's reward: the RM as a sequence classifier (last-token RMs), or a function "
+                             "scoring with our RewardModel (any pooling)")
+    parser.add_argument("--lora-r", type=int, default=0, help="LoRA rank on both sides (q and v projections); "
+                                                               "0: full fine-tuning")
+    parser.add_argument("--lora-alpha", type=int, default=32)
+    parser.add_argument("--max-length", type=int, default=512, help="tokens the reward models read")
+    parser.add_argument("--save-every", type=int, default=0,
+                        help="keep both sides' policies every N iterations (first repeat) and evaluate them all, "
+                             "for the comparison at matched KL")
     parser.add_argument("--save", help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
