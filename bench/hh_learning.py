@@ -234,7 +234,7 @@ def compare(args) -> None:
     write(args.work / f"compare-{args.pairs}.json", results)
 
 
-def load_memo(args, half: str) -> tuple[dict, Path]:
+def load_memo(args, half: str) -> tuple[dict, Path, set]:
     """Frozen-layer states by token sequence, kept on disk between runs of ``curve``/``judge`` (and
     experiments) with the same base, ``--layers`` and ``--max-length``. ``compare`` never uses it: its
     timing includes the caching."""
@@ -242,10 +242,20 @@ def load_memo(args, half: str) -> tuple[dict, Path]:
         return args.work / f"memo-{part}-L{'H' if args.head_only else args.layers}-M{args.max_length}.pt"
 
     memo: dict = {}
-    for part in ("rm", "judge"):  # both halves' files: the held-out sequences' states are in each
-        if path_of(part).exists():
-            memo.update(torch.load(path_of(part)))
-    return memo, path_of(half)
+    if path_of(half).exists():
+        memo.update(torch.load(path_of(half)))
+    inherited = set()  # the other halves' states (the held-out sequences' among them): they stay in their files
+    for part in ("rm", "judge"):
+        if part != half and path_of(part).exists():
+            theirs = {k: v for k, v in torch.load(path_of(part)).items() if k not in memo}
+            memo.update(theirs)
+            inherited.update(theirs)
+    return memo, path_of(half), inherited
+
+
+def save_memo(memo: dict, path: Path, inherited: set) -> None:
+    """The memo but the states that came from the other halves' files."""
+    torch.save({k: v for k, v in memo.items() if k not in inherited}, path)
 
 
 def curve(args, half: str = "rm") -> None:
@@ -253,7 +263,7 @@ def curve(args, half: str = "rm") -> None:
     if args.both_halves:  # proof 1 alone: how far more data goes (the judge then shares the RM's data)
         half, examples = "both", examples + data.read_rankings(args.work / f"{'judge' if half == 'rm' else 'rm'}.jsonl")
     sizes = [n for n in args.sizes if n < len(examples)] + [len(examples)]
-    memo, memo_path = load_memo(args, half)
+    memo, memo_path, inherited = load_memo(args, half)
     held = HeldOut(args, memo)
     cached = len(memo)
     results: dict = {"half": half, "layers": args.layers, "head_only": args.head_only, "pooling": args.pooling,
@@ -267,7 +277,7 @@ def curve(args, half: str = "rm") -> None:
         out = tagged(args, name)
         model, run = train_ours(args, subset_of(examples, n, args.seed), out, memo)
         if len(memo) > cached:
-            torch.save(memo, memo_path)
+            save_memo(memo, memo_path, inherited)
             cached = len(memo)
         results["points"].append({"pairs": n, **run, "heldout": held.accuracy(model)})
         print(json.dumps(results["points"][-1]["heldout"]), flush=True)
@@ -410,6 +420,10 @@ def base_sha256(args) -> str:
     return json.loads((args.base / "PROVENANCE.json").read_text())["files"]["model.safetensors"]
 
 
+def packed(args, name: str) -> Path:
+    return PACKED / f"hh-{name}-{args.tag or 'untagged'}.safetensors"
+
+
 def pack(args) -> None:
     """A head-only reward model (``--head-only``'s ``rm``/``judge``) differs from the base only in its final norm
     and its head: keep those two (a few KB, in git, ``bench/assets/``) so that a later checkout rebuilds the
@@ -424,7 +438,7 @@ def pack(args) -> None:
         if changed != ["norm.weight"]:
             raise SystemExit(f"{name}: not a head-only model; weights differing from the base: {changed[:5]}")
         PACKED.mkdir(parents=True, exist_ok=True)
-        out = PACKED / f"hh-{name}-{args.tag or 'untagged'}.safetensors"
+        out = packed(args, name)
         save_file({"norm.weight": state["norm.weight"].contiguous(),
                    **{f"head.{k}": v.contiguous() for k, v in model.head.state_dict().items()}}, str(out),
                   metadata={"chat_template": str(model.chat_template), "pooling": model.pooling,
@@ -440,18 +454,18 @@ def unpack(args) -> None:
     provenance = base_sha256(args)
     tokenizer = load_tokenizer(args.base)
     for name in ("rm", "judge"):
-        packed = PACKED / f"hh-{name}-{args.tag or 'untagged'}.safetensors"
-        with safe_open(str(packed), "pt") as f:
+        source = packed(args, name)
+        with safe_open(str(source), "pt") as f:
             meta, weights = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
         if meta["base_sha256"] != provenance:
-            raise SystemExit(f"{packed}: trained on another base than {args.base}")
+            raise SystemExit(f"{source}: trained on another base than {args.base}")
         model = RewardModel.from_pretrained(args.base)
         model.chat_template, model.pooling = meta["chat_template"] == "True", meta["pooling"]
         with torch.no_grad():
             model.backbone.norm.weight.copy_(weights.pop("norm.weight"))
         model.head.load_state_dict({k.removeprefix("head."): v for k, v in weights.items()})
         model.save_pretrained(tagged(args, name), tokenizer)
-        print(f"rebuilt {tagged(args, name)} from {packed}")
+        print(f"rebuilt {tagged(args, name)} from {source}")
 
 
 def write(path: Path, results: dict) -> None:

@@ -156,9 +156,10 @@ def run_ours(args) -> dict:
     # With --save-every, the run goes in segments that each end at a checkpoint and resume from it (a resumed
     # run equals an uninterrupted one); each segment's policy is kept as SAVE-<iteration>. Each segment's first
     # iteration (models loaded anew) is a warm-up.
-    for end in checkpoints(args):
+    ends = checkpoints(args)
+    for end in ends:
         marks[:] = [(time.perf_counter(), time.process_time())]
-        train_rloo(replace(config, iterations=end, resume=end != checkpoints(args)[0]), prompts, out, on_log=on_log)
+        train_rloo(replace(config, iterations=end, resume=end != ends[0]), prompts, out, on_log=on_log)
         if args.save and args.save_every:
             shutil.copytree(out, f"{args.save}-{end}", ignore=shutil.ignore_patterns("checkpoints"))
     return {"side": "ours", "iterations": iterations, "threads": torch.get_num_threads(),
