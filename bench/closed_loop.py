@@ -3,13 +3,13 @@ bench/closed_loop.sh, which starts Redis, a real Celery worker and the web serve
 
     prompts  HH-RLHF helpful-base prompts (single-turn) → a prompt file for create_project
     drive    round 0's candidates from the base (a generate job), then twice: simulated labelers over HTTP
-             (manage.py simulate_labelers with --oracle/--demonstrator), a round (SFT → RM → PPO →
-             evaluate → generate) run by the worker; waits on the database, printing each job's progress
-    evaluate base, each round's SFT and PPO policies on the project's held-out (test split) prompts and
-             on --unseen prompts the project never imported,
-             --samples each with the same seeds for every policy (common random numbers), scored by --score,
-             the function the labelers' rankings come from; per-prompt means, paired differences with
-             standard errors over prompts
+             (manage.py simulate_labelers with --oracle/--demonstrator), a round (SFT → RM → PPO, or the path
+             in --config, e.g. {"path": "rloo"}; then evaluate → generate) run by the worker; waits on the
+             database, printing each job's progress
+    evaluate base, each round's SFT and RL (PPO, RLOO or DPO) policies on the project's held-out (test split)
+             prompts and on --unseen prompts the project never imported, --samples each with the same seeds
+             for every policy (common random numbers), scored by --score, the function the labelers'
+             rankings come from; per-prompt means, paired differences with standard errors over prompts
 """
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+RL_STAGES = ("ppo", "rloo", "dpo")  # the policy stage of each round path (annotation.loop.config.PATHS)
 sys.path[:0] = [str(ROOT), str(ROOT / "platform")]
 
 
@@ -135,9 +136,10 @@ def evaluate(args) -> None:
         pairs += [(t, t) for t in (json.loads(line)["text"] for line in Path(args.unseen).read_text().splitlines())]
     held, texts = [p for p, _ in pairs[:args.max_prompts]], [t for _, t in pairs[:args.max_prompts]]
     policies = {"base": project.base_model}
-    for stage in ("sft", "ppo"):
+    # Each round's SFT model and the policy its path trained from it (PPO, RLOO or DPO), by round number.
+    for stage in ("sft", *RL_STAGES):
         for i, version in enumerate(ModelVersion.objects.filter(project=project, stage=stage).order_by("id"), 1):
-            policies[f"r{i}_{stage}"] = version
+            policies[f"r{version.round.number if version.round else i}_{stage}"] = version
     # Round k's policy: what its gate kept active, i.e. the model its generate job sampled the next round from.
     for round_ in Round.objects.filter(project=project).order_by("number"):
         job = TrainingJob.objects.filter(round=round_, stage="generate").order_by("-id").first()
@@ -175,9 +177,9 @@ def evaluate(args) -> None:
             "seconds": round(time.perf_counter() - started, 1), "example": candidates[0]["text"][:300],
             "per_prompt": [round(x, 4) for x in scores[name]]}
         print(name, json.dumps({k: v for k, v in results["policies"][name].items() if k != "per_prompt"}), flush=True)
-    steps = [("policy_r1", "base"), ("policy_r2", "policy_r1"), ("policy_r2", "base"),
-             ("r1_ppo", "r1_sft"), ("r2_ppo", "r2_sft"), ("r1_sft", "base"), ("r2_sft", "policy_r1"),
-             ("r2_ppo", "policy_r1")]
+    steps = [("policy_r1", "base"), ("policy_r2", "policy_r1"), ("policy_r2", "base")]
+    steps += [(f"r{i}_{rl}", f"r{i}_sft") for rl in RL_STAGES for i in (1, 2)]  # the RL step's own gain
+    steps += [("r1_sft", "base"), ("r2_sft", "policy_r1")] + [(f"r2_{rl}", "policy_r1") for rl in RL_STAGES]
     for a, b in steps:
         if a in scores and b in scores:
             results["paired"][f"{a} - {b}"] = {k: round(v, 4) for k, v in paired(scores[a], scores[b]).items()}

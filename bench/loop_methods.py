@@ -102,9 +102,13 @@ def rank_samples(args, p: dict[str, Path], budget: Budget) -> dict:
     from training.models import load_tokenizer
     from training.reward import RewardModel, score_pairs
 
-    if p["rankings_meta"].exists():
-        return json.loads(p["rankings_meta"].read_text())
     folder = p["rankings"].parent
+    if p["rankings_meta"].exists():
+        meta = json.loads(p["rankings_meta"].read_text())
+        if meta["prompts"] == args.dpo_prompts:
+            return meta
+        print(f"  the cached rankings are for {meta['prompts']} prompts, not {args.dpo_prompts}: made again")
+        shutil.rmtree(folder)
     folder.mkdir(parents=True, exist_ok=True)
     prompts = folder / "prompts.jsonl"
     data.write_jsonl(prompts, map(data.to_record, data.read_ppo_prompts(p["prompts"])[:args.dpo_prompts]))
