@@ -65,14 +65,15 @@ def split(args) -> None:
 
 def rm_config(args, out_pairs: int) -> RewardConfig:
     steps_per_epoch = -(-out_pairs // args.batch_size)
-    frozen = args.layers or args.head_only
-    lora = dict(lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r) if not frozen else {}
+    frozen = args.layers or args.head_only or getattr(args, "full", False)
+    lora = dict(lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
+                lora_targets=getattr(args, "lora_targets", "")) if not frozen else {}
     return RewardConfig(base=str(args.base), chat_template=True, train_layers=args.layers, max_length=args.max_length,
                         pooling=args.pooling, head_only=args.head_only, weight_decay=args.weight_decay,
                         **lora, batch_size=args.batch_size, learning_rate=args.lr, epochs=args.epochs,
                         warmup_steps=max(1, round(0.05 * steps_per_epoch * args.epochs)), min_lr_ratio=0.0,
                         adam_betas=(0.9, 0.999), max_grad_norm=1.0, seed=args.seed,
-                        eval_fraction=0.0, log_every=10, resume=False, device="cpu")
+                        eval_fraction=0.0, log_every=10, resume=False, device=getattr(args, "device", "cpu"))
 
 
 def subset_of(examples: list, pairs: int, seed: int) -> list:
@@ -83,16 +84,17 @@ def subset_of(examples: list, pairs: int, seed: int) -> list:
 
 
 class HeldOut:
-    """Held-out pairs, their frozen-layer states cached once (they do not change with training)."""
+    """Held-out pairs, their frozen-layer states cached once (they do not change with training). ``name``: the
+    split's file in ``--work`` (``judge``: half B, for choosing a configuration without the held-out set)."""
 
-    def __init__(self, args, memo: dict):
-        self.examples = data.read_rankings(args.work / "heldout.jsonl")
+    def __init__(self, args, memo: dict, name: str = "heldout"):
+        self.examples = data.read_rankings(args.work / f"{name}.jsonl")
         self.tokenizer = load_tokenizer(args.base)
         config = rm_config(args, 1)
         self.groups = [encode_ranking(self.tokenizer, e, config) for e in self.examples]
         self.features = None
         if args.layers or args.head_only:  # LoRA (--layers 0) changes every layer: nothing to cache
-            model = RewardModel.from_pretrained(args.base)
+            model = RewardModel.from_pretrained(args.base, getattr(args, "device", "cpu"))
             model.train_top(args.layers)
             started = time.perf_counter()
             self.features = cache_features(model, self.groups, self.tokenizer.pad_token_id, memo=memo)
@@ -152,7 +154,7 @@ def train_ours(args, examples: list, out: Path, memo: dict | None = None) -> tup
 
     result = train_reward_model(rm_config(args, len(examples)), out / "train.jsonl", out, on_log=log,
                                 feature_memo=memo)
-    model = RewardModel.from_pretrained(out)
+    model = RewardModel.from_pretrained(out, getattr(args, "device", "cpu"))
     if args.layers or args.head_only:
         model.train_top(args.layers)
     keep = ("comparisons_per_s", "train_seconds", "cache_seconds", "steps", "tokens", "trainable_parameters")
@@ -483,6 +485,11 @@ def main() -> None:
     parser.add_argument("--head-only", action="store_true",
                         help="train only the head (and final norm) on the frozen model's cached output "
                              "(--layers is then 0)")
+    parser.add_argument("--full", action="store_true",
+                        help="with --layers 0: fine-tune every weight instead of LoRA")
+    parser.add_argument("--lora-targets", default="",
+                        help="with --layers 0: the modules LoRA adapts ('' peft's default: q and v; 'all-linear')")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (training and scoring)")
     parser.add_argument("--critic-layers", type=int, default=4, help="rl: the critic's trained top layers")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW's decoupled weight decay")
     parser.add_argument("--both-halves", action="store_true",

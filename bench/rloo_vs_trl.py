@@ -362,13 +362,34 @@ def run_all(args) -> dict:
         result["ratio_trl_to_ours"]["per_repeat"] = [
             round(t / o, 3) for o, t in zip(result["ours"]["run_medians"], result["trl"]["run_medians"], strict=False)]
         result["at_least_1_5x_faster"] = result["ratio_trl_to_ours"]["total"] >= 1.5
+    result["policies"] = policies
+    write(args, result)  # the timing is kept even if the evaluation below is cut short
     if args.eval_prompts and {"ours", "trl"} <= policies.keys():
         result["evaluation"] = evaluate(args, policies)
+        write(args, result)
+    print(json.dumps({k: result.get(k) for k in ("ours", "trl", "ratio_trl_to_ours", "evaluation")}, indent=2))
+    return result
+
+
+def write(args, result: dict) -> None:
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result.get(k) for k in ("ours", "trl", "ratio_trl_to_ours", "evaluation")}, indent=2))
-    return result
+
+
+def evaluate_again(args) -> None:
+    """``evaluate --out F``: (re)evaluate the policies an earlier ``all`` kept, as F records them, with this call's
+    ``--eval-prompts``/``--judge``; the training settings are F's own."""
+    result = json.loads(args.out.read_text())
+    settings = result["settings"]
+    for key in ("iterations", "save_every", "max_new_tokens", "max_length", "seed"):
+        setattr(args, key, int(settings[key]))
+    args.base, args.rm = Path(settings["base"]), Path(settings["rm"]) if settings.get("rm") not in (None, "None") else None
+    policies = result.get("policies") or {side: str(args.work / "policies" / side) for side in ("ours", "trl")}
+    result["evaluation"] = evaluate(args, policies)
+    result["evaluation_command"] = " ".join(sys.argv)
+    write(args, result)
+    print(json.dumps(result["evaluation"], indent=2))
 
 
 def evaluate(args, policies: dict[str, str]) -> dict:
@@ -410,7 +431,7 @@ def matched_kl(args, s: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "all", "ours", "trl"])
+    parser.add_argument("command", choices=["prepare", "all", "evaluate", "ours", "trl"])
     parser.add_argument("--base", type=Path, default=BASE, help="the policy's start and the KL reference")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--rm-pairs", type=int, default=400, help="prepare: half-A rankings the reward model sees")
@@ -447,6 +468,8 @@ def main() -> None:
         prepare(args)
     elif args.command == "all":
         run_all(args)
+    elif args.command == "evaluate":
+        evaluate_again(args)
     else:
         child(args)
 

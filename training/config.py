@@ -72,6 +72,9 @@ class TrainConfig(StageConfig):
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    lora_targets: str = ""          # modules LoRA adapts: "" = peft's default for the architecture (Llama: the
+                                    # q and v projections), "all-linear" = every linear layer of the
+                                    # transformer, or comma-separated module names ("q_proj,k_proj,v_proj")
 
     def __post_init__(self) -> None:
         self.adam_betas = tuple(self.adam_betas)  # JSON gives a list
@@ -83,6 +86,8 @@ class TrainConfig(StageConfig):
         self._check(0 <= self.eval_fraction < 1, "eval_fraction must be in [0, 1)")
         self._check(self.warmup_steps >= 0 and 0 <= self.min_lr_ratio <= 1, "bad warmup_steps/min_lr_ratio")
         self._check(self.log_every >= 1, "log_every must be >= 1")
+        self._check(not self.lora_targets or all(name.strip() for name in self.lora_targets.split(",")),
+                    "lora_targets must be empty, 'all-linear' or comma-separated module names")
 
 
 @dataclass
@@ -307,6 +312,9 @@ class PPOConfig(StageConfig):
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    lora_targets: str = ""          # modules LoRA adapts: "" = peft's default for the architecture (Llama: the
+                                    # q and v projections), "all-linear" = every linear layer of the
+                                    # transformer, or comma-separated module names ("q_proj,k_proj,v_proj")
     # Bookkeeping.
     sample_every: int = 10          # iterations between sample-response tables (samples.jsonl)
     # Held-out evaluation (with train_ppo's eval_data): the training RM's score, the judge's, KL to the
@@ -389,6 +397,9 @@ class RLOOConfig(StageConfig):
     lora_r: int = 8
     lora_alpha: int = 16
     lora_dropout: float = 0.0
+    lora_targets: str = ""          # modules LoRA adapts: "" = peft's default for the architecture (Llama: the
+                                    # q and v projections), "all-linear" = every linear layer of the
+                                    # transformer, or comma-separated module names ("q_proj,k_proj,v_proj")
     # Bookkeeping and held-out evaluation, as PPOConfig.
     sample_every: int = 10
     eval_every: int = 0

@@ -91,15 +91,25 @@ def count_parameters(model: torch.nn.Module, trainable_only: bool = False) -> in
     return total
 
 
+def lora_targets(config) -> str | list[str] | None:
+    """``config.lora_targets`` as peft takes it: None (peft's default for the architecture), "all-linear", or names."""
+    if not config.lora_targets:
+        return None
+    if config.lora_targets == "all-linear":
+        return "all-linear"
+    return [name.strip() for name in config.lora_targets.split(",")]
+
+
 def add_lora(model: torch.nn.Module, config: TrainConfig, task_type: str = "CAUSAL_LM") -> torch.nn.Module:
-    """Freeze ``model`` and add LoRA adapters (peft picks the target modules for known architectures)."""
+    """Freeze ``model`` and add LoRA adapters to ``config.lora_targets`` (default: the modules peft picks for
+    known architectures)."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     # GPT-2's Conv1D stores weights transposed; peft needs to be told (it would warn and guess).
     transposed = any(isinstance(m, Conv1D) for m in model.modules())
     lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
-                      task_type=task_type, fan_in_fan_out=transposed)
+                      task_type=task_type, fan_in_fan_out=transposed, target_modules=lora_targets(config))
     return get_peft_model(model, lora)
 
 

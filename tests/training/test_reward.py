@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from tests.training.conftest import sft_records, write_jsonl
-from training.config import RewardConfig
+from training.config import ConfigError, RewardConfig
 from training.models import load_tokenizer
 from training.reward import RewardModel, collate_rankings, encode_ranking, score_pairs, train_reward_model
 
@@ -204,3 +204,26 @@ def test_the_responses_of_a_ranking_share_one_prompt_cut_and_its_states_are_comp
     for seq, state in ((short, shared_short), (long, shared_long)):
         ids = torch.tensor([seq])
         torch.testing.assert_close(state, original(ids, torch.ones_like(ids))[0], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("targets, adapted", [
+    ("", {"q_proj", "v_proj"}),
+    ("all-linear", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ("q_proj, down_proj", {"q_proj", "down_proj"}),
+])
+def test_lora_adapts_the_modules_lora_targets_names(tiny_llama, ranking_file, tmp_path, targets, adapted):
+    from training.models import add_lora
+
+    model = RewardModel.from_pretrained(tiny_llama)
+    model.backbone = add_lora(model.backbone, config(tiny_llama, lora=True, lora_r=2, lora_targets=targets),
+                              task_type="FEATURE_EXTRACTION")
+    names = {n.split(".lora_A")[0].rsplit(".", 1)[-1] for n, _ in model.named_parameters() if ".lora_A" in n}
+    assert names == adapted
+    result = train_reward_model(config(tiny_llama, max_steps=1, lora=True, lora_r=2, lora_targets=targets),
+                                ranking_file, tmp_path / "rm")
+    assert result.status == "completed" and result.summary["trainable_parameters"] > 0
+
+
+def test_lora_targets_rejects_an_empty_module_name():
+    with pytest.raises(ConfigError, match="lora_targets"):
+        RewardConfig(base="b", lora=True, lora_targets="q_proj,,v_proj")
