@@ -34,6 +34,11 @@ with the base (the reference), the first repeat's final policy of each side: the
 RM's score, the judge's when given, KL to the base in nats per sequence, length and EOS rate, each policy
 paired against the base and ours against TRL.
 
+``evaluate --out F`` evaluates again the policies an earlier ``all`` kept (``all`` writes F before its own
+evaluation, so a long evaluation can be stopped and redone smaller): ``--eval-prompts``, ``--judge`` and
+``--eval-checkpoints 20 40`` (only the policies kept after those iterations) are this call's; the training
+settings are F's. At matched KL, iteration 0 (the base: KL 0, gain 0) counts as a point on both sides.
+
 Known difference, not removed: TRL scores a sample by re-rendering (prompt, completion) through the chat
 template and reading the classifier at the last non-padding token ("<|im_end|>\\n"); ours reads the reward
 model at the response's last token. Both are the same network and head.
@@ -66,11 +71,11 @@ WORK = ROOT / "var" / "rloo-vs-trl"
 # --- prepare --------------------------------------------------------------------------------------------
 
 def prepare(args) -> None:
+    from hh_learning import SUBSETS, half_of, subset_of, unique_prompts
+
     from training import data, sources
     from training.config import RewardConfig
     from training.reward import train_reward_model
-
-    from hh_learning import SUBSETS, half_of, subset_of, unique_prompts
 
     work = args.work
     (work / "prompts").mkdir(parents=True, exist_ok=True)
@@ -102,12 +107,29 @@ def prepare(args) -> None:
 # --- the two sides --------------------------------------------------------------------------------------
 
 def train_prompts(args) -> list:
-    """The first ``--n-prompts`` training prompts. With the default, exactly ``--batch-size``, every iteration of
-    both sides rolls out the same prompts (only their order differs), so the two sides do the same work: HH
-    prompts range from one line to many turns, and different draws would make the times incomparable."""
-    from training.data import read_ppo_prompts
+    """The first ``--n-prompts`` training prompts of at most ``--max-prompt-tokens`` tokens in the chat template.
+    With the default, exactly ``--batch-size``, every iteration of both sides rolls out the same prompts (only
+    their order differs), so the two sides do the same work: HH prompts range from one line to many turns, and
+    different draws would make the times incomparable.
 
-    return read_ppo_prompts(args.work / "prompts" / "train.jsonl")[: args.n_prompts or args.batch_size]
+    The length bound keeps both sides on the same text: ours cuts a longer prompt from the left at its
+    ``max_prompt_length`` (set to the same bound), and TRL 1.16's RLOOTrainer has no such option and takes it
+    whole. 17 % of half A's prompts are longer than 256 tokens (the longest 880), and a batch of them made TRL's
+    process grow past this machine's 24 GiB (killed by the kernel at its 5th iteration in session 19)."""
+    from training.data import read_ppo_prompts
+    from training.models import load_tokenizer
+
+    prompts = read_ppo_prompts(args.work / "prompts" / "train.jsonl")
+    if args.max_prompt_tokens:
+        tokenizer = load_tokenizer(args.base)
+
+        def tokens(p) -> int:
+            messages = p.prompt if isinstance(p.prompt, list) else [{"role": "user", "content": p.prompt}]
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        prompts = [p for p in prompts if tokens(p) <= args.max_prompt_tokens]
+    return prompts[: args.n_prompts or args.batch_size]
 
 
 def run_ours(args) -> dict:
@@ -124,7 +146,8 @@ def run_ours(args) -> dict:
                         minibatch_size=args.batch_size * args.k, update_epochs=1, loss="clipped", cliprange=0.2,
                         learning_rate=args.learning_rate, adam_betas=(0.9, 0.95), max_grad_norm=1.0,
                         max_new_tokens=args.max_new_tokens, temperature=1.0, chat_template=True,
-                        kl_coef=args.beta, kl_penalty="sequence", sample_every=10**6,
+                        max_prompt_length=args.max_prompt_tokens or 256, kl_coef=args.beta, kl_penalty="sequence",
+                        sample_every=10**6,
                         checkpoint_every=args.save_every or 10**6, resume=False, device="cpu")
     iterations, marks = [], []
     cpu = {"generation": 0.0}
@@ -163,13 +186,24 @@ def run_ours(args) -> dict:
         if args.save and args.save_every:
             shutil.copytree(out, f"{args.save}-{end}", ignore=shutil.ignore_patterns("checkpoints"))
     return {"side": "ours", "iterations": iterations, "threads": torch.get_num_threads(),
-            "policy": str(out) if args.save else None}
+            "policy": str(out) if args.save else None, "peak_rss_gib": peak_rss_gib()}
+
+
+def peak_rss_gib() -> float:
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # Linux: KiB
 
 
 def checkpoints(args) -> list[int]:
     """The iterations after which a policy is kept: every ``--save-every`` and the last."""
     every = args.save_every or args.iterations
     return sorted({*range(every, args.iterations + 1, every), args.iterations})
+
+
+def evaluated(args) -> list[int]:
+    """The kept policies that are evaluated: ``--eval-checkpoints`` where given, else every one."""
+    return sorted(set(args.eval_checkpoints) & set(checkpoints(args))) if args.eval_checkpoints else checkpoints(args)
 
 
 def rm_dir(args) -> Path:
@@ -285,7 +319,7 @@ def run_trl(args) -> dict:
         tokenizer.save_pretrained(args.save)
         saved = args.save
     return {"side": "trl", "trl_version": trl.__version__, "iterations": iterations,
-            "threads": torch.get_num_threads(), "policy": saved}
+            "threads": torch.get_num_threads(), "policy": saved, "peak_rss_gib": peak_rss_gib()}
 
 
 def child(args) -> None:
@@ -305,7 +339,8 @@ def summarize(runs: list[dict], side: str) -> dict:
     rows = [it for run in runs if run["side"] == side for it in timed(run)]  # warm-ups left out
     if not rows:
         return {}
-    out = {key: statistics.median(r[key] for r in rows) for key in ("total", "cpu_total", "generation", "cpu_generation")}
+    out = {key: statistics.median(r[key] for r in rows)
+           for key in ("total", "cpu_total", "generation", "cpu_generation")}
     out["run_medians"] = [round(statistics.median(it["total"] for it in timed(run)), 3)
                           for run in runs if run["side"] == side]
     out["cpu_run_medians"] = [round(statistics.median(it["cpu_total"] for it in timed(run)), 3)
@@ -322,6 +357,7 @@ def side_flags(args) -> list[str]:
     return ["--base", str(args.base), "--work", str(args.work), "--iterations", str(args.iterations),
             "--batch-size", str(args.batch_size), "--k", str(args.k), "--n-prompts", str(args.n_prompts),
             "--max-new-tokens", str(args.max_new_tokens), "--max-length", str(args.max_length),
+            "--max-prompt-tokens", str(args.max_prompt_tokens),
             "--beta", str(args.beta), "--learning-rate", str(args.learning_rate), "--seed", str(args.seed),
             "--rm", str(rm_dir(args)), "--trl-reward", args.trl_reward, "--lora-r", str(args.lora_r),
             "--lora-alpha", str(args.lora_alpha), "--save-every", str(args.save_every)]
@@ -384,7 +420,8 @@ def evaluate_again(args) -> None:
     settings = result["settings"]
     for key in ("iterations", "save_every", "max_new_tokens", "max_length", "seed"):
         setattr(args, key, int(settings[key]))
-    args.base, args.rm = Path(settings["base"]), Path(settings["rm"]) if settings.get("rm") not in (None, "None") else None
+    args.base = Path(settings["base"])
+    args.rm = Path(settings["rm"]) if settings.get("rm") not in (None, "None") else None
     policies = result.get("policies") or {side: str(args.work / "policies" / side) for side in ("ours", "trl")}
     result["evaluation"] = evaluate(args, policies)
     result["evaluation_command"] = " ".join(sys.argv)
@@ -399,7 +436,7 @@ def evaluate(args, policies: dict[str, str]) -> dict:
     # With --save-every: every kept policy of both sides, so that they can be compared at matched KL.
     kept = {"base": str(args.base)}
     for side in ("ours", "trl"):
-        kept.update({f"{side}-{n}": f"{policies[side]}-{n}" for n in checkpoints(args)} if args.save_every
+        kept.update({f"{side}-{n}": f"{policies[side]}-{n}" for n in evaluated(args)} if args.save_every
                     else {side: policies[side]})
     config = EvaluateConfig(policies=list(kept.values()), names=list(kept), baseline="base", reference=str(args.base),
                             reward_model=str(rm_dir(args)), judge=str(args.judge) if args.judge else "",
@@ -414,10 +451,11 @@ def matched_kl(args, s: dict) -> dict:
     """Both sides' kept policies by KL to the base, and at each TRL policy's KL, ours' judge gain over the base
     interpolated linearly between our two policies whose KL brackets it (the score, where there is no judge)."""
     key = "judge_diff" if args.judge else "rm_diff"
-    points = {side: sorted((s[f"{side}-{n}/kl"], s[f"{side}-{n}_vs_base/{key}"], n) for n in checkpoints(args))
-              for side in ("ours", "trl")}
+    # Iteration 0 is the base itself on both sides: KL 0, gain 0.
+    points = {side: sorted([(0.0, 0.0, 0)] + [(s[f"{side}-{n}/kl"], s[f"{side}-{n}_vs_base/{key}"], n)
+                                              for n in evaluated(args)]) for side in ("ours", "trl")}
     rows = []
-    for kl, gain, n in points["trl"]:
+    for kl, gain, n in (point for point in points["trl"] if point[2]):
         ours = points["ours"]
         pair = next(((a, b) for a, b in zip(ours, ours[1:], strict=False) if a[0] <= kl <= b[0]), None)
         mine = None if pair is None else pair[0][1] + (pair[1][1] - pair[0][1]) * (kl - pair[0][0]) / max(
@@ -444,11 +482,15 @@ def main() -> None:
     parser.add_argument("--n-prompts", type=int, default=0,
                         help="training prompts (the first N); 0: --batch-size, the same prompts every iteration")
     parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-prompt-tokens", type=int, default=256,
+                        help="training prompts longer than this in the chat template are left out (both sides)")
     parser.add_argument("--beta", type=float, default=0.05)
     parser.add_argument("--learning-rate", type=float, default=1e-6)
     parser.add_argument("--eval-prompts", type=int, default=0,
                         help="evaluate the first repeat's policies on this many held-out prompts (0: none)")
     parser.add_argument("--eval-samples", type=int, default=1)
+    parser.add_argument("--eval-checkpoints", type=int, nargs="*",
+                        help="with --save-every: evaluate only the policies kept after these iterations")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rm", type=Path, help="the reward model of both sides (default: prepare's, WORK/rm)")
     parser.add_argument("--trl-reward", choices=["classifier", "ours"], default="classifier",
