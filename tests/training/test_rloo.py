@@ -83,8 +83,10 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 def test_rloo_raises_a_rule_based_reward_over_a_few_iterations(tiny_base, prompt_file, tmp_path):
     out = tmp_path / "rloo"
+    # count_e, not count_target: with transformers 5.25.0 the tiny base's samples at seed 3 held "cat" once in
+    # eight iterations, so the advantages were all zero and nothing could be learned (the test failed on main).
     result = train_rloo(config(tiny_base, iterations=8, batch_size=8, minibatch_size=16, learning_rate=5e-2),
-                        prompt_file, out, reward_fn=count_target)
+                        prompt_file, out, reward_fn=count_e)
     scores = [r["rloo/score"] for r in metrics(out)]
     start, end = sum(scores[:2]) / 2, sum(scores[-2:]) / 2
     assert result.status == "completed" and len(scores) == 8
