@@ -65,15 +65,15 @@ def split(args) -> None:
 
 def rm_config(args, out_pairs: int) -> RewardConfig:
     steps_per_epoch = -(-out_pairs // args.batch_size)
-    frozen = args.layers or args.head_only or getattr(args, "full", False)
+    frozen = args.layers or args.head_only or args.full
     lora = dict(lora=True, lora_r=args.lora_r, lora_alpha=2 * args.lora_r,
-                lora_targets=getattr(args, "lora_targets", "")) if not frozen else {}
+                lora_targets=args.lora_targets) if not frozen else {}
     return RewardConfig(base=str(args.base), chat_template=True, train_layers=args.layers, max_length=args.max_length,
                         pooling=args.pooling, head_only=args.head_only, weight_decay=args.weight_decay,
                         **lora, batch_size=args.batch_size, learning_rate=args.lr, epochs=args.epochs,
                         warmup_steps=max(1, round(0.05 * steps_per_epoch * args.epochs)), min_lr_ratio=0.0,
                         adam_betas=(0.9, 0.999), max_grad_norm=1.0, seed=args.seed,
-                        eval_fraction=0.0, log_every=10, resume=False, device=getattr(args, "device", "cpu"))
+                        eval_fraction=0.0, log_every=10, resume=False, device=args.device)
 
 
 def subset_of(examples: list, pairs: int, seed: int) -> list:
@@ -94,7 +94,7 @@ class HeldOut:
         self.groups = [encode_ranking(self.tokenizer, e, config) for e in self.examples]
         self.features = None
         if args.layers or args.head_only:  # LoRA (--layers 0) changes every layer: nothing to cache
-            model = RewardModel.from_pretrained(args.base, getattr(args, "device", "cpu"))
+            model = RewardModel.from_pretrained(args.base, args.device)
             model.train_top(args.layers)
             started = time.perf_counter()
             self.features = cache_features(model, self.groups, self.tokenizer.pad_token_id, memo=memo)
@@ -154,7 +154,7 @@ def train_ours(args, examples: list, out: Path, memo: dict | None = None) -> tup
 
     result = train_reward_model(rm_config(args, len(examples)), out / "train.jsonl", out, on_log=log,
                                 feature_memo=memo)
-    model = RewardModel.from_pretrained(out, getattr(args, "device", "cpu"))
+    model = RewardModel.from_pretrained(out, args.device)
     if args.layers or args.head_only:
         model.train_top(args.layers)
     keep = ("comparisons_per_s", "train_seconds", "cache_seconds", "steps", "tokens", "trainable_parameters")
