@@ -322,8 +322,17 @@ def run_trl(args) -> dict:
             "threads": torch.get_num_threads(), "policy": saved, "peak_rss_gib": peak_rss_gib()}
 
 
+def clear_saved(save: str | None) -> None:
+    """An earlier run's kept policies (SAVE and SAVE-<iteration>) go first: a rerun replaces them, so that
+    copying a segment's policy never meets an old one and an evaluation never reads a stale one."""
+    if save:
+        for stale in [Path(save), *Path(save).parent.glob(Path(save).name + "-*")]:
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def child(args) -> None:
     quiet()
+    clear_saved(args.save)
     result = run_ours(args) if args.command == "ours" else run_trl(args)
     print("RESULT " + json.dumps(result))
 
