@@ -39,6 +39,10 @@ evaluation, so a long evaluation can be stopped and redone smaller): ``--eval-pr
 ``--eval-checkpoints 20 40`` (only the policies kept after those iterations) are this call's; the training
 settings are F's. At matched KL, iteration 0 (the base: KL 0, gain 0) counts as a point on both sides.
 
+``extend --out F --to N`` continues our side of F's run from its last checkpoint to N iterations (our policy
+moves less per iteration than TRL's, so it may need more of them to reach TRL's KL); a later ``evaluate --out
+F`` then evaluates every policy kept on both sides.
+
 Known difference, not removed: TRL scores a sample by re-rendering (prompt, completion) through the chat
 template and reading the classifier at the last non-padding token ("<|im_end|>\\n"); ours reads the reward
 model at the response's last token. Both are the same network and head.
@@ -179,13 +183,16 @@ def run_ours(args) -> dict:
     # With --save-every, the run goes in segments that each end at a checkpoint and resume from it (a resumed
     # run equals an uninterrupted one); each segment's policy is kept as SAVE-<iteration>. Each segment's first
     # iteration (models loaded anew) is a warm-up.
-    ends = checkpoints(args)
+    # --resume: continue the run kept in --save from its last checkpoint (a resumed run equals an uninterrupted
+    # one, and the learning rate is constant), so that only the iterations past it are run.
+    done = json.loads((out / "summary.json").read_text())["iterations"] if args.resume else 0
+    ends = [end for end in checkpoints(args) if end > done]
     for end in ends:
         marks[:] = [(time.perf_counter(), time.process_time())]
-        train_rloo(replace(config, iterations=end, resume=end != ends[0]), prompts, out, on_log=on_log)
+        train_rloo(replace(config, iterations=end, resume=bool(done) or end != ends[0]), prompts, out, on_log=on_log)
         if args.save and args.save_every:
             shutil.copytree(out, f"{args.save}-{end}", ignore=shutil.ignore_patterns("checkpoints"))
-    return {"side": "ours", "iterations": iterations, "threads": torch.get_num_threads(),
+    return {"side": "ours", "iterations": iterations, "threads": torch.get_num_threads(), "resumed_at": done,
             "policy": str(out) if args.save else None, "peak_rss_gib": peak_rss_gib()}
 
 
@@ -195,15 +202,18 @@ def peak_rss_gib() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)  # Linux: KiB
 
 
-def checkpoints(args) -> list[int]:
+def checkpoints(args, iterations: int | None = None) -> list[int]:
     """The iterations after which a policy is kept: every ``--save-every`` and the last."""
-    every = args.save_every or args.iterations
-    return sorted({*range(every, args.iterations + 1, every), args.iterations})
+    iterations = iterations or args.iterations
+    every = args.save_every or iterations
+    return sorted({*range(every, iterations + 1, every), iterations})
 
 
-def evaluated(args) -> list[int]:
-    """The kept policies that are evaluated: ``--eval-checkpoints`` where given, else every one."""
-    return sorted(set(args.eval_checkpoints) & set(checkpoints(args))) if args.eval_checkpoints else checkpoints(args)
+def evaluated(args, side: str) -> list[int]:
+    """A side's kept policies that are evaluated: ``--eval-checkpoints`` where given, else every one. A side
+    that ``extend`` continued has kept more than ``--iterations``."""
+    kept = checkpoints(args, getattr(args, "iterations_by_side", {}).get(side))
+    return sorted(set(args.eval_checkpoints) & set(kept)) if args.eval_checkpoints else kept
 
 
 def rm_dir(args) -> Path:
@@ -332,7 +342,8 @@ def clear_saved(save: str | None) -> None:
 
 def child(args) -> None:
     quiet()
-    clear_saved(args.save)
+    if not args.resume:
+        clear_saved(args.save)
     result = run_ours(args) if args.command == "ours" else run_trl(args)
     print("RESULT " + json.dumps(result))
 
@@ -422,16 +433,49 @@ def write(args, result: dict) -> None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
 
-def evaluate_again(args) -> None:
-    """``evaluate --out F``: (re)evaluate the policies an earlier ``all`` kept, as F records them, with this call's
-    ``--eval-prompts``/``--judge``; the training settings are F's own."""
-    result = json.loads(args.out.read_text())
+TRAINING = ("iterations", "batch_size", "k", "n_prompts", "max_new_tokens", "max_prompt_tokens", "beta",
+            "learning_rate", "seed", "lora_r", "lora_alpha", "max_length", "save_every")
+
+
+def restore(args, result: dict) -> dict[str, str]:
+    """An earlier ``all``'s training settings, as F records them, in place of this call's."""
     settings = result["settings"]
-    for key in ("iterations", "save_every", "max_new_tokens", "max_length", "seed"):
-        setattr(args, key, int(settings[key]))
-    args.base = Path(settings["base"])
+    for key in TRAINING:
+        setattr(args, key, type(getattr(args, key))(settings[key]))
+    args.base, args.trl_reward = Path(settings["base"]), settings["trl_reward"]
     args.rm = Path(settings["rm"]) if settings.get("rm") not in (None, "None") else None
-    policies = result.get("policies") or {side: str(args.work / "policies" / side) for side in ("ours", "trl")}
+    args.iterations_by_side = result.get("iterations_by_side", {})
+    return result.get("policies") or {side: str(args.work / "policies" / side) for side in ("ours", "trl")}
+
+
+def extend(args) -> None:
+    """``extend --out F --to N``: continue our side of F's run from its last kept checkpoint to N iterations,
+    keeping a policy every F's ``--save-every`` (so that our policies' KL can reach TRL's, for the comparison at
+    matched KL); the new iterations' timings are added to F as a run of their own."""
+    result = json.loads(args.out.read_text())
+    policies = restore(args, result)
+    if args.to <= args.iterations_by_side.get("ours", args.iterations):
+        raise SystemExit(f"--to {args.to}: ours already ran that far")
+    args.iterations = args.to
+    proc = subprocess.run([sys.executable, __file__, "ours", *side_flags(args), "--save", policies["ours"],
+                           "--resume"], capture_output=True, text=True, cwd=ROOT)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(f"ours failed:\n{(proc.stderr or proc.stdout)[-4000:]}")
+    run = json.loads(line[len("RESULT "):])
+    its = timed(run)
+    median, cpu = (statistics.median(i[key] for i in its) for key in ("total", "cpu_total"))
+    print(f"ours, iterations {run['resumed_at'] + 1}-{args.to}: median iteration {median:.2f} s (CPU {cpu:.2f} s)")
+    result.setdefault("extended_runs", []).append({**run, "command": " ".join(sys.argv)})
+    result.setdefault("iterations_by_side", {})["ours"] = args.to
+    write(args, result)
+
+
+def evaluate_again(args) -> None:
+    """``evaluate --out F``: (re)evaluate the policies an earlier ``all`` (and ``extend``) kept, as F records them,
+    with this call's ``--eval-prompts``/``--judge``/``--device``; the training settings are F's own."""
+    result = json.loads(args.out.read_text())
+    policies = restore(args, result)
     result["evaluation"] = evaluate(args, policies)
     result["evaluation_command"] = " ".join(sys.argv)
     write(args, result)
@@ -445,13 +489,13 @@ def evaluate(args, policies: dict[str, str]) -> dict:
     # With --save-every: every kept policy of both sides, so that they can be compared at matched KL.
     kept = {"base": str(args.base)}
     for side in ("ours", "trl"):
-        kept.update({f"{side}-{n}": f"{policies[side]}-{n}" for n in evaluated(args)} if args.save_every
+        kept.update({f"{side}-{n}": f"{policies[side]}-{n}" for n in evaluated(args, side)} if args.save_every
                     else {side: policies[side]})
     config = EvaluateConfig(policies=list(kept.values()), names=list(kept), baseline="base", reference=str(args.base),
                             reward_model=str(rm_dir(args)), judge=str(args.judge) if args.judge else "",
                             max_prompts=args.eval_prompts, samples=args.eval_samples,
                             max_new_tokens=args.max_new_tokens, max_length=args.max_length, chat_template=True,
-                            seed=args.seed + 1, device="cpu")
+                            batch_size=args.eval_batch_size, seed=args.seed + 1, device=args.device)
     summary = evaluate_policies(config, args.work / "prompts" / "heldout.jsonl", args.work / "evaluation").summary
     return {**summary, "at_matched_kl": matched_kl(args, summary)} if args.save_every else summary
 
@@ -462,7 +506,7 @@ def matched_kl(args, s: dict) -> dict:
     key = "judge_diff" if args.judge else "rm_diff"
     # Iteration 0 is the base itself on both sides: KL 0, gain 0.
     points = {side: sorted([(0.0, 0.0, 0)] + [(s[f"{side}-{n}/kl"], s[f"{side}-{n}_vs_base/{key}"], n)
-                                              for n in evaluated(args)]) for side in ("ours", "trl")}
+                                              for n in evaluated(args, side)]) for side in ("ours", "trl")}
     rows = []
     for kl, gain, n in (point for point in points["trl"] if point[2]):
         ours = points["ours"]
@@ -478,7 +522,7 @@ def matched_kl(args, s: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["prepare", "all", "evaluate", "ours", "trl"])
+    parser.add_argument("command", choices=["prepare", "all", "evaluate", "extend", "ours", "trl"])
     parser.add_argument("--base", type=Path, default=BASE, help="the policy's start and the KL reference")
     parser.add_argument("--work", type=Path, default=WORK)
     parser.add_argument("--rm-pairs", type=int, default=400, help="prepare: half-A rankings the reward model sees")
@@ -513,6 +557,10 @@ def main() -> None:
                         help="keep both sides' policies every N iterations (first repeat) and evaluate them all, "
                              "for the comparison at matched KL")
     parser.add_argument("--save", help=argparse.SUPPRESS)
+    parser.add_argument("--resume", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--to", type=int, default=0, help="extend: our side's new number of iterations")
+    parser.add_argument("--device", default="cpu", help="evaluate: where the evaluation runs (cpu, cuda, auto)")
+    parser.add_argument("--eval-batch-size", type=int, default=16, help="evaluate: prompts generated at once")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.command == "prepare":
@@ -521,6 +569,8 @@ def main() -> None:
         run_all(args)
     elif args.command == "evaluate":
         evaluate_again(args)
+    elif args.command == "extend":
+        extend(args)
     else:
         child(args)
 
