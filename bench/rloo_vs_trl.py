@@ -41,7 +41,9 @@ settings are F's. At matched KL, iteration 0 (the base: KL 0, gain 0) counts as 
 
 ``extend --out F --to N`` continues our side of F's run from its last checkpoint to N iterations (our policy
 moves less per iteration than TRL's, so it may need more of them to reach TRL's KL); a later ``evaluate --out
-F`` then evaluates every policy kept on both sides.
+F`` then evaluates every policy kept on both sides (``--device cuda``: on an accelerator;
+``bench/rloo_vs_trl_on_gpu.sh`` rebuilds the base, reward models and policies there from small files, with
+``bench/policy_delta.py``).
 
 Known difference, not removed: TRL scores a sample by re-rendering (prompt, completion) through the chat
 template and reading the classifier at the last non-padding token ("<|im_end|>\\n"); ours reads the reward
