@@ -385,6 +385,15 @@ def side_flags(args) -> list[str]:
             "--lora-alpha", str(args.lora_alpha), "--save-every", str(args.save_every)]
 
 
+def run_side(side: str, flags: list[str]) -> tuple[dict, str]:
+    """One side in a fresh process: its RESULT, or the end of its output when it failed."""
+    proc = subprocess.run([sys.executable, __file__, side, *flags], capture_output=True, text=True, cwd=ROOT)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    if proc.returncode or line is None:
+        return {}, (proc.stderr or proc.stdout)[-4000:]
+    return json.loads(line[len("RESULT "):]), ""
+
+
 def run_all(args) -> dict:
     result = {"command": " ".join(sys.argv), "machine": machine(), "runs": [],
               "settings": {k: str(v) for k, v in vars(args).items()}}
@@ -396,15 +405,12 @@ def run_all(args) -> dict:
                 policies[side] = str(args.work / "policies" / side)
                 flags += ["--save", policies[side]]
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, __file__, side, *flags], capture_output=True, text=True, cwd=ROOT)
-            line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-            if proc.returncode or line is None:
-                error = (proc.stderr or proc.stdout)[-4000:]
+            run, error = run_side(side, flags)
+            if error:
                 result["runs"].append({"side": side, "error": error})
                 print(f"{side} run {repeat} failed:\n{error}", file=sys.stderr)
                 policies.pop(side, None)
                 continue
-            run = json.loads(line[len("RESULT "):])
             run["wall_s"] = round(time.perf_counter() - started, 1)
             run["loadavg_after"] = os.getloadavg()[0]
             result["runs"].append(run)
@@ -459,12 +465,9 @@ def extend(args) -> None:
     if args.to <= args.iterations_by_side.get("ours", args.iterations):
         raise SystemExit(f"--to {args.to}: ours already ran that far")
     args.iterations = args.to
-    proc = subprocess.run([sys.executable, __file__, "ours", *side_flags(args), "--save", policies["ours"],
-                           "--resume"], capture_output=True, text=True, cwd=ROOT)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
-    if proc.returncode or line is None:
-        raise SystemExit(f"ours failed:\n{(proc.stderr or proc.stdout)[-4000:]}")
-    run = json.loads(line[len("RESULT "):])
+    run, error = run_side("ours", [*side_flags(args), "--save", policies["ours"], "--resume"])
+    if error:
+        raise SystemExit(f"ours failed:\n{error}")
     its = timed(run)
     median, cpu = (statistics.median(i[key] for i in its) for key in ("total", "cpu_total"))
     print(f"ours, iterations {run['resumed_at'] + 1}-{args.to}: median iteration {median:.2f} s (CPU {cpu:.2f} s)")
